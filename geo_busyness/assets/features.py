@@ -1,0 +1,157 @@
+"""Features group: restaurants and their neighbourhoods, hourly busyness, forecasting features."""
+
+
+import dagster as dg
+import pandas as pd
+
+from geo_busyness.assets.metadata import OWNER, preview
+from geo_busyness.core.features import (
+    LOOKBACK_DAYS,
+    cluster_restaurants,
+    feature_columns,
+    restaurant_sightings,
+    restaurants_from_sightings,
+)
+from geo_busyness.core.features import (
+    busyness_features as build_busyness_features,
+)
+from geo_busyness.core.features import (
+    hex_hourly_busyness as build_hex_hourly_busyness,
+)
+from geo_busyness.core.plots import hexagon_map_png, markdown_image
+from geo_busyness.partitions import daily_partitions
+from geo_busyness.resources.city import CityResource
+
+GROUP = "features"
+RESTAURANT_COLUMNS = ["restaurant_lat", "restaurant_lon", "order_number"]
+
+
+@dg.asset(
+    group_name=GROUP,
+    owners=[OWNER],
+    kinds={"pandas", "parquet"},
+    ins={
+        "clean_courier_pings": dg.AssetIn(
+            partition_mapping=dg.AllPartitionMapping(),
+            metadata={"columns": RESTAURANT_COLUMNS, "allow_missing_partitions": True},
+        )
+    },
+    description=(
+        "Restaurants seen in the clean pings of every materialized day. `restaurant_id` is a hash "
+        "of the coordinates rounded to ~1 m, so ids are stable across runs and re-materializations."
+    ),
+)
+def restaurants(
+    context: dg.AssetExecutionContext,
+    clean_courier_pings: dict[str, pd.DataFrame],
+    city: CityResource,
+) -> pd.DataFrame:
+    sightings = {day: restaurant_sightings(frame) for day, frame in clean_courier_pings.items()}
+    table = restaurants_from_sightings(sightings, city.to_city().h3_resolution)
+    context.add_output_metadata(
+        {
+            "days_read": len(sightings),
+            "restaurants": len(table),
+            "hexagons_with_restaurants": int(table["h3_cell"].nunique()) if len(table) else 0,
+            "preview": preview(table),
+        }
+    )
+    return table
+
+
+@dg.asset(
+    group_name=GROUP,
+    owners=[OWNER],
+    kinds={"scikitlearn", "parquet"},
+    description=(
+        "K-means neighbourhoods of restaurants (labels ordered south to north, stable between runs) "
+        "with each restaurant's cluster centroid: the cluster embedding of the features."
+    ),
+)
+def restaurant_clusters(
+    context: dg.AssetExecutionContext, restaurants: pd.DataFrame, city: CityResource
+) -> pd.DataFrame:
+    clustered = cluster_restaurants(restaurants, city.to_city().n_restaurant_clusters)
+    sizes = clustered.groupby("cluster").agg(
+        restaurants=("restaurant_id", "size"),
+        centroid_lat=("centroid_lat", "first"),
+        centroid_lon=("centroid_lon", "first"),
+    )
+    context.add_output_metadata({"clusters": dg.MetadataValue.md(sizes.round(5).to_markdown())})
+    return clustered
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    group_name=GROUP,
+    owners=[OWNER],
+    kinds={"pandas", "h3", "parquet"},
+    description=(
+        "Per H3 cell and UTC hour of the day: distinct orders (the busyness target), pings, "
+        "couriers and mean courier→restaurant distance."
+    ),
+)
+def hex_hourly_busyness(
+    context: dg.AssetExecutionContext, clean_courier_pings: pd.DataFrame, city: CityResource
+) -> pd.DataFrame:
+    hourly = build_hex_hourly_busyness(clean_courier_pings, city.to_city().h3_resolution)
+    per_cell = hourly.groupby("h3_cell", as_index=False)["orders"].sum()
+    metadata = {
+        "hexagons": len(per_cell),
+        "orders": int(hourly["orders"].sum()),
+        "pings": int(hourly["pings"].sum()),
+        "preview": preview(hourly),
+    }
+    if len(per_cell):
+        png = hexagon_map_png(
+            per_cell["h3_cell"].to_numpy(), per_cell["orders"].to_numpy(),
+            f"Orders per hexagon, {context.partition_key}", "orders",
+        )
+        metadata["busyness_map"] = dg.MetadataValue.md(markdown_image(png, "busyness map"))
+    context.add_output_metadata(metadata)
+    return hourly
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    group_name=GROUP,
+    owners=[OWNER],
+    kinds={"pandas", "parquet"},
+    ins={
+        "hex_hourly_busyness": dg.AssetIn(
+            partition_mapping=dg.TimeWindowPartitionMapping(
+                start_offset=-LOOKBACK_DAYS, allow_nonexistent_upstream_partitions=True
+            ),
+            metadata={"allow_missing_partitions": True},
+        )
+    },
+    description=(
+        "Leak-free forecasting features for every active hexagon and hour of the day: lags "
+        "1h/24h/168h, rolling means, local hour/day of week, restaurants and cluster mix per "
+        f"hexagon, neighbour-ring busyness, courier→restaurant distances. Reads the {LOOKBACK_DAYS} "
+        "previous days of hex_hourly_busyness; hours of days not materialized are unknown (NaN)."
+    ),
+)
+def busyness_features(
+    context: dg.AssetExecutionContext,
+    hex_hourly_busyness: dict[str, pd.DataFrame],
+    restaurant_clusters: pd.DataFrame,
+    city: CityResource,
+) -> pd.DataFrame:
+    the_city = city.to_city()
+    features = build_busyness_features(
+        hex_hourly_busyness, context.partition_key, restaurant_clusters, the_city
+    )
+    missing_share = features[feature_columns(the_city.n_restaurant_clusters)].isna().mean()
+    context.add_output_metadata(
+        {
+            "history_days_available": len(hex_hourly_busyness) - (context.partition_key in hex_hourly_busyness),
+            "hexagons": int(features["h3_cell"].nunique()),
+            "rows": len(features),
+            "missing_share_by_feature": dg.MetadataValue.json(
+                {name: round(float(value), 4) for name, value in missing_share.items()}
+            ),
+            "preview": preview(features),
+        }
+    )
+    return features

@@ -1,0 +1,88 @@
+"""Data asset checks: contract schema, row conservation, freshness, unique hourly keys.
+
+Checks on partitioned assets declare ``partitions_def`` so each evaluates one partition
+instead of loading every partition of its asset.
+"""
+
+import datetime
+
+import dagster as dg
+import pandas as pd
+
+from geo_busyness.assets.features import hex_hourly_busyness
+from geo_busyness.assets.ingestion import raw_courier_pings
+from geo_busyness.core.features import HOURLY_KEY, duplicate_hourly_keys
+from geo_busyness.core.schema import schema_problems
+from geo_busyness.partitions import daily_partitions
+
+
+@dg.asset_check(
+    asset="clean_courier_pings",
+    partitions_def=daily_partitions,
+    blocking=True,
+    description="Clean pings have exactly the typed columns of the data contract.",
+)
+def clean_pings_match_contract(clean_courier_pings: pd.DataFrame) -> dg.AssetCheckResult:
+    problems = schema_problems(clean_courier_pings)
+    return dg.AssetCheckResult(passed=not problems, metadata={"problems": dg.MetadataValue.json(problems)})
+
+
+@dg.asset_check(
+    asset="clean_courier_pings",
+    partitions_def=daily_partitions,
+    blocking=True,
+    additional_ins={
+        "raw_courier_pings": dg.AssetIn(metadata={"columns": ["source_file"]}),
+        "quarantined_pings": dg.AssetIn(metadata={"columns": ["reason"]}),
+    },
+    description="Nothing is lost: raw rows = clean rows + quarantined rows for the day.",
+)
+def rows_are_conserved(
+    clean_courier_pings: pd.DataFrame,
+    raw_courier_pings: pd.DataFrame,
+    quarantined_pings: pd.DataFrame,
+) -> dg.AssetCheckResult:
+    raw, clean, quarantined = len(raw_courier_pings), len(clean_courier_pings), len(quarantined_pings)
+    return dg.AssetCheckResult(
+        passed=raw == clean + quarantined,
+        metadata={"raw": raw, "clean": clean, "quarantined": quarantined, "lost": raw - clean - quarantined},
+    )
+
+
+@dg.asset_check(
+    asset=hex_hourly_busyness,
+    partitions_def=daily_partitions,
+    blocking=True,
+    description=f"Each {HOURLY_KEY} appears once.",
+)
+def hourly_keys_are_unique(hex_hourly_busyness: pd.DataFrame) -> dg.AssetCheckResult:
+    duplicates = duplicate_hourly_keys(hex_hourly_busyness)
+    return dg.AssetCheckResult(passed=duplicates == 0, metadata={"duplicated_rows": duplicates})
+
+
+MAX_DATA_LAG_DAYS = 2
+
+
+@dg.asset_check(
+    asset=raw_courier_pings,
+    description=(
+        f"The newest ingested day is at most {MAX_DATA_LAG_DAYS} days old (UTC); warns, does not block."
+    ),
+)
+def raw_pings_are_fresh(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    materialized = context.instance.get_materialized_partitions(raw_courier_pings.key)
+    today = datetime.datetime.now(datetime.UTC).date()
+    if not materialized:
+        return dg.AssetCheckResult(
+            passed=False, severity=dg.AssetCheckSeverity.WARN, metadata={"newest_day": "none"}
+        )
+    newest = max(materialized)
+    lag = (today - datetime.date.fromisoformat(newest)).days
+    return dg.AssetCheckResult(
+        passed=lag <= MAX_DATA_LAG_DAYS,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"newest_day": newest, "lag_days": lag},
+    )
+
+
+data_checks = [clean_pings_match_contract, rows_are_conserved, hourly_keys_are_unique, raw_pings_are_fresh]

@@ -1,0 +1,1 @@
+"""Pure logic on DataFrames: no Dagster import anywhere in this package."""

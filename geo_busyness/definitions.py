@@ -1,0 +1,24 @@
+"""The code location: one Definitions object with assets, checks, sensors, jobs and resources."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from geo_busyness.assets import features, ingestion
+from geo_busyness.checks import data_checks
+from geo_busyness.resources.environment import build_resources
+
+all_assets = dg.load_assets_from_modules([ingestion, features])
+
+data_pipeline_job = dg.define_asset_job(
+    "daily_data_job",
+    selection=dg.AssetSelection.groups("ingestion") | dg.AssetSelection.assets("hex_hourly_busyness", "busyness_features"),
+    description="Ingest, validate and featurize one day partition.",
+)
+
+defs = dg.Definitions(
+    assets=all_assets,
+    asset_checks=data_checks,
+    jobs=[data_pipeline_job],
+    resources=build_resources(),
+)

@@ -1,0 +1,1 @@
+"""Configurable resources: where data lives and which city is served."""

@@ -1,0 +1,46 @@
+"""Resources built from environment variables, with defaults that need no setup.
+
+| variable | meaning | default |
+| --- | --- | --- |
+| ``GEO_BUSYNESS_DATA_DIR`` | root of every local default below | ``data/`` in a checkout |
+| ``GEO_BUSYNESS_LANDING_ZONE`` | landing zone: directory or ``s3://bucket/prefix`` | ``$DATA_DIR/landing`` |
+| ``GEO_BUSYNESS_STORAGE`` | asset storage: directory or ``s3://bucket/prefix`` | ``$DATA_DIR/assets`` |
+| ``GEO_BUSYNESS_S3_ENDPOINT_URL`` | S3-compatible endpoint (SeaweedFS, MinIO…) | AWS |
+
+Set variables are passed as ``dg.EnvVar`` so the UI shows the variable, never its value;
+S3 credentials come from the AWS default chain (``AWS_ACCESS_KEY_ID``… or a role).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+
+from geo_busyness.resources.city import CityResource
+from geo_busyness.resources.io_manager import ParquetIOManagerResource
+from geo_busyness.resources.landing_zone import LandingZone
+
+LANDING_ZONE_ENV = "GEO_BUSYNESS_LANDING_ZONE"
+STORAGE_ENV = "GEO_BUSYNESS_STORAGE"
+S3_ENDPOINT_ENV = "GEO_BUSYNESS_S3_ENDPOINT_URL"
+
+
+def _from_env(name: str) -> dict[str, Any]:
+    return {"value": dg.EnvVar(name)} if os.environ.get(name) else {}
+
+
+def build_resources() -> dict[str, Any]:
+    endpoint = _from_env(S3_ENDPOINT_ENV)
+    landing = {"root": dg.EnvVar(LANDING_ZONE_ENV)} if os.environ.get(LANDING_ZONE_ENV) else {}
+    storage = {"base_path": dg.EnvVar(STORAGE_ENV)} if os.environ.get(STORAGE_ENV) else {}
+    s3 = S3Resource(endpoint_url=endpoint["value"]) if endpoint else S3Resource()
+    return {
+        "city": CityResource(),
+        "landing_zone": LandingZone(s3=s3, **landing),
+        "io_manager": ParquetIOManagerResource(
+            **storage, **({"s3_endpoint_url": endpoint["value"]} if endpoint else {})
+        ),
+    }

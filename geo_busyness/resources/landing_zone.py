@@ -1,0 +1,132 @@
+"""The landing zone: where raw ping files arrive, a local directory or an S3 prefix.
+
+Files are laid out as ``raw/dt=YYYY-MM-DD/<name>.csv|.parquet`` under the zone's root.
+S3 goes through dagster-aws's ``S3Resource`` so credentials and endpoints are configured the
+Dagster way (any S3-compatible endpoint through ``endpoint_url``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+
+from geo_busyness.resources.settings import default_data_dir
+
+RAW_PREFIX = "raw"
+_DAY_KEY = re.compile(r"^raw/dt=(\d{4}-\d{2}-\d{2})/[^/]+\.(csv|parquet)$")
+
+
+@dataclass(frozen=True)
+class LandingFile:
+    """One object of the zone; ``version`` changes whenever its content may have changed."""
+
+    key: str
+    size: int
+    modified: dt.datetime
+    version: str
+
+
+def day_of_key(key: str) -> str | None:
+    """The partition day a key belongs to, or None when it is outside the ``dt=`` layout."""
+    match = _DAY_KEY.match(key)
+    if not match:
+        return None
+    try:
+        dt.date.fromisoformat(match.group(1))
+    except ValueError:
+        return None
+    return match.group(1)
+
+
+def day_prefix(day: str) -> str:
+    return f"{RAW_PREFIX}/dt={day}/"
+
+
+class LandingZone(dg.ConfigurableResource):
+    """Raw files by day; ``root`` is a directory or ``s3://bucket/prefix``."""
+
+    root: str = str(default_data_dir() / "landing")
+    s3: S3Resource | None = None
+
+    @property
+    def is_s3(self) -> bool:
+        return self.root.startswith("s3://")
+
+    def _client(self):
+        """boto3 S3 client from the configured S3Resource (AWS default chain when none is set)."""
+        return (self.s3 or S3Resource()).get_client()
+
+    def _bucket_and_prefix(self) -> tuple[str, str]:
+        bucket, _, prefix = self.root.removeprefix("s3://").partition("/")
+        return bucket, (prefix.strip("/") + "/") if prefix.strip("/") else ""
+
+    def location(self, key: str = "") -> str:
+        """Human-readable address of a key, for messages and metadata."""
+        return f"{self.root.rstrip('/')}/{key}"
+
+    def list_files(self, prefix: str = RAW_PREFIX + "/") -> list[LandingFile]:
+        """Every object under ``prefix`` (relative to the root), sorted by key."""
+        if self.is_s3:
+            bucket, root_prefix = self._bucket_and_prefix()
+            client = self._client()
+            files = []
+            for page in client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=root_prefix + prefix
+            ):
+                for item in page.get("Contents", []):
+                    files.append(
+                        LandingFile(
+                            key=item["Key"][len(root_prefix) :],
+                            size=int(item["Size"]),
+                            modified=item["LastModified"],
+                            version=item["ETag"].strip('"'),
+                        )
+                    )
+            return sorted(files, key=lambda f: f.key)
+        base = Path(self.root)
+        start = base / prefix
+        if not start.exists():
+            return []
+        files = []
+        for path in start.rglob("*"):
+            if path.is_file() and not path.name.startswith("."):
+                stat = path.stat()
+                files.append(
+                    LandingFile(
+                        key=path.relative_to(base).as_posix(),
+                        size=stat.st_size,
+                        modified=dt.datetime.fromtimestamp(stat.st_mtime, tz=dt.UTC),
+                        version=f"{stat.st_mtime_ns}-{stat.st_size}",
+                    )
+                )
+        return sorted(files, key=lambda f: f.key)
+
+    def day_files(self, day: str) -> list[LandingFile]:
+        """Files of one partition day that follow the layout."""
+        return [f for f in self.list_files(day_prefix(day)) if day_of_key(f.key) == day]
+
+    def read(self, key: str) -> bytes:
+        if self.is_s3:
+            bucket, root_prefix = self._bucket_and_prefix()
+            response = self._client().get_object(Bucket=bucket, Key=root_prefix + key)
+            return response["Body"].read()
+        return (Path(self.root) / key).read_bytes()
+
+    def write(self, key: str, content: bytes) -> None:
+        """Store a file; readers never see a half-written one (temp file + rename locally)."""
+        if self.is_s3:
+            bucket, root_prefix = self._bucket_and_prefix()
+            self._client().put_object(Bucket=bucket, Key=root_prefix + key, Body=content)
+            return
+        target = Path(self.root) / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".tmp-", delete=False) as handle:
+            handle.write(content)
+        os.replace(handle.name, target)

@@ -1,0 +1,561 @@
+"""Deterministic synthetic city: the courier-ping files a food-delivery app would land each day.
+
+This is the platform's default data, so demos and tests run without real data. It is realistic
+where the pipeline cares: restaurants cluster in neighbourhoods and keep exact coordinates
+from day to day, demand follows the local-time lunch and dinner peaks and the weekend, couriers
+ping near the restaurant minutes after the order, and files are dirty in every way the
+contract (``geo_busyness.core.schema``) quarantines. Scenarios shift the data from a given day
+on, to exercise the data-drift and data-quality monitoring.
+
+One UTC day is generated at a time from its own random stream, fully vectorized, so a day's
+bytes depend only on the configuration and the day, never on which other days are simulated.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from tqdm import tqdm
+
+from geo_busyness.core.city import DEFAULT_CITY, City
+from geo_busyness.core.geo import EARTH_RADIUS_KM, haversine_km
+from geo_busyness.core.schema import (
+    COORDINATE_COLUMNS,
+    RAW_COLUMNS,
+    TIMESTAMP_COLUMNS,
+    QuarantineReason,
+)
+
+SCENARIOS: tuple[str, ...] = ("baseline", "new_district", "sensor_glitch")
+
+# Row-level dirt: one kind per dirty row, each producing exactly its quarantine reason.
+# OUTSIDE_PARTITION_DAY is left out on purpose: every ping lands in its own UTC day.
+ROW_DIRT: tuple[QuarantineReason, ...] = (
+    QuarantineReason.MISSING_VALUE,
+    QuarantineReason.UNPARSEABLE_TIMESTAMP,
+    QuarantineReason.UNPARSEABLE_NUMBER,
+    QuarantineReason.OUT_OF_RANGE,
+    QuarantineReason.NULL_ISLAND,
+    QuarantineReason.IMPLAUSIBLE_LOCATION,
+    QuarantineReason.ORDER_AFTER_PING,
+    QuarantineReason.DUPLICATE,
+)
+MISSING_TEXT = ("", "NaN ", "null", "N/A", "nan")
+BAD_TIMESTAMP_TEXT = ("not-a-time", "2026-13-45T99:00:00Z", "yesterday 7pm")
+BAD_NUMBER_TEXT = ("abc", "12.34.56", "lat?")
+LEGACY_HEADER = (
+    "rider_id",
+    "order_id",
+    "ping_time",
+    "lat",
+    "lng",
+    "created_at",
+    "store_lat",
+    "store_lng",
+)
+
+KM_PER_DEGREE = np.pi * EARTH_RADIUS_KM / 180
+US_PER_HOUR = 3_600_000_000
+MAX_PINGS_PER_ORDER = 6  # pings per order are uniform on 1..6
+MEAN_PINGS_PER_ORDER = (1 + MAX_PINGS_PER_ORDER) / 2
+PING_WINDOW_US = 20 * 60 * 1_000_000  # pings fall within 20 minutes of the order
+WEEKEND_VOLUME = 1.2  # a weekend day has 20% more orders than a weekday
+DAY_NOISE_SIGMA = 0.08
+ORDER_NUMBER_STRIDE = 1_000_000_000  # order number = day ordinal * stride + index in the day
+MAX_PINGS_PER_DAY = 5_000_000  # keeps one day's CSV text well inside Arrow's 2 GiB string limit
+NEW_DISTRICT_SHARE = 0.35
+NEW_DISTRICT_VOLUME = 1.25
+GLITCH_SHARE = 0.30  # of pings, split evenly: null island, swapped signs, jitter >= 1 km
+FILE_DIRT_PROBABILITY = 1 / 3
+LEGACY_ROWS = 100
+EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
+
+# Random-stream tags: every purpose gets its own stream, so changing one knob (say dirty_files)
+# leaves everything else byte-identical.
+_WORLD, _DISTRICT, _NOISE, _ROWS, _FILES = range(5)
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """What to simulate. ``pings_per_day`` is the average number of clean pings per day before
+    dirt; ``dirty_share`` is the share of rows made dirty, spread evenly over :data:`ROW_DIRT`.
+    A scenario starts on ``scenario_start`` (default: the first day) and is baseline before."""
+
+    city: City = DEFAULT_CITY
+    start_date: datetime.date = datetime.date(2026, 10, 1)
+    days: int = 14
+    pings_per_day: int = 20_000
+    dirty_share: float = 0.02
+    dirty_files: bool = True
+    scenario: str = "baseline"
+    scenario_start: datetime.date | None = None
+    seed: int = 7
+    files_per_day: int = 3
+    n_restaurants: int = 120
+    n_couriers: int = 250
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.city, City):
+            raise ValueError(f"city must be a City, got {type(self.city).__name__}")
+        try:
+            ZoneInfo(self.city.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as error:
+            raise ValueError(f"city timezone {self.city.timezone!r} is not a known time zone") from error
+        if self.city.n_restaurant_clusters < 1:
+            raise ValueError("city.n_restaurant_clusters must be at least 1")
+        if self.scenario not in SCENARIOS:
+            raise ValueError(f"unknown scenario {self.scenario!r}; valid scenarios: {', '.join(SCENARIOS)}")
+        for name in ("start_date", "scenario_start"):
+            value = getattr(self, name)
+            if not isinstance(value, datetime.date) and not (name == "scenario_start" and value is None):
+                raise ValueError(f"{name} must be a datetime.date, got {value!r}")
+        for name, low in (("days", 1), ("pings_per_day", 1), ("files_per_day", 1), ("n_restaurants", 1), ("n_couriers", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.pings_per_day > MAX_PINGS_PER_DAY:
+            raise ValueError(f"pings_per_day must be at most {MAX_PINGS_PER_DAY:,}; simulate more days instead")
+        if not 0 <= self.dirty_share < 0.5:
+            raise ValueError(f"dirty_share must be in [0, 0.5), got {self.dirty_share!r}")
+
+    def scenario_active(self, day: datetime.date) -> bool:
+        """Whether the non-baseline scenario applies on ``day``."""
+        start = self.scenario_start or self.start_date
+        return self.scenario != "baseline" and day >= start
+
+
+@dataclass(frozen=True)
+class SimulationSummary:
+    """What :func:`simulate` wrote. ``dirty_rows`` counts rows meant to be refused (row-level
+    dirt, invalid sensor-glitch pings, rows of re-delivered and wrong-header files), so the
+    pipeline should keep exactly ``rows - dirty_rows`` clean rows."""
+
+    days: int
+    files: int
+    rows: int
+    dirty_rows: int
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Day:
+    files: dict[str, bytes]
+    rows: int
+    dirty_rows: int
+
+
+@dataclass(frozen=True)
+class _World:
+    """Restaurants (baseline first, then the new district if any) and courier activity."""
+
+    lat: np.ndarray
+    lon: np.ndarray
+    lat_text: pa.Array
+    lon_text: pa.Array
+    n_baseline: int
+    popularity: np.ndarray
+    courier_p: np.ndarray
+
+
+def landing_key(day: datetime.date, file_name: str) -> str:
+    """Object key of a raw file in the landing zone, partitioned by UTC day."""
+    if not file_name or "/" in file_name:
+        raise ValueError(f"file name must be a plain non-empty name, got {file_name!r}")
+    return f"raw/dt={day.isoformat()}/{file_name}"
+
+
+def simulate_day(config: SimulationConfig, day: datetime.date) -> dict[str, bytes]:
+    """CSV files (name -> bytes) landing for one UTC day; depends only on config and day."""
+    return _simulate_day(config, day).files
+
+
+def simulate(
+    config: SimulationConfig, put: Callable[[str, bytes], None], progress: bool = True
+) -> SimulationSummary:
+    """Simulate every configured day and hand each file to ``put(key, content)``."""
+    keys: list[str] = []
+    rows = dirty_rows = 0
+    days = [config.start_date + datetime.timedelta(days=i) for i in range(config.days)]
+    for day in tqdm(days, desc="simulating days", unit="day", file=sys.stderr, disable=not progress):
+        result = _simulate_day(config, day)
+        for name, content in result.files.items():
+            key = landing_key(day, name)
+            put(key, content)
+            keys.append(key)
+        rows += result.rows
+        dirty_rows += result.dirty_rows
+    return SimulationSummary(
+        days=config.days, files=len(keys), rows=rows, dirty_rows=dirty_rows, keys=tuple(keys)
+    )
+
+
+def _simulate_day(config: SimulationConfig, day: datetime.date) -> _Day:
+    city = config.city
+    active = config.scenario_active(day)
+    scenario_index = SCENARIOS.index(config.scenario) if active else 0
+    world = _world(
+        config.seed,
+        city,
+        config.n_restaurants,
+        config.n_couriers,
+        config.scenario == "new_district",
+    )
+    rng = _rng(_ROWS, config, day.toordinal(), scenario_index)
+
+    # Orders: Poisson per UTC hour with the local-time daily shape; times uniform in the hour.
+    expected = _hourly_orders(config, day)
+    if active and config.scenario == "new_district":
+        expected = expected * NEW_DISTRICT_VOLUME
+    counts = rng.poisson(expected)
+    n_orders = int(counts.sum())
+    day_start = (day.toordinal() - EPOCH_ORDINAL) * 24 * US_PER_HOUR
+    day_end = day_start + 24 * US_PER_HOUR
+    created = np.sort(
+        day_start
+        + np.repeat(np.arange(24, dtype=np.int64) * US_PER_HOUR, counts)
+        + rng.integers(0, US_PER_HOUR, n_orders)
+    )
+    order_number = day.toordinal() * ORDER_NUMBER_STRIDE + np.arange(n_orders, dtype=np.int64)
+    restaurant = _pick_restaurants(rng, world, n_orders, new_district=active and config.scenario == "new_district")
+    courier = rng.choice(len(world.courier_p), size=n_orders, p=world.courier_p)
+
+    # Pings: 1..6 per order within 20 minutes after creation, squeezed before midnight so that
+    # a day file only ever holds its own UTC day.
+    per_order = rng.integers(1, MAX_PINGS_PER_ORDER + 1, n_orders)
+    owner = np.repeat(np.arange(n_orders), per_order)
+    window = np.minimum(PING_WINDOW_US, day_end - 1 - created)[owner]
+    ping_time = created[owner] + (window * rng.uniform(0.15, 1.0, len(owner))).astype(np.int64)
+    r_lat, r_lon = world.lat[restaurant[owner]], world.lon[restaurant[owner]]
+    distance_km = np.clip(rng.lognormal(np.log(0.06), 0.7, len(owner)), 0.005, 0.4)
+    c_lat, c_lon = _move(r_lat, r_lon, distance_km, rng.uniform(0, 2 * np.pi, len(owner)))
+
+    order = np.argsort(ping_time, kind="stable")
+    owner, ping_time, c_lat, c_lon = owner[order], ping_time[order], c_lat[order], c_lon[order]
+    n = len(owner)
+
+    # Which rows go wrong: row-level dirt, and (sensor_glitch) broken courier GPS.
+    u = rng.random(n)
+    dirty_rows = np.flatnonzero(u < config.dirty_share)
+    dirt_kind = rng.integers(len(ROW_DIRT), size=len(dirty_rows))
+    invalid = u < config.dirty_share
+    if active and config.scenario == "sensor_glitch":
+        glitched = np.flatnonzero((u >= config.dirty_share) & (u < config.dirty_share + GLITCH_SHARE))
+        glitch_kind = rng.integers(3, size=len(glitched))
+        c_lat, c_lon = c_lat.copy(), c_lon.copy()
+        null, flip, jitter = (glitched[glitch_kind == k] for k in range(3))
+        c_lat[null] = c_lon[null] = 0.0
+        c_lat[flip], c_lon[flip] = _far_away(c_lat[flip], c_lon[flip], city)
+        c_lat[jitter], c_lon[jitter] = _move(
+            c_lat[jitter],
+            c_lon[jitter],
+            1.0 + rng.exponential(1.0, len(jitter)),
+            rng.uniform(0, 2 * np.pi, len(jitter)),
+        )
+        invalid[null] = invalid[flip] = True
+
+    # Duplicates copy the nearest earlier valid row (same file, usually the next line).
+    row = np.arange(n)
+    duplicates = dirty_rows[dirt_kind == ROW_DIRT.index(QuarantineReason.DUPLICATE)]
+    valid = np.flatnonzero(~invalid)
+    if len(valid):
+        row[duplicates] = valid[np.maximum(np.searchsorted(valid, duplicates) - 1, 0)]
+    else:
+        invalid[duplicates] = False  # nothing valid to copy: leave those rows clean
+    owner, ping_time, c_lat, c_lon = owner[row], ping_time[row], c_lat[row], c_lon[row]
+    ping_restaurant = restaurant[owner]
+
+    columns = {
+        "courier_id": _text(courier[owner] + 1000),
+        "order_number": _text(order_number[owner]),
+        "courier_location_timestamp": _iso(ping_time),
+        "courier_lat": _fixed6(c_lat),
+        "courier_lon": _fixed6(c_lon),
+        "order_created_timestamp": _iso(created[owner]),
+        "restaurant_lat": world.lat_text.take(ping_restaurant),
+        "restaurant_lon": world.lon_text.take(ping_restaurant),
+    }
+    numbers = {
+        "courier_lat": c_lat,
+        "courier_lon": c_lon,
+        "restaurant_lat": world.lat[ping_restaurant],
+        "restaurant_lon": world.lon[ping_restaurant],
+    }
+    edits = _row_dirt(rng, city, dirty_rows, dirt_kind, ping_time, numbers)
+    for column, (rows, values) in edits.items():
+        mask = np.zeros(n, dtype=bool)
+        mask[rows] = True
+        columns[column] = pc.replace_with_mask(columns[column], pa.array(mask), values)
+    lines = pc.binary_join_element_wise(*(columns[c] for c in RAW_COLUMNS), ",")
+    lines = pc.binary_join_element_wise(lines, pa.scalar("\n"), "")
+
+    header = (",".join(RAW_COLUMNS) + "\n").encode()
+    bounds = np.linspace(0, n, config.files_per_day + 1).round().astype(int)
+    files = {
+        f"part-{i:03d}.csv": header + _body(lines, bounds[i], bounds[i + 1])
+        for i in range(config.files_per_day)
+    }
+    rows_written = n
+    refused = int(invalid.sum())
+    if config.dirty_files:
+        extra, extra_rows = _file_dirt(config, day, scenario_index, files, bounds, lines)
+        files.update(extra)
+        rows_written += extra_rows
+        refused += extra_rows
+    return _Day(files=files, rows=rows_written, dirty_rows=refused)
+
+
+def _file_dirt(
+    config: SimulationConfig,
+    day: datetime.date,
+    scenario_index: int,
+    parts: dict[str, bytes],
+    bounds: np.ndarray,
+    lines: pa.Array,
+) -> tuple[dict[str, bytes], int]:
+    """Empty file, wrong-header file and a re-delivered part, each on about a third of days."""
+    rng = _rng(_FILES, config, day.toordinal(), scenario_index)
+    empty, legacy, redeliver = rng.random(3) < FILE_DIRT_PROBABILITY
+    part = int(rng.integers(config.files_per_day))
+    files: dict[str, bytes] = {}
+    rows = 0
+    if empty:
+        files[f"part-{config.files_per_day:03d}.csv"] = b""
+    if legacy:
+        k = min(LEGACY_ROWS, len(lines))
+        files["legacy-export.csv"] = (",".join(LEGACY_HEADER) + "\n").encode() + _body(lines, 0, k)
+        rows += k
+    if redeliver:
+        files[f"redelivered-part-{part:03d}.csv"] = parts[f"part-{part:03d}.csv"]
+        rows += int(bounds[part + 1] - bounds[part])
+    return files, rows
+
+
+def _row_dirt(
+    rng: np.random.Generator,
+    city: City,
+    dirty_rows: np.ndarray,
+    dirt_kind: np.ndarray,
+    ping_time: np.ndarray,
+    numbers: dict[str, np.ndarray],
+) -> dict[str, tuple[np.ndarray, pa.Array]]:
+    """Replacement text per column (row indices, values) for the text-level dirt kinds."""
+    edits: dict[str, list[tuple[np.ndarray, pa.Array]]] = {}
+
+    def put(column: str, rows: np.ndarray, values) -> None:
+        edits.setdefault(column, []).append((rows, pa.array(values, type=pa.string())))
+
+    def by_column(rows: np.ndarray, choices: tuple[str, ...]) -> list[tuple[str, np.ndarray]]:
+        pick = rng.integers(len(choices), size=len(rows))
+        return [(column, rows[pick == i]) for i, column in enumerate(choices)]
+
+    def rows_of(reason: QuarantineReason) -> np.ndarray:
+        return dirty_rows[dirt_kind == ROW_DIRT.index(reason)]
+
+    for column, rows in by_column(rows_of(QuarantineReason.MISSING_VALUE), RAW_COLUMNS):
+        put(column, rows, rng.choice(MISSING_TEXT, len(rows)).astype(object))
+    for column, rows in by_column(rows_of(QuarantineReason.UNPARSEABLE_TIMESTAMP), TIMESTAMP_COLUMNS):
+        put(column, rows, rng.choice(BAD_TIMESTAMP_TEXT, len(rows)).astype(object))
+    for column, rows in by_column(rows_of(QuarantineReason.UNPARSEABLE_NUMBER), COORDINATE_COLUMNS):
+        put(column, rows, rng.choice(BAD_NUMBER_TEXT, len(rows)).astype(object))
+    for column, rows in by_column(rows_of(QuarantineReason.OUT_OF_RANGE), COORDINATE_COLUMNS):
+        limit = 90.0 if column.endswith("_lat") else 180.0  # push past the limit, keep the sign
+        value = numbers[column][rows]
+        put(column, rows, _fixed6(np.where(value < 0, -1, 1) * (np.abs(value) + limit)))
+    pairs = (("courier_lat", "courier_lon"), ("restaurant_lat", "restaurant_lon"))
+    for (lat, lon), rows in by_column(rows_of(QuarantineReason.NULL_ISLAND), pairs):
+        put(lat, rows, _fixed6(np.zeros(len(rows))))
+        put(lon, rows, _fixed6(np.zeros(len(rows))))
+    for (lat, lon), rows in by_column(rows_of(QuarantineReason.IMPLAUSIBLE_LOCATION), pairs):
+        far_lat, far_lon = _far_away(numbers[lat][rows], numbers[lon][rows], city)
+        put(lat, rows, _fixed6(far_lat))
+        put(lon, rows, _fixed6(far_lon))
+    rows = rows_of(QuarantineReason.ORDER_AFTER_PING)
+    late = ping_time[rows] + US_PER_HOUR + rng.integers(0, US_PER_HOUR // 2, len(rows))
+    put("order_created_timestamp", rows, _iso(late))
+
+    merged = {}
+    for column, parts in edits.items():
+        rows = np.concatenate([r for r, _ in parts])
+        values = pa.concat_arrays([v for _, v in parts])
+        order = np.argsort(rows, kind="stable")
+        merged[column] = (rows[order], values.take(order))
+    return merged
+
+
+def _hourly_orders(config: SimulationConfig, day: datetime.date) -> np.ndarray:
+    """Expected orders in each UTC hour of ``day``, shaped by the city's local clock."""
+    tz = ZoneInfo(config.city.timezone)
+    start = datetime.datetime.combine(day, datetime.time(), tzinfo=datetime.UTC)
+    local = [(start + datetime.timedelta(hours=h + 0.5)).astimezone(tz) for h in range(24)]
+    local_hour = np.array([t.hour + t.minute / 60 + t.second / 3600 for t in local])
+    weekend = np.array([t.weekday() >= 5 for t in local])
+    noise = np.array([_day_noise(config, t.date()) for t in local])
+
+    grid = np.arange(24) + 0.5
+    weekday_total = _daily_shape(grid, np.zeros(24, bool)).sum()
+    weekend_total = _daily_shape(grid, np.ones(24, bool)).sum()
+    volume = np.where(weekend, WEEKEND_VOLUME * weekday_total / weekend_total, 1.0)
+    orders_per_weekday = config.pings_per_day / MEAN_PINGS_PER_ORDER * 7 / (5 + 2 * WEEKEND_VOLUME)
+    return orders_per_weekday * _daily_shape(local_hour, weekend) * volume * noise / weekday_total
+
+
+def _daily_shape(local_hour: np.ndarray, weekend: np.ndarray) -> np.ndarray:
+    """Relative demand at a local hour: lunch peak ~12:15, bigger dinner peak ~18:30, quiet
+    nights; weekends have a weaker lunch and a stronger dinner."""
+
+    def bump(centre: float, width: float) -> np.ndarray:
+        distance = np.abs(local_hour - centre)
+        distance = np.minimum(distance, 24 - distance)
+        return np.exp(-0.5 * (distance / width) ** 2)
+
+    lunch = np.where(weekend, 0.45, 0.7) * bump(12.25, 1.0)
+    dinner = np.where(weekend, 1.3, 1.0) * bump(18.5, 1.4)
+    afternoon = 0.12 * np.exp(-(((local_hour - 15.5) / 6.0) ** 4))
+    return 0.004 + lunch + dinner + afternoon
+
+
+def _day_noise(config: SimulationConfig, local_day: datetime.date) -> float:
+    """Mean-one volume factor of one local day, shared by the two UTC days it overlaps."""
+    z = _rng(_NOISE, config, local_day.toordinal()).standard_normal()
+    return float(np.exp(DAY_NOISE_SIGMA * z - DAY_NOISE_SIGMA**2 / 2))
+
+
+def _pick_restaurants(
+    rng: np.random.Generator, world: _World, n_orders: int, new_district: bool
+) -> np.ndarray:
+    """Restaurant of each order by popularity; the new district takes its share when active."""
+    base = world.popularity[: world.n_baseline]
+    picked = rng.choice(world.n_baseline, size=n_orders, p=base / base.sum())
+    if new_district:
+        extra = world.popularity[world.n_baseline :]
+        to_new = rng.random(n_orders) < NEW_DISTRICT_SHARE
+        in_new = world.n_baseline + rng.choice(len(extra), size=n_orders, p=extra / extra.sum())
+        picked = np.where(to_new, in_new, picked)
+    return picked
+
+
+@lru_cache(maxsize=16)
+def _world(seed: int, city: City, n_restaurants: int, n_couriers: int, with_district: bool) -> _World:
+    """The city's restaurants and couriers; the same for every day of a simulation."""
+    rng = np.random.default_rng([_WORLD, seed, _city_key(city)])
+    radius = city.service_radius_km
+    k = city.n_restaurant_clusters
+    centres = _uniform_disc(rng, k, 0.7 * radius)
+    sigma = rng.uniform(0.5, 1.5, k)
+    scattered = n_restaurants // 10
+    per_cluster = rng.multinomial(n_restaurants - scattered, rng.dirichlet(np.full(k, 2.0)))
+    cluster = np.repeat(np.arange(k), per_cluster)
+    xy = np.vstack(
+        [
+            centres[cluster] + rng.normal(size=(len(cluster), 2)) * sigma[cluster, None],
+            _uniform_disc(rng, scattered, radius),
+        ]
+    )
+    popularity = rng.lognormal(0.0, 1.0, n_restaurants)
+    courier_activity = rng.lognormal(0.0, 0.5, n_couriers)
+    if with_district:
+        district_rng = np.random.default_rng([_DISTRICT, seed, _city_key(city)])
+        n_new = max(10, n_restaurants // 4)
+        centre = _quietest_point(xy, radius)
+        xy = np.vstack([xy, centre + district_rng.normal(size=(n_new, 2)) * 0.6])
+        popularity = np.concatenate([popularity, district_rng.lognormal(0.0, 1.0, n_new)])
+    xy = _clip_to_disc(xy, 0.95 * radius)
+    lat = np.round(city.center_lat + xy[:, 1] / KM_PER_DEGREE, 6)
+    lon = np.round(city.center_lon + xy[:, 0] / (KM_PER_DEGREE * np.cos(np.radians(city.center_lat))), 6)
+    for array in (lat, lon, popularity, courier_activity):
+        array.setflags(write=False)
+    return _World(
+        lat=lat,
+        lon=lon,
+        lat_text=_fixed6(lat),
+        lon_text=_fixed6(lon),
+        n_baseline=n_restaurants,
+        popularity=popularity,
+        courier_p=courier_activity / courier_activity.sum(),
+    )
+
+
+def _quietest_point(xy: np.ndarray, radius: float) -> np.ndarray:
+    """Point of the service area (km offsets) furthest from every existing restaurant."""
+    r, angle = np.meshgrid(np.linspace(0.25, 0.75, 6) * radius, np.linspace(0, 2 * np.pi, 72, endpoint=False))
+    candidates = np.column_stack([(r * np.cos(angle)).ravel(), (r * np.sin(angle)).ravel()])
+    nearest = np.linalg.norm(candidates[:, None, :] - xy[None, :, :], axis=2).min(axis=1)
+    return candidates[np.argmax(nearest)]
+
+
+def _uniform_disc(rng: np.random.Generator, n: int, radius: float) -> np.ndarray:
+    r = radius * np.sqrt(rng.random(n))
+    angle = rng.uniform(0, 2 * np.pi, n)
+    return np.column_stack([r * np.cos(angle), r * np.sin(angle)])
+
+
+def _clip_to_disc(xy: np.ndarray, radius: float) -> np.ndarray:
+    norm = np.linalg.norm(xy, axis=1)
+    return xy * np.minimum(1.0, radius / np.maximum(norm, 1e-12))[:, None]
+
+
+def _move(lat: np.ndarray, lon: np.ndarray, km: np.ndarray, bearing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Points ``km`` away from (lat, lon) towards ``bearing`` (radians from north), flat-earth."""
+    new_lat = lat + km * np.cos(bearing) / KM_PER_DEGREE
+    new_lon = lon + km * np.sin(bearing) / (KM_PER_DEGREE * np.cos(np.radians(lat)))
+    return new_lat, new_lon
+
+
+def _far_away(lat: np.ndarray, lon: np.ndarray, city: City) -> tuple[np.ndarray, np.ndarray]:
+    """A sign error that lands beyond the city's plausible distance: flip the longitude's sign,
+    else the latitude's (for cities near a meridian or the equator), else the antipode."""
+    limit = city.implausible_distance_km
+
+    def far(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return haversine_km(a, b, city.center_lat, city.center_lon) > limit
+
+    antipode_lat, antipode_lon = -lat, np.where(lon > 0, lon - 180, lon + 180)
+    use_lon, use_lat = far(lat, -lon), far(-lat, lon)
+    new_lat = np.where(use_lon, lat, np.where(use_lat, -lat, antipode_lat))
+    new_lon = np.where(use_lon, -lon, np.where(use_lat, lon, antipode_lon))
+    return new_lat, new_lon
+
+
+def _fixed6(values: np.ndarray) -> pa.Array:
+    """Decimal text with exactly 6 decimals, built with Arrow kernels (no per-value Python)."""
+    micro = np.rint(np.asarray(values, dtype=np.float64) * 1e6).astype(np.int64)
+    whole, fraction = np.divmod(np.abs(micro), 1_000_000)
+    sign = pc.if_else(pa.array(micro < 0), "-", "")
+    fraction_text = pc.utf8_slice_codeunits(_text(fraction + 1_000_000), 1)
+    return pc.binary_join_element_wise(sign, _text(whole), ".", fraction_text, "")
+
+
+def _iso(micros: np.ndarray) -> pa.Array:
+    """ISO-8601 UTC text with microseconds, e.g. ``2026-10-01T17:03:12.123456Z``."""
+    stamps = pa.array(np.asarray(micros, dtype=np.int64), type=pa.timestamp("us"))
+    return pc.strftime(stamps, format="%Y-%m-%dT%H:%M:%SZ")
+
+
+def _text(values: np.ndarray) -> pa.Array:
+    return pa.array(np.asarray(values, dtype=np.int64)).cast(pa.string())
+
+
+def _body(lines: pa.Array, start: int, stop: int) -> bytes:
+    """Bytes of CSV lines ``start:stop`` straight from the Arrow value buffer (no copies per row)."""
+    chunk = lines.slice(start, stop - start)
+    if len(chunk) == 0:
+        return b""
+    offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32)[chunk.offset : chunk.offset + len(chunk) + 1]
+    return chunk.buffers()[2][int(offsets[0]) : int(offsets[-1])].to_pybytes()
+
+
+def _rng(purpose: int, config: SimulationConfig, *keys: int) -> np.random.Generator:
+    return np.random.default_rng([purpose, config.seed, _city_key(config.city), *keys])
+
+
+def _city_key(city: City) -> int:
+    return zlib.crc32(repr(city).encode())
