@@ -157,9 +157,10 @@ def restaurants_from_sightings(sightings_by_day: dict[str, pd.DataFrame], resolu
 def cluster_restaurants(restaurants: pd.DataFrame, n_clusters: int, seed: int = 0) -> pd.DataFrame:
     """K-means neighbourhoods of restaurants on a local equal-distance projection.
 
-    Cluster labels are ordered by centroid (south to north) so they do not change between
-    runs when the restaurants do not.
+    Rows are fitted in restaurant-id order and labels ordered by centroid (south to north),
+    so labels do not change between runs when the restaurants do not.
     """
+    restaurants = restaurants.sort_values("restaurant_id", ignore_index=True)
     if len(restaurants) < n_clusters:
         raise ValueError(f"need at least {n_clusters} restaurants to form {n_clusters} clusters, got {len(restaurants)}")
     lat, lon = restaurants["lat"].to_numpy(), restaurants["lon"].to_numpy()
@@ -278,8 +279,8 @@ def busyness_features(
         "neighbour_orders_lag_1h": _lag(neighbours, targets, 1),
         "neighbour_orders_lag_24h": _lag(neighbours, targets, 24),
         "neighbour_orders_mean_24h": _window_sum(neighbours, targets, 24) / _window_count(observed, targets, 24),
-        "courier_restaurant_km_mean_24h": _window_sum(km_sum, targets, 24) / _window_sum(pings, targets, 24),
-        "courier_restaurant_deg_mean_24h": _window_sum(deg_sum, targets, 24) / _window_sum(pings, targets, 24),
+        "courier_restaurant_km_mean_24h": _ratio(_window_sum(km_sum, targets, 24), _window_sum(pings, targets, 24)),
+        "courier_restaurant_deg_mean_24h": _ratio(_window_sum(deg_sum, targets, 24), _window_sum(pings, targets, 24)),
     }
     hour_starts = window_start + pd.to_timedelta(targets, unit="h")
     local = hour_starts.tz_convert(city.timezone)
@@ -316,6 +317,11 @@ def _window_sum(grid: np.ndarray, targets: np.ndarray, hours: int) -> np.ndarray
     end = targets  # exclusive: the target hour itself is never included
     start = np.maximum(targets - hours, 0)
     return cumulative[:, end] - cumulative[:, start]
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, NaN where nothing was counted."""
+    return np.divide(numerator, denominator, out=np.full(numerator.shape, np.nan), where=denominator > 0)
 
 
 def _window_count(observed: np.ndarray, targets: np.ndarray, hours: int) -> np.ndarray:

@@ -1,0 +1,27 @@
+# One image: the Dagster code location (default command) and, later, the model server.
+# Every command below is also run by geo_busyness_tests/integration/test_packaging.py outside a container.
+FROM python:3.11-slim
+
+ENV UV_PYTHON_DOWNLOADS=never \
+    UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    PYTHONUNBUFFERED=1 \
+    GEO_BUSYNESS_DATA_DIR=/data \
+    DAGSTER_HOME=/data/dagster_home
+
+RUN pip install --no-cache-dir uv && useradd --create-home --uid 1000 app && mkdir -p /data/dagster_home && chown -R app /data
+WORKDIR /app
+
+# Dependency layer: changes only when the lockfile does.
+COPY pyproject.toml uv.lock README.md ./
+RUN uv sync --frozen --no-dev --no-install-project
+
+COPY geo_busyness ./geo_busyness
+COPY workspace.yaml dagster_cloud.yaml ./
+RUN uv sync --frozen --no-dev && chown -R app /app
+
+USER app
+ENV PATH="/app/.venv/bin:$PATH"
+EXPOSE 3000 4000
+# Code server for a Dagster deployment; `dagster dev -h 0.0.0.0` or `geo-busyness demo` also work.
+CMD ["dagster", "code-server", "start", "-h", "0.0.0.0", "-p", "4000", "-m", "geo_busyness.definitions"]

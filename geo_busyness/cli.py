@@ -1,0 +1,118 @@
+"""``geo-busyness`` command: simulate a city into the landing zone, or run the whole graph."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+
+from geo_busyness.resources.settings import default_data_dir
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from error
+
+
+def _yesterday() -> dt.date:
+    return dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+
+
+def _add_simulation_arguments(parser: argparse.ArgumentParser, default_days: int) -> None:
+    from geo_busyness.simulate import SCENARIOS
+
+    parser.add_argument("--days", type=int, default=default_days, help="number of days (default %(default)s)")
+    parser.add_argument(
+        "--start", type=_date, default=None, help="first day, YYYY-MM-DD (default: so the last day is yesterday, UTC)"
+    )
+    parser.add_argument("--pings-per-day", type=int, default=20_000, help="average pings per day (default %(default)s)")
+    parser.add_argument("--scenario", choices=SCENARIOS, default="baseline")
+    parser.add_argument("--scenario-start", type=_date, default=None, help="day the scenario begins (default: first day)")
+    parser.add_argument("--dirty-share", type=float, default=0.02, help="share of dirty rows (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=7)
+
+
+def _simulation_config(args: argparse.Namespace):
+    from geo_busyness.simulate import SimulationConfig
+
+    start = args.start or _yesterday() - dt.timedelta(days=args.days - 1)
+    return SimulationConfig(
+        start_date=start,
+        days=args.days,
+        pings_per_day=args.pings_per_day,
+        scenario=args.scenario,
+        scenario_start=args.scenario_start,
+        dirty_share=args.dirty_share,
+        seed=args.seed,
+    )
+
+
+def _landing_zone():
+    from geo_busyness.definitions import defs
+
+    return defs.resources["landing_zone"]
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from geo_busyness.simulate import simulate
+
+    config = _simulation_config(args)
+    zone = _landing_zone()
+    summary = simulate(config, put=zone.write, progress=True)
+    print(f"wrote {summary.files} files, {summary.rows:,} rows ({summary.dirty_rows:,} dirty) to {zone.location('raw/')}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from geo_busyness.runner import dagster_home, day_range, format_summary, materialize_days
+
+    home = dagster_home()  # before Dagster reads DAGSTER_HOME
+    import dagster as dg
+
+    from geo_busyness.definitions import defs
+    from geo_busyness.simulate import simulate
+
+    config = _simulation_config(args)
+    zone = defs.resources["landing_zone"]
+    print(f"1/2 simulating {config.days} days of {config.city.name} ({config.scenario}) into {zone.location('raw/')}")
+    simulate(config, put=zone.write, progress=True)
+    days = day_range(config.start_date, config.days)
+    print(f"2/2 materializing every asset for {days[0]} .. {days[-1]} on the instance in {home}")
+    with dg.DagsterInstance.get() as instance:
+        summary = materialize_days(days, defs, instance)
+    print()
+    print(format_summary(summary))
+    storage = defs.resources["io_manager"].base_path
+    print(
+        f"\nWhere to look:\n"
+        f"  landing zone   {zone.location('raw/')}\n"
+        f"  asset files    {storage}/<asset>/<day>.parquet (quarantine: {storage}/quarantined_pings/)\n"
+        f"  Dagster UI     make ui   (DAGSTER_HOME={home}: runs, metadata, maps and checks of this run)"
+    )
+    return 1 if summary.failed_checks else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="geo-busyness", description=__doc__)
+    parser.add_argument("--version", action="version", version="geo-busyness 0.1.0")
+    commands = parser.add_subparsers(dest="command", required=True)
+    simulate_parser = commands.add_parser("simulate", help="write simulated days into the landing zone")
+    _add_simulation_arguments(simulate_parser, default_days=14)
+    simulate_parser.set_defaults(handler=cmd_simulate)
+    demo_parser = commands.add_parser(
+        "demo", help=f"simulate days and materialize every asset (data under {default_data_dir()})"
+    )
+    _add_simulation_arguments(demo_parser, default_days=14)
+    demo_parser.set_defaults(handler=cmd_demo)
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except ValueError as error:
+        print(f"geo-busyness: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

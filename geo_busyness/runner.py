@@ -1,0 +1,146 @@
+"""Run the asset graph end to end on a persistent local Dagster instance.
+
+This is what ``geo-busyness demo`` does: simulate days into the landing zone, then materialize
+every asset for every day in dependency order, on the same instance the UI reads
+(``$DAGSTER_HOME``, by default ``<data dir>/dagster_home``), so the runs, metadata and check
+results are there to look at afterwards.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+
+from geo_busyness.checks import raw_pings_are_fresh
+from geo_busyness.resources.settings import default_data_dir
+
+INGEST_ASSETS = ("raw_courier_pings", "clean_courier_pings", "quarantined_pings", "hex_hourly_busyness")
+RESTAURANT_ASSETS = ("restaurants", "restaurant_clusters")
+FEATURE_ASSETS = ("busyness_features",)
+
+
+@dataclass
+class DaySummary:
+    day: str
+    raw_rows: int = 0
+    clean_rows: int = 0
+    quarantined_rows: int = 0
+    hexagons: int = 0
+    feature_rows: int = 0
+
+
+@dataclass
+class RunSummary:
+    days: list[DaySummary] = field(default_factory=list)
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    restaurants: int = 0
+    failed_checks: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def dagster_home() -> Path:
+    """``$DAGSTER_HOME`` or ``<data dir>/dagster_home`` (created, and exported for this process)."""
+    home = Path(os.environ.get("DAGSTER_HOME") or default_data_dir() / "dagster_home")
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def _latest(instance: dg.DagsterInstance, asset: str, partition: str | None = None) -> dict:
+    event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+    if partition is not None:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1
+        ).records
+        event = records[0].event_log_entry if records else None
+    if event is None or event.asset_materialization is None:
+        return {}
+    return {key: value.value for key, value in event.asset_materialization.metadata.items()}
+
+
+def materialize_days(
+    days: list[str],
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    log: Callable[[str], None] = print,
+) -> RunSummary:
+    """Materialize the data assets for ``days`` (ingest each day, restaurants once, then features)."""
+    started = time.perf_counter()
+    assets = [*defs.assets, *defs.asset_checks]
+    resources = defs.resources
+    summary = RunSummary()
+    # Freshness is about the newest day after the whole load, not about each day as it lands.
+    freshness = dg.AssetSelection.checks(raw_pings_are_fresh)
+
+    def run(selection: dg.AssetSelection, partition: str | None) -> None:
+        result = dg.materialize(
+            assets,
+            selection=selection,
+            partition_key=partition,
+            instance=instance,
+            resources=resources,
+            raise_on_error=True,
+            run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
+        )
+        for evaluation in result.get_asset_check_evaluations():
+            if not evaluation.passed:
+                summary.failed_checks.append(
+                    f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name} [{partition}]"
+                )
+
+    for day in days:
+        log(f"  ingest   {day}")
+        run(dg.AssetSelection.assets(*INGEST_ASSETS) - freshness, day)
+    log("  restaurants, clusters and freshness")
+    run(dg.AssetSelection.assets(*RESTAURANT_ASSETS) | freshness, None)
+    for day in days:
+        log(f"  features {day}")
+        run(dg.AssetSelection.assets(*FEATURE_ASSETS), day)
+
+    for day in days:
+        clean = _latest(instance, "clean_courier_pings", day)
+        quarantine = _latest(instance, "quarantined_pings", day)
+        for key, value in quarantine.items():
+            if key.startswith("reason/"):
+                reason = key.removeprefix("reason/")
+                summary.quarantine_reasons[reason] = summary.quarantine_reasons.get(reason, 0) + int(value)
+        summary.days.append(
+            DaySummary(
+                day=day,
+                raw_rows=int(clean.get("raw_rows", 0)),
+                clean_rows=int(clean.get("dagster/row_count", 0)),
+                quarantined_rows=int(clean.get("quarantined_rows", 0)),
+                hexagons=int(_latest(instance, "hex_hourly_busyness", day).get("hexagons", 0)),
+                feature_rows=int(_latest(instance, "busyness_features", day).get("rows", 0)),
+            )
+        )
+    summary.restaurants = int(_latest(instance, "restaurants").get("restaurants", 0))
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def day_range(start: dt.date, days: int) -> list[str]:
+    return [(start + dt.timedelta(days=offset)).isoformat() for offset in range(days)]
+
+
+def format_summary(summary: RunSummary) -> str:
+    table = pd.DataFrame([vars(day) for day in summary.days])
+    totals = table.drop(columns="day").sum()
+    reasons = ", ".join(f"{k}={v}" for k, v in sorted(summary.quarantine_reasons.items()) if v) or "none"
+    lines = [
+        table.to_string(index=False),
+        "",
+        f"{len(table)} days: {totals['raw_rows']:,} raw rows = {totals['clean_rows']:,} clean "
+        f"+ {totals['quarantined_rows']:,} quarantined; {summary.restaurants} restaurants; "
+        f"{totals['feature_rows']:,} feature rows ({summary.seconds:.0f} s)",
+        f"quarantine reasons: {reasons}",
+        "failed checks: " + (", ".join(summary.failed_checks) if summary.failed_checks else "none"),
+    ]
+    return "\n".join(lines)

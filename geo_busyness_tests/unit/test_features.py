@@ -1,0 +1,178 @@
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from geo_busyness.core.city import DEFAULT_CITY
+from geo_busyness.core.features import (
+    LOOKBACK_DAYS,
+    busyness_features,
+    cluster_restaurants,
+    duplicate_hourly_keys,
+    feature_columns,
+    hex_hourly_busyness,
+    restaurant_sightings,
+    restaurants_from_sightings,
+)
+from geo_busyness.core.geo import cells_for, cells_to_strings, haversine_km
+
+pytestmark = pytest.mark.unit
+RES = DEFAULT_CITY.h3_resolution
+TARGET_DAY = "2026-10-10"
+
+
+def clean_pings(day: str, n: int, seed: int) -> pd.DataFrame:
+    """Typed clean pings around the city centre, 40 restaurants, several pings per order."""
+    rng = np.random.default_rng([seed, dt.date.fromisoformat(day).toordinal()])
+    restaurants = np.random.default_rng(99).normal([DEFAULT_CITY.center_lat, DEFAULT_CITY.center_lon], 0.03, (40, 2)).round(6)
+    pick = rng.integers(0, 40, n)
+    start = pd.Timestamp(day, tz="UTC")
+    return pd.DataFrame(
+        {
+            "courier_id": pd.array(rng.integers(0, 30, n).astype(str), dtype="string"),
+            "order_number": pd.array(np.char.add(day, rng.integers(0, n // 3 + 1, n).astype(str)), dtype="string"),
+            "courier_location_timestamp": start + pd.to_timedelta(rng.integers(0, 86_400, n), unit="s"),
+            "courier_lat": restaurants[pick, 0] + rng.normal(0, 0.002, n),
+            "courier_lon": restaurants[pick, 1] + rng.normal(0, 0.002, n),
+            "order_created_timestamp": start,
+            "restaurant_lat": restaurants[pick, 0],
+            "restaurant_lon": restaurants[pick, 1],
+            "source_file": pd.array(["f.csv"] * n, dtype="string"),
+            "source_row": np.arange(n),
+        }
+    )
+
+
+def days_before(day: str, count: int) -> list[str]:
+    end = dt.date.fromisoformat(day)
+    return [(end - dt.timedelta(days=k)).isoformat() for k in range(count, -1, -1)]
+
+
+@pytest.fixture(scope="module")
+def history():
+    """hex_hourly_busyness for the lookback window and the target day, plus clusters."""
+    days = days_before(TARGET_DAY, LOOKBACK_DAYS)
+    cleans = {day: clean_pings(day, 3000, seed=1) for day in days}
+    hourly = {day: hex_hourly_busyness(frame, RES) for day, frame in cleans.items()}
+    restaurants = restaurants_from_sightings({d: restaurant_sightings(f) for d, f in cleans.items()}, RES)
+    return hourly, cluster_restaurants(restaurants, DEFAULT_CITY.n_restaurant_clusters)
+
+
+def test_hourly_busyness_matches_a_plain_groupby():
+    clean = clean_pings("2026-10-01", 5000, seed=3)
+    hourly = hex_hourly_busyness(clean, RES)
+    reference = (
+        clean.assign(
+            h3_cell=cells_to_strings(cells_for(clean["courier_lat"], clean["courier_lon"], RES)),
+            hour_start=clean["courier_location_timestamp"].dt.floor("h"),
+            km=haversine_km(clean["courier_lat"], clean["courier_lon"], clean["restaurant_lat"], clean["restaurant_lon"]),
+        )
+        .groupby(["h3_cell", "hour_start"])
+        .agg(orders=("order_number", "nunique"), pings=("order_number", "size"), couriers=("courier_id", "nunique"), km=("km", "mean"))
+        .reset_index()
+    )
+    assert len(hourly) == len(reference)
+    assert hourly["h3_cell"].tolist() == reference["h3_cell"].tolist()
+    assert (hourly["hour_start"] == reference["hour_start"]).all()
+    assert hourly[["orders", "pings", "couriers"]].to_numpy().tolist() == reference[["orders", "pings", "couriers"]].to_numpy().tolist()
+    assert np.allclose(hourly["courier_restaurant_km_mean"], reference["km"])
+    assert duplicate_hourly_keys(hourly) == 0
+    assert duplicate_hourly_keys(pd.concat([hourly, hourly.head(2)])) == 4
+
+
+def test_hourly_busyness_of_no_pings_is_empty():
+    assert len(hex_hourly_busyness(clean_pings("2026-10-01", 10, 1).head(0), RES)) == 0
+
+
+def test_restaurant_ids_are_stable_across_runs_and_day_order():
+    days = ["2026-10-01", "2026-10-02", "2026-10-03"]
+    sightings = {d: restaurant_sightings(clean_pings(d, 2000, seed=2)) for d in days}
+    forward = restaurants_from_sightings(sightings, RES)
+    backward = restaurants_from_sightings(dict(reversed(sightings.items())), RES)
+    only_last = restaurants_from_sightings({days[-1]: sightings[days[-1]]}, RES)
+    pd.testing.assert_frame_equal(forward, backward)
+    assert forward["restaurant_id"].is_unique
+    shared = forward.merge(only_last, on=["lat", "lon"], suffixes=("", "_last"))
+    assert len(shared) == len(only_last)
+    assert (shared["restaurant_id"] == shared["restaurant_id_last"]).all()
+    assert (forward["first_seen"] == "2026-10-01").all()
+
+
+def test_cluster_labels_do_not_depend_on_row_order():
+    restaurants = restaurants_from_sightings({"2026-10-01": restaurant_sightings(clean_pings("2026-10-01", 4000, 5))}, RES)
+    first = cluster_restaurants(restaurants, 5).set_index("restaurant_id")["cluster"]
+    shuffled = cluster_restaurants(restaurants.sample(frac=1, random_state=4), 5).set_index("restaurant_id")["cluster"]
+    assert first.sort_index().tolist() == shuffled.sort_index().tolist()
+    assert sorted(first.unique()) == [0, 1, 2, 3, 4]
+
+
+def test_too_few_restaurants_for_clusters_is_a_clear_error():
+    restaurants = restaurants_from_sightings({"2026-10-01": restaurant_sightings(clean_pings("2026-10-01", 30, 5).head(2))}, RES)
+    with pytest.raises(ValueError, match="need at least 5 restaurants"):
+        cluster_restaurants(restaurants, 5)
+
+
+def test_features_have_one_row_per_cell_and_hour_with_correct_lags(history):
+    hourly, clusters = history
+    features = busyness_features(hourly, TARGET_DAY, clusters, DEFAULT_CITY)
+    assert features.columns[2:-3].tolist() == feature_columns(DEFAULT_CITY.n_restaurant_clusters)
+    assert len(features) == features["h3_cell"].nunique() * 24
+    assert not features.duplicated(["h3_cell", "hour_start"]).any()
+    assert (features["hour_start"].dt.strftime("%Y-%m-%d") == TARGET_DAY).all()
+    everything = pd.concat(hourly.values()).set_index(["h3_cell", "hour_start"])["orders"]
+
+    def actual(cells, hours):
+        keys = pd.MultiIndex.from_arrays([cells, hours])
+        return everything.reindex(keys).fillna(0).to_numpy()
+
+    for lag in (1, 24, 168):
+        expected = actual(features["h3_cell"], features["hour_start"] - pd.Timedelta(hours=lag))
+        assert np.array_equal(features[f"orders_lag_{lag}h"].to_numpy(), expected)
+    assert np.array_equal(features["orders"].to_numpy(), actual(features["h3_cell"], features["hour_start"]))
+    mean_3h = np.mean([actual(features["h3_cell"], features["hour_start"] - pd.Timedelta(hours=h)) for h in (1, 2, 3)], axis=0)
+    assert np.allclose(features["orders_mean_3h"], mean_3h)
+    # Regina has no daylight saving: local hour = UTC - 6
+    assert ((features["hour_start"].dt.hour - 6) % 24 == features["hour_of_day"]).all()
+
+
+def test_hours_of_days_not_materialized_are_unknown_not_zero(history):
+    hourly, clusters = history
+    partial = {day: frame for day, frame in hourly.items() if day != "2026-10-09"}
+    features = busyness_features(partial, TARGET_DAY, clusters, DEFAULT_CITY)
+    first_hour = features["hour_start"].dt.hour == 0
+    assert features.loc[first_hour, "orders_lag_1h"].isna().all()
+    assert features.loc[~first_hour, "orders_lag_1h"].notna().all()
+    assert features["orders_lag_24h"].isna().all()
+    assert features["orders_lag_168h"].notna().all()
+    assert features["orders_mean_168h"].notna().all()
+
+
+def test_first_day_without_history_has_no_known_cells(history):
+    hourly, clusters = history
+    only_today = {TARGET_DAY: hourly[TARGET_DAY]}
+    clusters_seen_today = clusters.assign(first_seen=TARGET_DAY)
+    assert len(busyness_features(only_today, TARGET_DAY, clusters_seen_today, DEFAULT_CITY)) == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(cut=st.integers(0, 23), seed=st.integers(0, 1000))
+def test_features_never_look_at_the_current_or_a_future_hour(history, cut, seed):
+    """Rewriting every hour from `cut` on changes no feature of hours up to `cut`."""
+    hourly, clusters = history
+    cut_time = pd.Timestamp(TARGET_DAY, tz="UTC") + pd.Timedelta(hours=cut)
+    rng = np.random.default_rng(seed)
+    tampered = dict(hourly)
+    today = hourly[TARGET_DAY].copy()
+    future = today["hour_start"] >= cut_time
+    for column in ("orders", "pings", "couriers"):
+        today.loc[future, column] = rng.integers(0, 500, future.sum())
+    today.loc[future, "courier_restaurant_km_mean"] = rng.uniform(0, 50, future.sum())
+    tampered[TARGET_DAY] = today
+    names = feature_columns(DEFAULT_CITY.n_restaurant_clusters)
+    before = busyness_features(hourly, TARGET_DAY, clusters, DEFAULT_CITY)
+    after = busyness_features(tampered, TARGET_DAY, clusters, DEFAULT_CITY)
+    upto = before["hour_start"] <= cut_time
+    pd.testing.assert_frame_equal(before.loc[upto, names], after.loc[upto, names])

@@ -1,0 +1,329 @@
+"""The simulator is the default data of every demo and test, so it must be deterministic,
+shaped like a real city, and dirty in exactly the ways the data contract quarantines."""
+
+from __future__ import annotations
+
+import datetime
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from geo_busyness.core.city import City
+from geo_busyness.core.geo import haversine_km
+from geo_busyness.core.schema import (
+    RAW_COLUMNS,
+    QuarantineReason,
+    UnparseableFileError,
+    ValidationResult,
+    read_raw_file,
+    unparseable_file_record,
+    validate_pings,
+)
+from geo_busyness.simulate import (
+    ROW_DIRT,
+    SCENARIOS,
+    SimulationConfig,
+    landing_key,
+    simulate,
+    simulate_day,
+)
+
+pytestmark = pytest.mark.unit
+
+START = datetime.date(2026, 10, 1)  # a Thursday
+SMALL = SimulationConfig(start_date=START, days=3, pings_per_day=3_000)
+
+
+def days(config: SimulationConfig) -> list[datetime.date]:
+    return [config.start_date + datetime.timedelta(days=i) for i in range(config.days)]
+
+
+def validate_files(files: dict[str, bytes], city: City, day: datetime.date) -> ValidationResult:
+    """What the ingestion does with one day: read every file, quarantine unreadable ones."""
+    frames = []
+    for name, content in files.items():
+        try:
+            frames.append(read_raw_file(name, content))
+        except UnparseableFileError as error:
+            frames.append(unparseable_file_record(name, str(error)))
+    return validate_pings(pd.concat(frames, ignore_index=True), city, day.isoformat())
+
+
+def pings(config: SimulationConfig) -> pd.DataFrame:
+    """Rows of all part files of a clean configuration, with parsed ping times."""
+    frames = [
+        pd.read_csv(io.BytesIO(content), dtype={"order_number": str})
+        for day in days(config)
+        for name, content in simulate_day(config, day).items()
+        if name.startswith("part-") and content
+    ]
+    frame = pd.concat(frames, ignore_index=True)
+    frame["ping_time"] = pd.to_datetime(frame["courier_location_timestamp"], format="ISO8601")
+    return frame
+
+
+def clean_config(**changes) -> SimulationConfig:
+    """A run without dirt unless asked for, so shapes and volumes are measured exactly."""
+    return SimulationConfig(
+        **{"start_date": START, "dirty_share": 0.0, "dirty_files": False, **changes}
+    )
+
+
+def test_same_config_and_day_give_identical_bytes_whatever_else_is_simulated():
+    day = START + datetime.timedelta(days=2)
+    first = simulate_day(SMALL, day)
+    assert simulate_day(SMALL, day) == first
+    other_run = SimulationConfig(
+        start_date=day - datetime.timedelta(days=30), days=60, pings_per_day=3_000
+    )
+    assert simulate_day(other_run, day) == first
+    landed: dict[str, bytes] = {}
+    simulate(SMALL, landed.__setitem__, progress=False)
+    assert {key: value for key, value in landed.items() if "dt=2026-10-03" in key} == {
+        landing_key(day, name): content for name, content in first.items()
+    }
+    assert (
+        simulate_day(SimulationConfig(start_date=START, pings_per_day=3_000, seed=8), day) != first
+    )
+
+
+def test_simulate_lands_every_file_under_its_day_and_summary_counts_clean_rows():
+    landed: dict[str, bytes] = {}
+    summary = simulate(SMALL, landed.__setitem__, progress=False)
+    assert summary.days == 3
+    assert list(summary.keys) == list(landed) and summary.files == len(landed)
+    assert all(key.startswith("raw/dt=2026-10-0") and key.endswith(".csv") for key in landed)
+    data_rows = sum(max(content.count(b"\n") - 1, 0) for content in landed.values())
+    assert summary.rows == data_rows
+    clean = 0
+    for day in days(SMALL):
+        prefix = landing_key(day, "x")[:-1]
+        files = {
+            key[len(prefix) :]: value for key, value in landed.items() if key.startswith(prefix)
+        }
+        clean += len(validate_files(files, SMALL.city, day).clean)
+    assert clean == summary.rows - summary.dirty_rows
+
+
+def test_files_follow_the_raw_contract():
+    content = simulate_day(SMALL, START)["part-000.csv"]
+    lines = content.decode().splitlines()
+    assert lines[0] == ",".join(RAW_COLUMNS)
+    fields = lines[1].split(",")
+    assert len(fields) == len(RAW_COLUMNS)
+    assert fields[2].startswith("2026-10-01T") and fields[2].endswith("Z") and len(fields[2]) == 27
+    assert all(len(value.split(".")[1]) == 6 for value in fields[3:5] + fields[6:8])
+
+
+@pytest.mark.parametrize(
+    "city",
+    [
+        SimulationConfig().city,
+        City(name="Accra", center_lat=5.6037, center_lon=-0.187, timezone="Africa/Accra"),
+        City(name="Near null island", center_lat=0.3, center_lon=0.4, timezone="UTC"),
+    ],
+    ids=["regina", "near-meridian", "near-equator-and-meridian"],
+)
+def test_every_row_level_reason_appears_and_nothing_else(city):
+    config = SimulationConfig(city=city, start_date=START, pings_per_day=4_000, dirty_share=0.05)
+    seen: dict[str, int] = {}
+    for day in days(config):
+        result = validate_files(simulate_day(config, day), city, day)
+        for reason, count in result.reason_counts().items():
+            seen[reason] = seen.get(reason, 0) + count
+    assert all(seen[reason.value] > 0 for reason in ROW_DIRT), seen
+    assert seen[QuarantineReason.OUTSIDE_PARTITION_DAY.value] == 0
+    assert set(ROW_DIRT) | {QuarantineReason.UNPARSEABLE_FILE} >= {r for r, n in seen.items() if n}
+
+
+def test_dirty_share_matches_config():
+    config = clean_config(pings_per_day=20_000, dirty_share=0.05)
+    result = validate_files(simulate_day(config, START), config.city, START)
+    share = len(result.quarantined) / (len(result.quarantined) + len(result.clean))
+    assert share == pytest.approx(0.05, abs=0.006)
+    counts = result.reason_counts()
+    assert min(counts[reason.value] for reason in ROW_DIRT) > 0.5 * len(result.quarantined) / len(
+        ROW_DIRT
+    )
+
+
+def test_pings_per_day_averages_the_configured_volume():
+    config = clean_config(days=14, pings_per_day=5_000)
+    assert len(pings(config)) / config.days == pytest.approx(5_000, rel=0.05)
+
+
+def test_file_level_dirt_happens_on_some_days_and_is_refused():
+    config = SimulationConfig(start_date=START, days=12, pings_per_day=600, dirty_share=0.0)
+    seen = {"empty": 0, "legacy": 0, "redelivered": 0}
+    for day in days(config):
+        files = simulate_day(config, day)
+        parts = {name: value for name, value in files.items() if name.startswith("part-") and value}
+        assert len(parts) == config.files_per_day
+        clean_parts = validate_files(parts, config.city, day)
+        assert len(clean_parts.quarantined) == 0
+        result = validate_files(files, config.city, day)
+        assert len(result.clean) == len(clean_parts.clean)  # nothing extra gets in
+        for name, content in files.items():
+            if content == b"":
+                seen["empty"] += 1
+                assert len(read_raw_file(name, content)) == 0
+            elif name == "legacy-export.csv":
+                seen["legacy"] += 1
+                with pytest.raises(UnparseableFileError, match="missing required columns"):
+                    read_raw_file(name, content)
+            elif name.startswith("redelivered-"):
+                seen["redelivered"] += 1
+                assert content == files[name.removeprefix("redelivered-")]
+                rows = content.count(b"\n") - 1
+                assert result.reason_counts()[QuarantineReason.DUPLICATE.value] == rows
+    assert all(1 <= count <= 10 for count in seen.values()), seen
+    plain = SimulationConfig(
+        start_date=START, days=12, pings_per_day=600, dirty_share=0.0, dirty_files=False
+    )
+    assert set(simulate_day(plain, START)) == {"part-000.csv", "part-001.csv", "part-002.csv"}
+    assert all(
+        simulate_day(config, START)[name] == v for name, v in simulate_day(plain, START).items()
+    )
+
+
+def test_pings_belong_to_their_utc_day():
+    config = clean_config(days=2, pings_per_day=5_000)
+    frame = pings(config)
+    on_day = frame.groupby(frame["ping_time"].dt.strftime("%Y-%m-%d")).size()
+    assert list(on_day.index) == ["2026-10-01", "2026-10-02"]
+    created = pd.to_datetime(frame["order_created_timestamp"], format="ISO8601")
+    lag = (frame["ping_time"] - created).dt.total_seconds() / 60
+    assert lag.between(0, 20).all() and 5 < lag.median() < 15
+
+
+def local_hour_profile(config: SimulationConfig, weekend: bool) -> pd.Series:
+    frame = pings(config)
+    local = frame["ping_time"].dt.tz_convert(config.city.timezone)
+    keep = (local.dt.weekday >= 5) == weekend
+    return (
+        local[keep].dt.hour.value_counts().reindex(range(24), fill_value=0)
+        / local[keep].dt.date.nunique()
+    )
+
+
+def test_local_time_has_lunch_and_bigger_dinner_peaks_and_quiet_nights():
+    profile = local_hour_profile(clean_config(days=7, pings_per_day=10_000), weekend=False)
+    assert profile.iloc[11:14].idxmax() == 12
+    assert profile[12] > 2 * profile[9] and profile[12] > 2 * profile[15]
+    assert profile.iloc[17:20].max() > 1.1 * profile[12]
+    assert profile.iloc[1:6].sum() < 0.01 * profile.sum()
+
+
+def test_weekend_has_weaker_lunch_stronger_dinner_and_more_volume():
+    config = clean_config(days=14, pings_per_day=10_000)
+    weekday, weekend = local_hour_profile(config, False), local_hour_profile(config, True)
+    assert weekend[12] < weekday[12]
+    assert weekend.iloc[17:20].sum() > 1.3 * weekday.iloc[17:20].sum()
+    assert 1.1 < weekend.sum() / weekday.sum() < 1.35
+
+
+def test_daily_shape_follows_local_clock_across_a_dst_change():
+    city = City(name="Amsterdam", center_lat=52.37, center_lon=4.89, timezone="Europe/Amsterdam")
+    for start in (datetime.date(2026, 10, 20), datetime.date(2026, 10, 27)):  # DST ends Oct 25
+        profile = local_hour_profile(
+            clean_config(city=city, start_date=start, days=3), weekend=False
+        )
+        assert profile.iloc[11:14].idxmax() == 12 and profile.idxmax() in (17, 18, 19)
+
+
+def restaurant_pairs(config: SimulationConfig, day: datetime.date) -> pd.Series:
+    frame = pd.concat(
+        pd.read_csv(io.BytesIO(content), dtype=str)
+        for name, content in simulate_day(config, day).items()
+        if name.startswith("part-")
+    )
+    return frame["restaurant_lat"] + "," + frame["restaurant_lon"]
+
+
+def test_restaurant_coordinates_repeat_exactly_across_days():
+    config = clean_config(days=3, pings_per_day=10_000)
+    daily = [set(restaurant_pairs(config, day)) for day in days(config)]
+    union = set().union(*daily)
+    assert len(union) <= config.n_restaurants
+    assert all(len(pairs) >= 0.8 * config.n_restaurants for pairs in daily)
+
+
+def test_new_district_takes_a_share_of_demand_in_a_new_place_from_its_start_day():
+    switch = START + datetime.timedelta(days=2)
+    baseline = clean_config(pings_per_day=5_000)
+    district = clean_config(pings_per_day=5_000, scenario="new_district", scenario_start=switch)
+    before = START + datetime.timedelta(days=1)
+    assert simulate_day(district, before) == simulate_day(baseline, before)
+
+    known = set().union(
+        *(set(restaurant_pairs(baseline, START + datetime.timedelta(days=i))) for i in range(4))
+    )
+    after = restaurant_pairs(district, switch)
+    new = after[~after.isin(known)]
+    assert 0.28 < len(new) / len(after) < 0.42
+    assert len(after) > 1.1 * len(restaurant_pairs(baseline, switch))
+
+    new_lat = new.str.split(",").str[0].astype(float).to_numpy()
+    new_lon = new.str.split(",").str[1].astype(float).to_numpy()
+    old = pd.Series(sorted(known))
+    old_lat = old.str.split(",").str[0].astype(float).to_numpy()
+    old_lon = old.str.split(",").str[1].astype(float).to_numpy()
+    centre_lat, centre_lon = np.median(new_lat), np.median(new_lon)
+    assert np.median(haversine_km(new_lat, new_lon, centre_lat, centre_lon)) < 1.5
+    assert (haversine_km(old_lat, old_lon, centre_lat, centre_lon) < 1.0).sum() <= 3
+
+
+def test_sensor_glitch_raises_the_quarantine_share_and_jitters_couriers():
+    day = START + datetime.timedelta(days=1)
+    shares, far = {}, {}
+    for scenario in ("baseline", "sensor_glitch"):
+        config = clean_config(pings_per_day=8_000, dirty_share=0.02, scenario=scenario)
+        result = validate_files(simulate_day(config, day), config.city, day)
+        shares[scenario] = len(result.quarantined) / (len(result.quarantined) + len(result.clean))
+        clean = result.clean
+        km = haversine_km(
+            clean["courier_lat"],
+            clean["courier_lon"],
+            clean["restaurant_lat"],
+            clean["restaurant_lon"],
+        )
+        far[scenario] = float((km > 1.0).mean())
+    assert shares["baseline"] == pytest.approx(0.02, abs=0.01)
+    assert shares["sensor_glitch"] == pytest.approx(0.22, abs=0.03)
+    assert far["baseline"] == 0.0 and 0.08 < far["sensor_glitch"] < 0.16
+
+
+def test_scenario_names_are_listed():
+    assert SCENARIOS == ("baseline", "new_district", "sensor_glitch")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"scenario": "earthquake"}, "valid scenarios: baseline, new_district, sensor_glitch"),
+        ({"days": 0}, "days must be an integer >= 1"),
+        ({"pings_per_day": 0}, "pings_per_day must be an integer >= 1"),
+        ({"pings_per_day": 10_000_000}, "pings_per_day must be at most"),
+        ({"dirty_share": 0.5}, r"dirty_share must be in \[0, 0.5\)"),
+        ({"dirty_share": -0.1}, "dirty_share"),
+        ({"files_per_day": 0}, "files_per_day"),
+        ({"n_restaurants": 0}, "n_restaurants"),
+        ({"n_couriers": 0}, "n_couriers"),
+        ({"seed": -1}, "seed must be an integer >= 0"),
+        ({"start_date": "2026-10-01"}, "start_date must be a datetime.date"),
+        ({"scenario_start": "2026-10-01"}, "scenario_start must be a datetime.date"),
+        ({"city": City(timezone="Mars/Olympus_Mons")}, "not a known time zone"),
+        ({"city": City(n_restaurant_clusters=0)}, "n_restaurant_clusters"),
+    ],
+)
+def test_bad_config_raises_a_clear_error(changes, message):
+    with pytest.raises(ValueError, match=message):
+        SimulationConfig(**changes)
+
+
+def test_landing_key_rejects_paths():
+    assert landing_key(START, "part-000.csv") == "raw/dt=2026-10-01/part-000.csv"
+    with pytest.raises(ValueError, match="plain non-empty name"):
+        landing_key(START, "a/b.csv")
