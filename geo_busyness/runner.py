@@ -42,6 +42,7 @@ class RunSummary:
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     restaurants: int = 0
     failed_checks: list[str] = field(default_factory=list)
+    warned_checks: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -91,9 +92,8 @@ def materialize_days(
         )
         for evaluation in result.get_asset_check_evaluations():
             if not evaluation.passed:
-                summary.failed_checks.append(
-                    f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name} [{partition}]"
-                )
+                failed = summary.warned_checks if evaluation.severity == dg.AssetCheckSeverity.WARN else summary.failed_checks
+                failed.append(f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name} [{partition or 'all'}]")
 
     for day in days:
         log(f"  ingest   {day}")
@@ -141,6 +141,7 @@ def format_summary(summary: RunSummary) -> str:
         f"+ {totals['quarantined_rows']:,} quarantined; {summary.restaurants} restaurants; "
         f"{totals['feature_rows']:,} feature rows ({summary.seconds:.0f} s)",
         f"quarantine reasons: {reasons}",
-        "failed checks: " + (", ".join(summary.failed_checks) if summary.failed_checks else "none"),
+        "failed checks: " + (", ".join(summary.failed_checks) or "none"),
+        "warnings: " + (", ".join(summary.warned_checks) or "none"),
     ]
     return "\n".join(lines)

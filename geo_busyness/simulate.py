@@ -269,21 +269,8 @@ def _simulate_day(config: SimulationConfig, day: datetime.date) -> _Day:
     dirt_kind = rng.integers(len(ROW_DIRT), size=len(dirty_rows))
     invalid = u < config.dirty_share
     if active and config.scenario == "sensor_glitch":
-        glitched = np.flatnonzero(
-            (u >= config.dirty_share) & (u < config.dirty_share + GLITCH_SHARE)
-        )
-        glitch_kind = rng.integers(3, size=len(glitched))
-        c_lat, c_lon = c_lat.copy(), c_lon.copy()
-        null, flip, jitter = (glitched[glitch_kind == k] for k in range(3))
-        c_lat[null] = c_lon[null] = 0.0
-        c_lat[flip], c_lon[flip] = _far_away(c_lat[flip], c_lon[flip], city)
-        c_lat[jitter], c_lon[jitter] = _move(
-            c_lat[jitter],
-            c_lon[jitter],
-            1.0 + rng.exponential(1.0, len(jitter)),
-            rng.uniform(0, 2 * np.pi, len(jitter)),
-        )
-        invalid[null] = invalid[flip] = True
+        c_lat, c_lon, broken = _sensor_glitch(rng, city, c_lat, c_lon, u, config.dirty_share)
+        invalid |= broken
 
     # Duplicates copy the nearest earlier valid row (same file, usually the next line).
     row = np.arange(n)
@@ -412,6 +399,32 @@ def _row_dirt(
         order = np.argsort(rows, kind="stable")
         merged[column] = (rows[order], values.take(order))
     return merged
+
+
+def _sensor_glitch(
+    rng: np.random.Generator,
+    city: City,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    u: np.ndarray,
+    dirty_share: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Broken courier GPS on the rows with ``u`` just above the dirty ones (so the two never
+    overlap): a third null island, a third swapped signs (both refused), a third jitter of a
+    kilometre or more (still plausible, so it passes and shows up as drift instead)."""
+    glitched = np.flatnonzero((u >= dirty_share) & (u < dirty_share + GLITCH_SHARE))
+    kind = rng.integers(3, size=len(glitched))
+    null, flip, jitter = (glitched[kind == k] for k in range(3))
+    lat, lon = lat.copy(), lon.copy()
+    lat[null] = lon[null] = 0.0
+    lat[flip], lon[flip] = _far_away(lat[flip], lon[flip], city)
+    km = 1.0 + rng.exponential(1.0, len(jitter))
+    lat[jitter], lon[jitter] = _move(
+        lat[jitter], lon[jitter], km, rng.uniform(0, 2 * np.pi, len(jitter))
+    )
+    broken = np.zeros(len(u), dtype=bool)
+    broken[null] = broken[flip] = True
+    return lat, lon, broken
 
 
 def _hourly_orders(config: SimulationConfig, day: datetime.date) -> np.ndarray:

@@ -8,4 +8,4 @@ if ! command -v uv >/dev/null 2>&1; then
   python3 -m pip install --quiet --user uv 2>/dev/null || python3 -m pip install --quiet uv
   export PATH="$HOME/.local/bin:$PATH"
 fi
-uv sync --frozen --python "$(command -v python3.11 || command -v python3)" --quiet
+uv sync --locked --python "$(command -v python3.11 || command -v python3)" --quiet

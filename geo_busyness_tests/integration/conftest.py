@@ -40,7 +40,9 @@ class S3Bucket:
 
     def keys(self, prefix: str = "") -> list[str]:
         """Every object key under ``prefix``, sorted."""
-        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=prefix)
+        pages = (
+            self.client().get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=prefix)
+        )
         return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
 
 
