@@ -23,7 +23,7 @@ from geo_busyness.partitions import daily_partitions
 from geo_busyness.resources.city import CityResource
 
 GROUP = "features"
-RESTAURANT_COLUMNS = ["restaurant_lat", "restaurant_lon", "order_number"]
+RESTAURANT_COLUMNS = ["restaurant_lat", "restaurant_lon"]
 
 
 @dg.asset(

@@ -117,12 +117,14 @@ def duplicate_hourly_keys(hourly: pd.DataFrame) -> int:
 
 
 def restaurant_sightings(clean: pd.DataFrame) -> pd.DataFrame:
-    """Distinct restaurant locations seen in one day of pings, with their order counts."""
+    """Distinct restaurant locations seen in one day of pings, with their ping counts.
+
+    Needs only the two restaurant coordinate columns, so a month of days stays small in memory.
+    """
     lat_e5 = np.round(clean["restaurant_lat"].to_numpy() * 1e5).astype("int64")
     lon_e5 = np.round(clean["restaurant_lon"].to_numpy() * 1e5).astype("int64")
-    frame = pd.DataFrame({"lat_e5": lat_e5, "lon_e5": lon_e5, "order_number": clean["order_number"]})
-    frame = frame.drop_duplicates(["lat_e5", "lon_e5", "order_number"])
-    return frame.groupby(["lat_e5", "lon_e5"], as_index=False).size().rename(columns={"size": "orders"})
+    frame = pd.DataFrame({"lat_e5": lat_e5, "lon_e5": lon_e5})
+    return frame.groupby(["lat_e5", "lon_e5"], as_index=False).size().rename(columns={"size": "pings"})
 
 
 def restaurants_from_sightings(sightings_by_day: dict[str, pd.DataFrame], resolution: int) -> pd.DataFrame:
@@ -130,13 +132,13 @@ def restaurants_from_sightings(sightings_by_day: dict[str, pd.DataFrame], resolu
 
     Coordinates are rounded to 1e-5 degrees (about 1 m); the id is a hash of the rounded pair.
     """
-    columns = ["restaurant_id", "lat", "lon", "h3_cell", "first_seen", "last_seen", "orders"]
+    columns = ["restaurant_id", "lat", "lon", "h3_cell", "first_seen", "last_seen", "pings"]
     frames = [frame.assign(day=day) for day, frame in sightings_by_day.items() if not frame.empty]
     if not frames:
         return pd.DataFrame({column: pd.Series(dtype="object") for column in columns})
     seen = pd.concat(frames, ignore_index=True)
     table = seen.groupby(["lat_e5", "lon_e5"], as_index=False).agg(
-        first_seen=("day", "min"), last_seen=("day", "max"), orders=("orders", "sum")
+        first_seen=("day", "min"), last_seen=("day", "max"), pings=("pings", "sum")
     )
     key = pd.util.hash_pandas_object(table[["lat_e5", "lon_e5"]], index=False).to_numpy("uint64")
     lat, lon = table["lat_e5"].to_numpy() / 1e5, table["lon_e5"].to_numpy() / 1e5
@@ -148,7 +150,7 @@ def restaurants_from_sightings(sightings_by_day: dict[str, pd.DataFrame], resolu
             "h3_cell": pd.array(cells_to_strings(cells_for(lat, lon, resolution)), dtype="string"),
             "first_seen": pd.array(table["first_seen"], dtype="string"),
             "last_seen": pd.array(table["last_seen"], dtype="string"),
-            "orders": table["orders"].astype("int64"),
+            "pings": table["pings"].astype("int64"),
         }
     )
     return result.sort_values("restaurant_id", ignore_index=True)
