@@ -18,7 +18,7 @@ RUN uv sync --frozen --no-dev --no-install-project
 
 COPY geo_busyness ./geo_busyness
 COPY workspace.yaml dagster_cloud.yaml ./
-RUN uv sync --frozen --no-dev && chown -R app /app
+RUN uv sync --frozen --no-dev
 
 USER app
 ENV PATH="/app/.venv/bin:$PATH"

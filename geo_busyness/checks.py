@@ -24,7 +24,9 @@ from geo_busyness.partitions import daily_partitions
 )
 def clean_pings_match_contract(clean_courier_pings: pd.DataFrame) -> dg.AssetCheckResult:
     problems = schema_problems(clean_courier_pings)
-    return dg.AssetCheckResult(passed=not problems, metadata={"problems": dg.MetadataValue.json(problems)})
+    return dg.AssetCheckResult(
+        passed=not problems, metadata={"problems": dg.MetadataValue.json(problems)}
+    )
 
 
 @dg.asset_check(
@@ -42,10 +44,19 @@ def rows_are_conserved(
     raw_courier_pings: pd.DataFrame,
     quarantined_pings: pd.DataFrame,
 ) -> dg.AssetCheckResult:
-    raw, clean, quarantined = len(raw_courier_pings), len(clean_courier_pings), len(quarantined_pings)
+    raw, clean, quarantined = (
+        len(raw_courier_pings),
+        len(clean_courier_pings),
+        len(quarantined_pings),
+    )
     return dg.AssetCheckResult(
         passed=raw == clean + quarantined,
-        metadata={"raw": raw, "clean": clean, "quarantined": quarantined, "lost": raw - clean - quarantined},
+        metadata={
+            "raw": raw,
+            "clean": clean,
+            "quarantined": quarantined,
+            "lost": raw - clean - quarantined,
+        },
     )
 
 
@@ -85,4 +96,9 @@ def raw_pings_are_fresh(context: dg.AssetCheckExecutionContext) -> dg.AssetCheck
     )
 
 
-data_checks = [clean_pings_match_contract, rows_are_conserved, hourly_keys_are_unique, raw_pings_are_fresh]
+data_checks = [
+    clean_pings_match_contract,
+    rows_are_conserved,
+    hourly_keys_are_unique,
+    raw_pings_are_fresh,
+]

@@ -23,14 +23,31 @@ def _yesterday() -> dt.date:
 def _add_simulation_arguments(parser: argparse.ArgumentParser, default_days: int) -> None:
     from geo_busyness.simulate import SCENARIOS
 
-    parser.add_argument("--days", type=int, default=default_days, help="number of days (default %(default)s)")
     parser.add_argument(
-        "--start", type=_date, default=None, help="first day, YYYY-MM-DD (default: so the last day is yesterday, UTC)"
+        "--days", type=int, default=default_days, help="number of days (default %(default)s)"
     )
-    parser.add_argument("--pings-per-day", type=int, default=20_000, help="average pings per day (default %(default)s)")
+    parser.add_argument(
+        "--start",
+        type=_date,
+        default=None,
+        help="first day, YYYY-MM-DD (default: so the last day is yesterday, UTC)",
+    )
+    parser.add_argument(
+        "--pings-per-day",
+        type=int,
+        default=20_000,
+        help="average pings per day (default %(default)s)",
+    )
     parser.add_argument("--scenario", choices=SCENARIOS, default="baseline")
-    parser.add_argument("--scenario-start", type=_date, default=None, help="day the scenario begins (default: first day)")
-    parser.add_argument("--dirty-share", type=float, default=0.02, help="share of dirty rows (default %(default)s)")
+    parser.add_argument(
+        "--scenario-start",
+        type=_date,
+        default=None,
+        help="day the scenario begins (default: first day)",
+    )
+    parser.add_argument(
+        "--dirty-share", type=float, default=0.02, help="share of dirty rows (default %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=7)
 
 
@@ -61,7 +78,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     config = _simulation_config(args)
     zone = _landing_zone()
     summary = simulate(config, put=zone.write, progress=True)
-    print(f"wrote {summary.files} files, {summary.rows:,} rows ({summary.dirty_rows:,} dirty) to {zone.location('raw/')}")
+    print(
+        f"wrote {summary.files} files, {summary.rows:,} rows ({summary.dirty_rows:,} dirty) to {zone.location('raw/')}"
+    )
     return 0
 
 
@@ -76,7 +95,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     config = _simulation_config(args)
     zone = defs.resources["landing_zone"]
-    print(f"1/2 simulating {config.days} days of {config.city.name} ({config.scenario}) into {zone.location('raw/')}")
+    print(
+        f"1/2 simulating {config.days} days of {config.city.name} ({config.scenario}) into {zone.location('raw/')}"
+    )
     simulate(config, put=zone.write, progress=True)
     days = day_range(config.start_date, config.days)
     print(f"2/2 materializing every asset for {days[0]} .. {days[-1]} on the instance in {home}")
@@ -98,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="geo-busyness", description=__doc__)
     parser.add_argument("--version", action="version", version="geo-busyness 0.1.0")
     commands = parser.add_subparsers(dest="command", required=True)
-    simulate_parser = commands.add_parser("simulate", help="write simulated days into the landing zone")
+    simulate_parser = commands.add_parser(
+        "simulate", help="write simulated days into the landing zone"
+    )
     _add_simulation_arguments(simulate_parser, default_days=14)
     simulate_parser.set_defaults(handler=cmd_simulate)
     demo_parser = commands.add_parser(

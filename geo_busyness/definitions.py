@@ -12,7 +12,8 @@ all_assets = dg.load_assets_from_modules([ingestion, features])
 
 data_pipeline_job = dg.define_asset_job(
     "daily_data_job",
-    selection=dg.AssetSelection.groups("ingestion") | dg.AssetSelection.assets("hex_hourly_busyness", "busyness_features"),
+    selection=dg.AssetSelection.groups("ingestion")
+    | dg.AssetSelection.assets("hex_hourly_busyness", "busyness_features"),
     description="Ingest, validate and featurize one day partition.",
 )
 

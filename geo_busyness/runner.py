@@ -21,7 +21,12 @@ import pandas as pd
 from geo_busyness.checks import raw_pings_are_fresh
 from geo_busyness.resources.settings import default_data_dir
 
-INGEST_ASSETS = ("raw_courier_pings", "clean_courier_pings", "quarantined_pings", "hex_hourly_busyness")
+INGEST_ASSETS = (
+    "raw_courier_pings",
+    "clean_courier_pings",
+    "quarantined_pings",
+    "hex_hourly_busyness",
+)
 RESTAURANT_ASSETS = ("restaurants", "restaurant_clusters")
 FEATURE_ASSETS = ("busyness_features",)
 
@@ -58,7 +63,8 @@ def _latest(instance: dg.DagsterInstance, asset: str, partition: str | None = No
     event = instance.get_latest_materialization_event(dg.AssetKey(asset))
     if partition is not None:
         records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]),
+            limit=1,
         ).records
         event = records[0].event_log_entry if records else None
     if event is None or event.asset_materialization is None:
@@ -92,8 +98,14 @@ def materialize_days(
         )
         for evaluation in result.get_asset_check_evaluations():
             if not evaluation.passed:
-                failed = summary.warned_checks if evaluation.severity == dg.AssetCheckSeverity.WARN else summary.failed_checks
-                failed.append(f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name} [{partition or 'all'}]")
+                failed = (
+                    summary.warned_checks
+                    if evaluation.severity == dg.AssetCheckSeverity.WARN
+                    else summary.failed_checks
+                )
+                failed.append(
+                    f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name} [{partition or 'all'}]"
+                )
 
     for day in days:
         log(f"  ingest   {day}")
@@ -110,7 +122,9 @@ def materialize_days(
         for key, value in quarantine.items():
             if key.startswith("reason/"):
                 reason = key.removeprefix("reason/")
-                summary.quarantine_reasons[reason] = summary.quarantine_reasons.get(reason, 0) + int(value)
+                summary.quarantine_reasons[reason] = summary.quarantine_reasons.get(
+                    reason, 0
+                ) + int(value)
         summary.days.append(
             DaySummary(
                 day=day,
@@ -133,7 +147,9 @@ def day_range(start: dt.date, days: int) -> list[str]:
 def format_summary(summary: RunSummary) -> str:
     table = pd.DataFrame([vars(day) for day in summary.days])
     totals = table.drop(columns="day").sum()
-    reasons = ", ".join(f"{k}={v}" for k, v in sorted(summary.quarantine_reasons.items()) if v) or "none"
+    reasons = (
+        ", ".join(f"{k}={v}" for k, v in sorted(summary.quarantine_reasons.items()) if v) or "none"
+    )
     lines = [
         table.to_string(index=False),
         "",

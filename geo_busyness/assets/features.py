@@ -1,6 +1,5 @@
 """Features group: restaurants and their neighbourhoods, hourly busyness, forecasting features."""
 
-
 import dagster as dg
 import pandas as pd
 
@@ -104,8 +103,10 @@ def hex_hourly_busyness(
     }
     if len(per_cell):
         png = hexagon_map_png(
-            per_cell["h3_cell"].to_numpy(), per_cell["orders"].to_numpy(),
-            f"Orders per hexagon, {context.partition_key}", "orders",
+            per_cell["h3_cell"].to_numpy(),
+            per_cell["orders"].to_numpy(),
+            f"Orders per hexagon, {context.partition_key}",
+            "orders",
         )
         metadata["busyness_map"] = dg.MetadataValue.md(markdown_image(png, "busyness map"))
     context.add_output_metadata(metadata)
@@ -145,7 +146,8 @@ def busyness_features(
     missing_share = features[feature_columns(the_city.n_restaurant_clusters)].isna().mean()
     context.add_output_metadata(
         {
-            "history_days_available": len(hex_hourly_busyness) - (context.partition_key in hex_hourly_busyness),
+            "history_days_available": len(hex_hourly_busyness)
+            - (context.partition_key in hex_hourly_busyness),
             "hexagons": int(features["h3_cell"].nunique()),
             "rows": len(features),
             "missing_share_by_feature": dg.MetadataValue.json(

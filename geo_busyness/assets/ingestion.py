@@ -1,6 +1,5 @@
 """Ingestion group: landing-zone files → raw pings → clean pings + quarantine."""
 
-
 import datetime
 
 import dagster as dg

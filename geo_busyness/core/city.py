@@ -27,7 +27,9 @@ class City:
 
     def __post_init__(self) -> None:
         if not -90 <= self.center_lat <= 90 or not -180 <= self.center_lon <= 180:
-            raise ValueError(f"city centre ({self.center_lat}, {self.center_lon}) is not a coordinate")
+            raise ValueError(
+                f"city centre ({self.center_lat}, {self.center_lon}) is not a coordinate"
+            )
         if not 0 <= self.h3_resolution <= 15:
             raise ValueError(f"h3_resolution must be 0..15, got {self.h3_resolution}")
         if self.implausible_distance_km < self.service_radius_km:

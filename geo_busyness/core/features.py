@@ -71,7 +71,9 @@ def hex_hourly_busyness(clean: pd.DataFrame, resolution: int) -> pd.DataFrame:
     deg_sum = np.bincount(group, weights=euclidean_deg(lat, lon, r_lat, r_lon), minlength=size)
 
     present = np.flatnonzero(pings)
-    unique_cells = pd.Series(cells).iloc[np.unique(cell_code, return_index=True)[1]].to_numpy("uint64")
+    unique_cells = (
+        pd.Series(cells).iloc[np.unique(cell_code, return_index=True)[1]].to_numpy("uint64")
+    )
     cell_names = cells_to_strings(unique_cells)
     frame = pd.DataFrame(
         {
@@ -124,10 +126,14 @@ def restaurant_sightings(clean: pd.DataFrame) -> pd.DataFrame:
     lat_e5 = np.round(clean["restaurant_lat"].to_numpy() * 1e5).astype("int64")
     lon_e5 = np.round(clean["restaurant_lon"].to_numpy() * 1e5).astype("int64")
     frame = pd.DataFrame({"lat_e5": lat_e5, "lon_e5": lon_e5})
-    return frame.groupby(["lat_e5", "lon_e5"], as_index=False).size().rename(columns={"size": "pings"})
+    return (
+        frame.groupby(["lat_e5", "lon_e5"], as_index=False).size().rename(columns={"size": "pings"})
+    )
 
 
-def restaurants_from_sightings(sightings_by_day: dict[str, pd.DataFrame], resolution: int) -> pd.DataFrame:
+def restaurants_from_sightings(
+    sightings_by_day: dict[str, pd.DataFrame], resolution: int
+) -> pd.DataFrame:
     """Restaurant table with ids derived from coordinates (stable across runs and order of days).
 
     Coordinates are rounded to 1e-5 degrees (about 1 m); the id is a hash of the rounded pair.
@@ -144,7 +150,9 @@ def restaurants_from_sightings(sightings_by_day: dict[str, pd.DataFrame], resolu
     lat, lon = table["lat_e5"].to_numpy() / 1e5, table["lon_e5"].to_numpy() / 1e5
     result = pd.DataFrame(
         {
-            "restaurant_id": pd.array(np.char.add("r", np.char.zfill(np.char.mod("%x", key), 16)), dtype="string"),
+            "restaurant_id": pd.array(
+                np.char.add("r", np.char.zfill(np.char.mod("%x", key), 16)), dtype="string"
+            ),
             "lat": lat,
             "lon": lon,
             "h3_cell": pd.array(cells_to_strings(cells_for(lat, lon, resolution)), dtype="string"),
@@ -164,7 +172,9 @@ def cluster_restaurants(restaurants: pd.DataFrame, n_clusters: int, seed: int = 
     """
     restaurants = restaurants.sort_values("restaurant_id", ignore_index=True)
     if len(restaurants) < n_clusters:
-        raise ValueError(f"need at least {n_clusters} restaurants to form {n_clusters} clusters, got {len(restaurants)}")
+        raise ValueError(
+            f"need at least {n_clusters} restaurants to form {n_clusters} clusters, got {len(restaurants)}"
+        )
     lat, lon = restaurants["lat"].to_numpy(), restaurants["lon"].to_numpy()
     scale = np.cos(np.radians(lat.mean()))
     points = np.column_stack([lat, lon * scale])
@@ -225,17 +235,31 @@ def busyness_features(
     first seen before ``day``: membership itself never depends on the target day.
     """
     target_day = dt.date.fromisoformat(day)
-    days = [(target_day - dt.timedelta(days=offset)).isoformat() for offset in range(LOOKBACK_DAYS, -1, -1)]
+    days = [
+        (target_day - dt.timedelta(days=offset)).isoformat()
+        for offset in range(LOOKBACK_DAYS, -1, -1)
+    ]
     window_start = pd.Timestamp(days[0], tz="UTC")
     n_hours = len(days) * 24
     target_slice = slice(n_hours - 24, n_hours)
 
-    history = [hourly_by_day[d] for d in days[:-1] if d in hourly_by_day and not hourly_by_day[d].empty]
+    history = [
+        hourly_by_day[d] for d in days[:-1] if d in hourly_by_day and not hourly_by_day[d].empty
+    ]
     past = pd.concat(history, ignore_index=True) if history else _empty_hourly()
     known = restaurant_clusters.loc[restaurant_clusters["first_seen"] < day]
-    cell_names = np.unique(np.concatenate([past["h3_cell"].to_numpy(str), known["h3_cell"].to_numpy(str)]))
+    cell_names = np.unique(
+        np.concatenate([past["h3_cell"].to_numpy(str), known["h3_cell"].to_numpy(str)])
+    )
     n_cells = len(cell_names)
-    columns = ["h3_cell", "hour_start", *feature_columns(city.n_restaurant_clusters), "orders", "pings", "couriers"]
+    columns = [
+        "h3_cell",
+        "hour_start",
+        *feature_columns(city.n_restaurant_clusters),
+        "orders",
+        "pings",
+        "couriers",
+    ]
     if n_cells == 0:
         return pd.DataFrame({column: [] for column in columns})
 
@@ -245,8 +269,12 @@ def busyness_features(
             observed[index * 24 : (index + 1) * 24] = True
     everything = pd.concat([past, hourly_by_day.get(day, _empty_hourly())], ignore_index=True)
     row = np.searchsorted(cell_names, everything["h3_cell"].to_numpy(str))
-    in_grid = (row < n_cells) & (cell_names[np.minimum(row, n_cells - 1)] == everything["h3_cell"].to_numpy(str))
-    col = ((everything["hour_start"].astype("int64").to_numpy() - window_start.value) // HOUR_NS).astype("int64")
+    in_grid = (row < n_cells) & (
+        cell_names[np.minimum(row, n_cells - 1)] == everything["h3_cell"].to_numpy(str)
+    )
+    col = (
+        (everything["hour_start"].astype("int64").to_numpy() - window_start.value) // HOUR_NS
+    ).astype("int64")
     in_grid &= (col >= 0) & (col < n_hours)
     row, col, everything = row[in_grid], col[in_grid], everything.loc[in_grid]
 
@@ -259,8 +287,12 @@ def busyness_features(
     orders = matrix(everything["orders"].to_numpy("float64"))
     pings = matrix(everything["pings"].to_numpy("float64"))
     couriers = matrix(everything["couriers"].to_numpy("float64"))
-    km_sum = matrix(everything["courier_restaurant_km_mean"].to_numpy() * everything["pings"].to_numpy())
-    deg_sum = matrix(everything["courier_restaurant_deg_mean"].to_numpy() * everything["pings"].to_numpy())
+    km_sum = matrix(
+        everything["courier_restaurant_km_mean"].to_numpy() * everything["pings"].to_numpy()
+    )
+    deg_sum = matrix(
+        everything["courier_restaurant_deg_mean"].to_numpy() * everything["pings"].to_numpy()
+    )
 
     cells = strings_to_cells(cell_names)
     i, j = neighbour_pairs(cells, k=1)
@@ -275,14 +307,20 @@ def busyness_features(
         "orders_lag_168h": _lag(orders, targets, 168),
         "orders_mean_3h": _window_sum(orders, targets, 3) / _window_count(observed, targets, 3),
         "orders_mean_24h": _window_sum(orders, targets, 24) / _window_count(observed, targets, 24),
-        "orders_mean_168h": _window_sum(orders, targets, 168) / _window_count(observed, targets, 168),
+        "orders_mean_168h": _window_sum(orders, targets, 168)
+        / _window_count(observed, targets, 168),
         "pings_lag_1h": _lag(pings, targets, 1),
         "couriers_lag_1h": _lag(couriers, targets, 1),
         "neighbour_orders_lag_1h": _lag(neighbours, targets, 1),
         "neighbour_orders_lag_24h": _lag(neighbours, targets, 24),
-        "neighbour_orders_mean_24h": _window_sum(neighbours, targets, 24) / _window_count(observed, targets, 24),
-        "courier_restaurant_km_mean_24h": _ratio(_window_sum(km_sum, targets, 24), _window_sum(pings, targets, 24)),
-        "courier_restaurant_deg_mean_24h": _ratio(_window_sum(deg_sum, targets, 24), _window_sum(pings, targets, 24)),
+        "neighbour_orders_mean_24h": _window_sum(neighbours, targets, 24)
+        / _window_count(observed, targets, 24),
+        "courier_restaurant_km_mean_24h": _ratio(
+            _window_sum(km_sum, targets, 24), _window_sum(pings, targets, 24)
+        ),
+        "courier_restaurant_deg_mean_24h": _ratio(
+            _window_sum(deg_sum, targets, 24), _window_sum(pings, targets, 24)
+        ),
     }
     hour_starts = window_start + pd.to_timedelta(targets, unit="h")
     local = hour_starts.tz_convert(city.timezone)
@@ -315,7 +353,9 @@ def _lag(grid: np.ndarray, targets: np.ndarray, hours: int) -> np.ndarray:
 
 def _window_sum(grid: np.ndarray, targets: np.ndarray, hours: int) -> np.ndarray:
     """Sum over the ``hours`` hours ending one hour before each target (unknown hours skipped)."""
-    cumulative = np.concatenate([np.zeros((grid.shape[0], 1)), np.cumsum(np.nan_to_num(grid), axis=1)], axis=1)
+    cumulative = np.concatenate(
+        [np.zeros((grid.shape[0], 1)), np.cumsum(np.nan_to_num(grid), axis=1)], axis=1
+    )
     end = targets  # exclusive: the target hour itself is never included
     start = np.maximum(targets - hours, 0)
     return cumulative[:, end] - cumulative[:, start]
@@ -323,7 +363,9 @@ def _window_sum(grid: np.ndarray, targets: np.ndarray, hours: int) -> np.ndarray
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """numerator / denominator, NaN where nothing was counted."""
-    return np.divide(numerator, denominator, out=np.full(numerator.shape, np.nan), where=denominator > 0)
+    return np.divide(
+        numerator, denominator, out=np.full(numerator.shape, np.nan), where=denominator > 0
+    )
 
 
 def _window_count(observed: np.ndarray, targets: np.ndarray, hours: int) -> np.ndarray:

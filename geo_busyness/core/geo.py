@@ -18,9 +18,14 @@ EARTH_RADIUS_KM = 6372.8
 
 def haversine_km(lat1, lon1, lat2, lon2) -> np.ndarray:
     """Great-circle distance in km between arrays (or scalars) of degrees."""
-    lat1, lon1, lat2, lon2 = (np.radians(np.asarray(v, dtype="float64")) for v in (lat1, lon1, lat2, lon2))
+    lat1, lon1, lat2, lon2 = (
+        np.radians(np.asarray(v, dtype="float64")) for v in (lat1, lon1, lat2, lon2)
+    )
     with np.errstate(invalid="ignore"):  # NaN in, NaN out: callers validate coordinates
-        a = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
+        a = (
+            np.sin((lat2 - lat1) / 2) ** 2
+            + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
+        )
     return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
 
 
@@ -42,13 +47,17 @@ def cells_to_strings(cells: np.ndarray) -> np.ndarray:
     """uint64 cells to their hex-string form (object array)."""
     if len(cells) == 0:
         return np.zeros(0, dtype=object)
-    return np.asarray(pa.array(h3ronpy.cells_to_string(pa.array(np.asarray(cells, "uint64")))), dtype=object)
+    return np.asarray(
+        pa.array(h3ronpy.cells_to_string(pa.array(np.asarray(cells, "uint64")))), dtype=object
+    )
 
 
 def strings_to_cells(cells) -> np.ndarray:
     """Hex-string cells to uint64; raises ValueError on a string that is not an H3 cell."""
     values = pa.array(np.asarray(cells, dtype=object), type=pa.string())
-    parsed = np.asarray(pa.array(h3ronpy.cells_parse(values, set_failing_to_invalid=True)).fill_null(0), "uint64")
+    parsed = np.asarray(
+        pa.array(h3ronpy.cells_parse(values, set_failing_to_invalid=True)).fill_null(0), "uint64"
+    )
     if (parsed == 0).any():
         bad = np.asarray(cells, dtype=object)[parsed == 0][:5].tolist()
         raise ValueError(f"not H3 cells: {bad}")

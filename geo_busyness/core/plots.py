@@ -20,7 +20,9 @@ def hexagon_map_png(cells: np.ndarray, values: np.ndarray, title: str, label: st
     """PNG of H3 cells coloured by value (one polygon per distinct cell)."""
     polygons = [[(lon, lat) for lat, lon in cell_boundary(str(cell))] for cell in cells]
     figure, axes = plt.subplots(figsize=(6, 5), dpi=90)
-    collection = PolyCollection(polygons, array=np.asarray(values, float), cmap="magma_r", edgecolors="grey", linewidths=0.3)
+    collection = PolyCollection(
+        polygons, array=np.asarray(values, float), cmap="magma_r", edgecolors="grey", linewidths=0.3
+    )
     axes.add_collection(collection)
     axes.autoscale_view()
     if len(polygons):

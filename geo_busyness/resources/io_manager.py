@@ -27,7 +27,9 @@ class ParquetIOManager(dg.UPathIOManager):
 
     def dump_to_path(self, context: dg.OutputContext, obj: pd.DataFrame, path: UPath) -> None:
         if not isinstance(obj, pd.DataFrame):
-            raise TypeError(f"{context.asset_key.to_user_string()} returned {type(obj).__name__}, expected a DataFrame")
+            raise TypeError(
+                f"{context.asset_key.to_user_string()} returned {type(obj).__name__}, expected a DataFrame"
+            )
         if path.protocol in ("", "file", "local"):
             temporary = path.parent / f".tmp-{uuid.uuid4().hex}{self.extension}"
             obj.to_parquet(str(temporary), index=False)

@@ -18,7 +18,7 @@ import pytest
 from geo_busyness_tests.services import SeaweedFS, SeaweedFSError
 
 # A throw-away server: no need to wait for the filer's ~15 s graceful gRPC shutdown.
-STOP_TIMEOUT_SECONDS = 3.0
+STOP_TIMEOUT_SECONDS = 2.0
 
 
 @dataclass(frozen=True)

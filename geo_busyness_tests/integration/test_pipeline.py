@@ -23,7 +23,11 @@ DAYS = 10
 def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
     landing = LandingZone(root=str(root / "landing"))
-    simulate(SimulationConfig(start_date=START, days=DAYS, pings_per_day=4000, seed=11), put=landing.write, progress=False)
+    simulate(
+        SimulationConfig(start_date=START, days=DAYS, pings_per_day=4000, seed=11),
+        put=landing.write,
+        progress=False,
+    )
     test_defs = dg.Definitions(
         assets=defs.assets,
         asset_checks=defs.asset_checks,
@@ -39,7 +43,9 @@ def pipeline(tmp_path_factory):
 
 
 def read(root, asset, day=None):
-    return pd.read_parquet(root / "assets" / asset / f"{day}.parquet" if day else root / "assets" / f"{asset}.parquet")
+    return pd.read_parquet(
+        root / "assets" / asset / f"{day}.parquet" if day else root / "assets" / f"{asset}.parquet"
+    )
 
 
 def test_every_check_passed_and_rows_are_conserved(pipeline):
@@ -48,7 +54,10 @@ def test_every_check_passed_and_rows_are_conserved(pipeline):
     # the simulated days are in the past, so freshness warns (without blocking anything)
     assert summary.warned_checks == ["raw_courier_pings:raw_pings_are_fresh [all]"]
     for day in day_range(START, DAYS):
-        raw, clean, quarantined = (read(root, a, day) for a in ("raw_courier_pings", "clean_courier_pings", "quarantined_pings"))
+        raw, clean, quarantined = (
+            read(root, a, day)
+            for a in ("raw_courier_pings", "clean_courier_pings", "quarantined_pings")
+        )
         assert len(raw) == len(clean) + len(quarantined) > 0
         assert set(quarantined["reason"]) <= set(summary.quarantine_reasons)
     assert summary.quarantine_reasons["duplicate"] > 0

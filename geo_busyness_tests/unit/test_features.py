@@ -27,14 +27,21 @@ TARGET_DAY = "2026-10-10"
 def clean_pings(day: str, n: int, seed: int) -> pd.DataFrame:
     """Typed clean pings around the city centre, 40 restaurants, several pings per order."""
     rng = np.random.default_rng([seed, dt.date.fromisoformat(day).toordinal()])
-    restaurants = np.random.default_rng(99).normal([DEFAULT_CITY.center_lat, DEFAULT_CITY.center_lon], 0.03, (40, 2)).round(6)
+    restaurants = (
+        np.random.default_rng(99)
+        .normal([DEFAULT_CITY.center_lat, DEFAULT_CITY.center_lon], 0.03, (40, 2))
+        .round(6)
+    )
     pick = rng.integers(0, 40, n)
     start = pd.Timestamp(day, tz="UTC")
     return pd.DataFrame(
         {
             "courier_id": pd.array(rng.integers(0, 30, n).astype(str), dtype="string"),
-            "order_number": pd.array(np.char.add(day, rng.integers(0, n // 3 + 1, n).astype(str)), dtype="string"),
-            "courier_location_timestamp": start + pd.to_timedelta(rng.integers(0, 86_400, n), unit="s"),
+            "order_number": pd.array(
+                np.char.add(day, rng.integers(0, n // 3 + 1, n).astype(str)), dtype="string"
+            ),
+            "courier_location_timestamp": start
+            + pd.to_timedelta(rng.integers(0, 86_400, n), unit="s"),
             "courier_lat": restaurants[pick, 0] + rng.normal(0, 0.002, n),
             "courier_lon": restaurants[pick, 1] + rng.normal(0, 0.002, n),
             "order_created_timestamp": start,
@@ -57,7 +64,9 @@ def history():
     days = days_before(TARGET_DAY, LOOKBACK_DAYS)
     cleans = {day: clean_pings(day, 3000, seed=1) for day in days}
     hourly = {day: hex_hourly_busyness(frame, RES) for day, frame in cleans.items()}
-    restaurants = restaurants_from_sightings({d: restaurant_sightings(f) for d, f in cleans.items()}, RES)
+    restaurants = restaurants_from_sightings(
+        {d: restaurant_sightings(f) for d, f in cleans.items()}, RES
+    )
     return hourly, cluster_restaurants(restaurants, DEFAULT_CITY.n_restaurant_clusters)
 
 
@@ -68,16 +77,29 @@ def test_hourly_busyness_matches_a_plain_groupby():
         clean.assign(
             h3_cell=cells_to_strings(cells_for(clean["courier_lat"], clean["courier_lon"], RES)),
             hour_start=clean["courier_location_timestamp"].dt.floor("h"),
-            km=haversine_km(clean["courier_lat"], clean["courier_lon"], clean["restaurant_lat"], clean["restaurant_lon"]),
+            km=haversine_km(
+                clean["courier_lat"],
+                clean["courier_lon"],
+                clean["restaurant_lat"],
+                clean["restaurant_lon"],
+            ),
         )
         .groupby(["h3_cell", "hour_start"])
-        .agg(orders=("order_number", "nunique"), pings=("order_number", "size"), couriers=("courier_id", "nunique"), km=("km", "mean"))
+        .agg(
+            orders=("order_number", "nunique"),
+            pings=("order_number", "size"),
+            couriers=("courier_id", "nunique"),
+            km=("km", "mean"),
+        )
         .reset_index()
     )
     assert len(hourly) == len(reference)
     assert hourly["h3_cell"].tolist() == reference["h3_cell"].tolist()
     assert (hourly["hour_start"] == reference["hour_start"]).all()
-    assert hourly[["orders", "pings", "couriers"]].to_numpy().tolist() == reference[["orders", "pings", "couriers"]].to_numpy().tolist()
+    assert (
+        hourly[["orders", "pings", "couriers"]].to_numpy().tolist()
+        == reference[["orders", "pings", "couriers"]].to_numpy().tolist()
+    )
     assert np.allclose(hourly["courier_restaurant_km_mean"], reference["km"])
     assert duplicate_hourly_keys(hourly) == 0
     assert duplicate_hourly_keys(pd.concat([hourly, hourly.head(2)])) == 4
@@ -102,15 +124,21 @@ def test_restaurant_ids_are_stable_across_runs_and_day_order():
 
 
 def test_cluster_labels_do_not_depend_on_row_order():
-    restaurants = restaurants_from_sightings({"2026-10-01": restaurant_sightings(clean_pings("2026-10-01", 4000, 5))}, RES)
+    restaurants = restaurants_from_sightings(
+        {"2026-10-01": restaurant_sightings(clean_pings("2026-10-01", 4000, 5))}, RES
+    )
     first = cluster_restaurants(restaurants, 5).set_index("restaurant_id")["cluster"]
-    shuffled = cluster_restaurants(restaurants.sample(frac=1, random_state=4), 5).set_index("restaurant_id")["cluster"]
+    shuffled = cluster_restaurants(restaurants.sample(frac=1, random_state=4), 5).set_index(
+        "restaurant_id"
+    )["cluster"]
     assert first.sort_index().tolist() == shuffled.sort_index().tolist()
     assert sorted(first.unique()) == [0, 1, 2, 3, 4]
 
 
 def test_too_few_restaurants_for_clusters_is_a_clear_error():
-    restaurants = restaurants_from_sightings({"2026-10-01": restaurant_sightings(clean_pings("2026-10-01", 30, 5).head(2))}, RES)
+    restaurants = restaurants_from_sightings(
+        {"2026-10-01": restaurant_sightings(clean_pings("2026-10-01", 30, 5).head(2))}, RES
+    )
     with pytest.raises(ValueError, match="need at least 5 restaurants"):
         cluster_restaurants(restaurants, 5)
 
@@ -131,8 +159,16 @@ def test_features_have_one_row_per_cell_and_hour_with_correct_lags(history):
     for lag in (1, 24, 168):
         expected = actual(features["h3_cell"], features["hour_start"] - pd.Timedelta(hours=lag))
         assert np.array_equal(features[f"orders_lag_{lag}h"].to_numpy(), expected)
-    assert np.array_equal(features["orders"].to_numpy(), actual(features["h3_cell"], features["hour_start"]))
-    mean_3h = np.mean([actual(features["h3_cell"], features["hour_start"] - pd.Timedelta(hours=h)) for h in (1, 2, 3)], axis=0)
+    assert np.array_equal(
+        features["orders"].to_numpy(), actual(features["h3_cell"], features["hour_start"])
+    )
+    mean_3h = np.mean(
+        [
+            actual(features["h3_cell"], features["hour_start"] - pd.Timedelta(hours=h))
+            for h in (1, 2, 3)
+        ],
+        axis=0,
+    )
     assert np.allclose(features["orders_mean_3h"], mean_3h)
     # Regina has no daylight saving: local hour = UTC - 6
     assert ((features["hour_start"].dt.hour - 6) % 24 == features["hour_of_day"]).all()

@@ -24,7 +24,9 @@ def test_haversine_is_vectorized_and_symmetric():
     rng = np.random.default_rng(1)
     lat1, lat2 = rng.uniform(-80, 80, (2, 1000))
     lon1, lon2 = rng.uniform(-180, 180, (2, 1000))
-    assert np.allclose(geo.haversine_km(lat1, lon1, lat2, lon2), geo.haversine_km(lat2, lon2, lat1, lon1))
+    assert np.allclose(
+        geo.haversine_km(lat1, lon1, lat2, lon2), geo.haversine_km(lat2, lon2, lat1, lon1)
+    )
 
 
 def test_euclidean_distance_in_degrees():

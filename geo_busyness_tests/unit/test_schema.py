@@ -111,7 +111,7 @@ def test_wrong_header_is_a_clear_file_error():
 
 
 def test_binary_garbage_is_a_clear_file_error():
-    with pytest.raises(UnparseableFileError, match="bad.parquet: cannot be parsed"):
+    with pytest.raises(UnparseableFileError, match=r"bad\.parquet: cannot be parsed"):
         read_raw_file("bad.parquet", b"\x00\x01 not parquet")
 
 

@@ -1,0 +1,115 @@
+"""The Dockerfile's commands, run outside a container (no Docker engine runs here).
+
+The image's dependency and project layers are built with the very `uv sync` lines of the
+Dockerfile into a fresh directory, and its CMD (the Dagster code server) must start and
+answer a gRPC health check.
+"""
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILE = (REPO / "Dockerfile").read_text()
+
+
+def dockerfile_uv_commands() -> list[list[str]]:
+    return [
+        shlex.split(line.removeprefix("RUN "))
+        for line in DOCKERFILE.splitlines()
+        if line.startswith("RUN uv ")
+    ]
+
+
+def dockerfile_cmd() -> list[str]:
+    return json.loads(re.search(r"^CMD (\[.*\])$", DOCKERFILE, re.MULTILINE).group(1))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_dockerfile_builds_from_the_lockfile_without_dev_dependencies():
+    commands = dockerfile_uv_commands()
+    assert [c[:2] for c in commands] == [["uv", "sync"], ["uv", "sync"]]
+    assert all("--frozen" in c and "--no-dev" in c for c in commands)
+    assert "--no-install-project" in commands[0]  # the cacheable dependency layer
+    assert "USER app" in DOCKERFILE
+
+
+def test_image_commands_install_and_serve_the_code_location(tmp_path):
+    app = tmp_path / "app"
+    app.mkdir()
+    for name in ("pyproject.toml", "uv.lock", "README.md", "workspace.yaml", "dagster_cloud.yaml"):
+        shutil.copy(REPO / name, app / name)
+    env = {
+        **os.environ,
+        "UV_PYTHON_DOWNLOADS": "never",
+        "UV_PYTHON": sys.executable,
+        "DAGSTER_HOME": str(tmp_path / "home"),
+        "GEO_BUSYNESS_DATA_DIR": str(tmp_path / "data"),
+    }
+    env.pop("VIRTUAL_ENV", None)
+    (tmp_path / "home").mkdir()
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+    dependencies, project = dockerfile_uv_commands()
+    subprocess.run(
+        [uv, *dependencies[1:]], cwd=app, env=env, check=True, capture_output=True, timeout=900
+    )
+    shutil.copytree(
+        REPO / "geo_busyness", app / "geo_busyness", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    subprocess.run(
+        [uv, *project[1:]], cwd=app, env=env, check=True, capture_output=True, timeout=900
+    )
+    venv_bin = app / ".venv" / "bin"
+    assert not (venv_bin / "pytest").exists()  # dev dependencies stay out of the image
+
+    port = free_port()
+    command = [str(venv_bin / dockerfile_cmd()[0]), *dockerfile_cmd()[1:]]
+    command = [("127.0.0.1" if part == "0.0.0.0" else part) for part in command]
+    command[command.index("-p") + 1] = str(port)
+    server = subprocess.Popen(
+        command,
+        cwd=app,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            check = subprocess.run(
+                [venv_bin / "dagster", "api", "grpc-health-check", "-p", str(port)],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            if check.returncode == 0:
+                break
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"code server did not become healthy:\n{server.stdout.read()}")
+            time.sleep(2)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()

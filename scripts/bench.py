@@ -1,0 +1,323 @@
+"""Data-path benchmark: H3 indexing, the core transforms on one day, the Dagster path end to end.
+
+Each section runs in a fresh interpreter (so timings are warm-but-isolated and peak memory is
+the section's own), merges its figures into ``bench-data/results.json`` and prints a Markdown
+table. ``BENCHMARKS.md`` records the figures and how to reproduce them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import multiprocessing
+import platform
+import resource
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import dagster as dg
+import h3
+import numpy as np
+import pandas as pd
+
+from geo_busyness.core import geo
+from geo_busyness.core.city import DEFAULT_CITY
+from geo_busyness.core.features import (
+    busyness_features,
+    cluster_restaurants,
+    hex_hourly_busyness,
+    restaurant_sightings,
+    restaurants_from_sightings,
+)
+from geo_busyness.core.schema import (
+    UnparseableFileError,
+    read_raw_file,
+    unparseable_file_record,
+    validate_pings,
+)
+from geo_busyness.definitions import defs
+from geo_busyness.resources.city import CityResource
+from geo_busyness.resources.io_manager import ParquetIOManagerResource
+from geo_busyness.resources.landing_zone import LandingZone
+from geo_busyness.runner import day_range, materialize_days
+from geo_busyness.simulate import SimulationConfig, simulate, simulate_day
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "bench-data"
+RESULTS = BENCH_DIR / "results.json"
+START = dt.date(2026, 10, 1)
+HISTORY_DAYS = 9  # the target day plus the 8 days busyness_features looks back on
+CORE_TARGET_S = 3.0
+MEMORY_TARGET_GB = 4.0
+GB = 1e9
+
+
+def timed(function: Callable, *args):
+    """(result, wall seconds, CPU seconds of every thread of this process)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = function(*args)
+    return result, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def best_of(function: Callable, *args, repeat: int = 3) -> float:
+    """Best wall time of ``repeat`` runs (call it once beforehand to warm up)."""
+    return min(timed(function, *args)[1] for _ in range(repeat))
+
+
+def max_rss_gb() -> float:
+    """Peak resident memory of this process so far (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB
+
+
+class RssSampler(threading.Thread):
+    """Samples VmRSS from /proc/self/status and keeps the peak of the current phase."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.interval, self.peak_kib, self._stop = interval, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak_kib = max(self.peak_kib, _vm_rss_kib())
+
+    def phase_peak_gb(self) -> float:
+        """Peak since the previous call, in GB, then start a new phase."""
+        peak, self.peak_kib = max(self.peak_kib, _vm_rss_kib()), 0
+        return peak * 1024 / GB
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join()
+
+
+def _vm_rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def bench_h3(points: int) -> dict:
+    """geo.cells_for (h3ronpy) against a list comprehension over h3, on points in the city."""
+    city = DEFAULT_CITY
+    rng = np.random.default_rng(0)
+    lat = city.center_lat + rng.uniform(-0.15, 0.15, points)
+    lon = city.center_lon + rng.uniform(-0.25, 0.25, points)
+    res = city.h3_resolution
+
+    def loop() -> np.ndarray:
+        cells = [h3.str_to_int(h3.latlng_to_cell(a, b, res)) for a, b in zip(lat, lon, strict=True)]
+        return np.array(cells, dtype="uint64")
+
+    vectorized, expected = geo.cells_for(lat, lon, res), loop()  # also the warm-up runs
+    assert np.array_equal(vectorized, expected), "h3ronpy and h3 disagree"
+    fast, slow = best_of(geo.cells_for, lat, lon, res), best_of(loop)
+    return {
+        "points": points,
+        "resolution": res,
+        "agree": True,
+        "h3ronpy_points_per_s": points / fast,
+        "h3_loop_points_per_s": points / slow,
+        "speedup": slow / fast,
+    }
+
+
+def ingest(files: dict[str, bytes], day: str) -> pd.DataFrame:
+    """The raw_courier_pings asset without Dagster: every file of the day as text rows."""
+    frames = []
+    for name, content in files.items():
+        try:
+            frames.append(read_raw_file(name, content))
+        except UnparseableFileError as error:
+            frames.append(unparseable_file_record(name, str(error)))
+    return pd.concat(frames, ignore_index=True)
+
+
+def bench_core(pings_per_day: int) -> dict:
+    """One day through the core functions, after 8 days of history (timed on the last day)."""
+    config = SimulationConfig(pings_per_day=pings_per_day, start_date=START)
+    city, res = config.city, config.city.h3_resolution
+    days = day_range(START, HISTORY_DAYS)
+    hourly, sightings = {}, {}
+    for day in days:  # the earlier days build history and warm every code path up
+        files, simulate_s, _ = timed(simulate_day, config, dt.date.fromisoformat(day))
+        raw, read_s, read_cpu = timed(ingest, files, day)
+        del files
+        result, validate_s, validate_cpu = timed(validate_pings, raw, city, day)
+        raw_rows, clean = len(raw), result.clean
+        del raw, result
+        hourly[day], hourly_s, hourly_cpu = timed(hex_hourly_busyness, clean, res)
+        sightings[day], sightings_s, _ = timed(restaurant_sightings, clean)
+    restaurants, restaurants_s, _ = timed(restaurants_from_sightings, sightings, res)
+    clusters, clusters_s, _ = timed(cluster_restaurants, restaurants, city.n_restaurant_clusters)
+    features, features_s, features_cpu = timed(busyness_features, hourly, days[-1], clusters, city)
+    return {
+        "pings_per_day": pings_per_day,
+        "raw_rows": raw_rows,
+        "clean_rows": len(clean),
+        "hourly_rows": len(hourly[days[-1]]),
+        "feature_rows": len(features),
+        "simulate_day_s": simulate_s,
+        "read_raw_file_s": read_s,
+        "validate_pings_s": validate_s,
+        "ingestion_s": read_s + validate_s,
+        "ingestion_cpu_s": read_cpu + validate_cpu,
+        "hex_hourly_busyness_s": hourly_s,
+        "busyness_features_s": features_s,
+        "clean_to_features_s": hourly_s + features_s,
+        "clean_to_features_cpu_s": hourly_cpu + features_cpu,
+        "validate_to_features_cpu_s": validate_cpu + hourly_cpu + features_cpu,
+        "restaurant_sightings_s": sightings_s,
+        "restaurants_from_sightings_s": restaurants_s,
+        "cluster_restaurants_s": clusters_s,
+        "peak_rss_gb": max_rss_gb(),
+    }
+
+
+def bench_e2e(days: int, pings_per_day: int) -> dict:
+    """Simulate ``days`` into a landing zone, then materialize them all through Dagster."""
+    root = Path(tempfile.mkdtemp(prefix="e2e-", dir=BENCH_DIR))
+    sampler = RssSampler()
+    sampler.start()
+    try:
+        landing = LandingZone(root=str(root / "landing"))
+        config = SimulationConfig(start_date=START, days=days, pings_per_day=pings_per_day)
+        simulated, simulate_s, _ = timed(simulate, config, landing.write, False)
+        simulate_peak = sampler.phase_peak_gb()
+        bench_defs = dg.Definitions(
+            assets=defs.assets,
+            asset_checks=defs.asset_checks,
+            resources={
+                "city": CityResource(),
+                "landing_zone": landing,
+                "io_manager": ParquetIOManagerResource(base_path=str(root / "assets")),
+            },
+        )
+        steps: list[tuple[str, float]] = []
+        with dg.instance_for_test() as instance:
+            summary, run_s, run_cpu = timed(
+                materialize_days,
+                day_range(START, days),
+                bench_defs,
+                instance,
+                lambda message: steps.append((message.split()[0].rstrip(","), time.perf_counter())),
+            )
+        steps.append(("end", time.perf_counter()))
+        materialize_peak = sampler.phase_peak_gb()
+        landing_gb, assets_gb = (_disk_gb(root / part) for part in ("landing", "assets"))
+    finally:
+        sampler.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    durations: dict[str, list[float]] = {}
+    for (step, began), (_, ended) in zip(steps, steps[1:], strict=False):
+        durations.setdefault(step, []).append(ended - began)
+    assert not summary.failed_checks, summary.failed_checks
+    return {
+        "days": days,
+        "pings_per_day": pings_per_day,
+        "raw_rows": simulated.rows,
+        "clean_rows": sum(day.clean_rows for day in summary.days),
+        "landing_gb": landing_gb,
+        "assets_gb": assets_gb,
+        "simulate_s": simulate_s,
+        "materialize_s": run_s,
+        "materialize_cpu_s": run_cpu,
+        "ingest_day_s_median": float(np.median(durations["ingest"])),
+        "restaurants_s": durations["restaurants"][0],
+        "features_day_s_median": float(np.median(durations["features"])),
+        "per_day_s": run_s / days,
+        "simulate_peak_rss_gb": simulate_peak,
+        "materialize_peak_rss_gb": materialize_peak,
+        "peak_rss_gb": max_rss_gb(),
+    }
+
+
+def _disk_gb(path: Path) -> float:
+    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file()) / GB
+
+
+def rows(results: dict) -> list[tuple[str, str, str, str]]:
+    """(measure, value, target, met) for the Markdown table."""
+    table = []
+    if h := results.get("h3"):
+        n = f"{h['points']:,} points, res {h['resolution']}"
+        table += [
+            (f"h3: `geo.cells_for` (h3ronpy), {n}", f"{h['h3ronpy_points_per_s'] / 1e6:.2f} M points/s", "", ""),
+            (f"h3: list comprehension over `h3.latlng_to_cell`, {n}", f"{h['h3_loop_points_per_s'] / 1e6:.2f} M points/s", "", ""),
+            ("h3: speed-up, exact agreement", f"{h['speedup']:.1f}x, agree={h['agree']}", "4-5x, agree", _met(h["speedup"] >= 4 and h["agree"])),
+        ]
+    if c := results.get("core"):
+        n = f"1 day, {c['raw_rows']:,} raw / {c['clean_rows']:,} clean rows"
+        target = c["clean_to_features_cpu_s"] < CORE_TARGET_S
+        table += [
+            (f"core: `simulate_day` ({n})", f"{c['simulate_day_s']:.2f} s", "", ""),
+            ("core: ingestion `read_raw_file` (wall)", f"{c['read_raw_file_s']:.2f} s", "", ""),
+            ("core: ingestion `validate_pings` (wall)", f"{c['validate_pings_s']:.2f} s", "", ""),
+            ("core: `hex_hourly_busyness` (wall)", f"{c['hex_hourly_busyness_s']:.2f} s", "", ""),
+            (f"core: `busyness_features`, 8 days of history (wall), {c['feature_rows']:,} rows", f"{c['busyness_features_s']:.2f} s", "", ""),
+            ("core: clean → hex_hourly_busyness → busyness_features", f"{c['clean_to_features_cpu_s']:.2f} s CPU / {c['clean_to_features_s']:.2f} s wall", f"< {CORE_TARGET_S:g} s", _met(target)),
+            ("core: validate → hex_hourly_busyness → busyness_features (CPU)", f"{c['validate_to_features_cpu_s']:.2f} s", "", ""),
+            ("core: `restaurant_sightings` / `restaurants_from_sightings` / `cluster_restaurants`", f"{c['restaurant_sightings_s']:.2f} / {c['restaurants_from_sightings_s']:.3f} / {c['cluster_restaurants_s']:.2f} s", "", ""),
+            ("core: peak RSS of the section", f"{c['peak_rss_gb']:.2f} GB", "", ""),
+        ]
+    if e := results.get("e2e"):
+        n = f"{e['days']} days x {e['pings_per_day']:,} pings"
+        table += [
+            (f"e2e: simulate into the landing zone ({n})", f"{e['simulate_s']:.0f} s", "", ""),
+            (f"e2e: `materialize_days` ({e['raw_rows']:,} raw rows)", f"{e['materialize_s']:.0f} s wall, {e['materialize_cpu_s']:.0f} s CPU", "", ""),
+            ("e2e: per day (ingest median / features median / all)", f"{e['ingest_day_s_median']:.1f} / {e['features_day_s_median']:.1f} / {e['per_day_s']:.1f} s", "", ""),
+            ("e2e: restaurants + clusters + freshness run", f"{e['restaurants_s']:.1f} s", "", ""),
+            ("e2e: peak RSS while materializing (sampled)", f"{e['materialize_peak_rss_gb']:.2f} GB", "", ""),
+            ("e2e: peak RSS of the whole process (ru_maxrss)", f"{e['peak_rss_gb']:.2f} GB", f"< {MEMORY_TARGET_GB:g} GB", _met(e["peak_rss_gb"] < MEMORY_TARGET_GB)),
+        ]
+    return table
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def markdown(table: list[tuple[str, str, str, str]]) -> str:
+    lines = ["| measure | value | target | met |", "| --- | --- | --- | --- |"]
+    return "\n".join([*lines, *(f"| {' | '.join(row)} |" for row in table)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small smoke sizes (seconds, not minutes)")
+    parser.add_argument("--only", choices=("h3", "core", "e2e"), help="run one section")
+    parser.add_argument("--days", type=int, help="e2e days (default 30, quick 3)")
+    parser.add_argument("--pings-per-day", type=int, help="core and e2e pings per day (default 1M, quick 20k)")
+    args = parser.parse_args()
+    pings = args.pings_per_day or (20_000 if args.quick else 1_000_000)
+    sections = {
+        "h3": (bench_h3, (100_000 if args.quick else 1_000_000,)),
+        "core": (bench_core, (pings,)),
+        "e2e": (bench_e2e, (args.days or (3 if args.quick else 30), pings)),
+    }
+    if args.only:
+        sections = {args.only: sections[args.only]}
+
+    BENCH_DIR.mkdir(exist_ok=True)
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    run = {}
+    for name, (function, section_args) in sections.items():
+        print(f"running {name}{section_args} ...", flush=True)
+        # A fresh interpreter per section: no warm caches or memory peaks carried over.
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            run[name] = pool.submit(function, *section_args).result()
+        run[name]["measured_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        results.update(run)
+        results["machine"] = {"python": platform.python_version(), "cpus": multiprocessing.cpu_count()}
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(markdown(rows(run)))
+    print(f"\nresults: {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
