@@ -110,7 +110,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"\nWhere to look:\n"
         f"  landing zone   {zone.location('raw/')}\n"
         f"  asset files    {storage}/<asset>/<day>.parquet (quarantine: {storage}/quarantined_pings/)\n"
-        f"  Dagster UI     make ui   (DAGSTER_HOME={home}: runs, metadata, maps and checks of this run)"
+        f"  Dagster UI     scripts/dev ui   (DAGSTER_HOME={home}: runs, metadata, maps and checks of this run)"
     )
     return 1 if summary.failed_checks else 0
 

@@ -192,12 +192,18 @@ class SeaweedFS:
         return name
 
     def log_tail(self, lines: int = 40) -> str:
-        """The last ``lines`` lines of the server log (for error messages)."""
+        """The last ``lines`` lines of the server log, after its fatal lines (for error messages).
+
+        A fatal error (glog lines starting with ``F``, e.g. a port already in use) is followed
+        by a goroutine dump that would push it out of the tail, so fatal lines come first.
+        """
         try:
-            text = self.log_path.read_text(errors="replace")
+            log = self.log_path.read_text(errors="replace").splitlines()
         except (OSError, SeaweedFSError):
             return "<no server log>"
-        return "\n".join(text.splitlines()[-lines:])
+        fatal = [line for line in log if line.startswith("F") and line[1:5].isdigit()]
+        tail = log[-lines:]
+        return "\n".join([*(f"[fatal] {line}" for line in fatal if line not in tail), *tail])
 
     # ----------------------------------------------------------------- lifecycle
     def command(self) -> list[str]:
@@ -277,7 +283,7 @@ class SeaweedFS:
                 return self
             except SeaweedFSError as error:
                 last_error = error
-                clash = "address already in use" in self.log_tail(200).lower()
+                clash = "address already in use" in str(error).lower()
                 self._stop_process(timeout=2.0)
                 if not clash or self._fixed_s3_port:
                     break
@@ -288,7 +294,7 @@ class SeaweedFS:
     def _wait_ready(self) -> None:
         """Create a probe bucket and round-trip an object, retrying until ``startup_timeout``."""
         deadline = time.monotonic() + self.startup_timeout
-        client = self.client(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=10)
+        client = self.client(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=5)
         last: BaseException | None = None
         while time.monotonic() < deadline:
             assert self._process is not None
