@@ -40,6 +40,7 @@ LOOPBACK = "127.0.0.1"
 READY_BUCKET = "seaweedfs-ready"
 # weed opens these gRPC Unix sockets in /tmp whatever its data directory; removed on stop.
 _GRPC_SOCKET = "/tmp/seaweedfs-{service}-grpc-{port}.sock"
+_PR_SET_PDEATHSIG = 1
 _UNIX_SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
 
 
@@ -68,6 +69,15 @@ def find_weed() -> str:
     )
 
 
+def _kill_when_parent_dies() -> None:
+    """In the forked child before exec: ask Linux for SIGKILL when the parent thread ends."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def client_env(access_key: str, secret_key: str) -> dict[str, str]:
     """AWS variables so boto3 / s3fs / S3Resource use these credentials and never ask EC2 metadata."""
     return {
@@ -85,7 +95,9 @@ class SeaweedFS:
     ``data_dir``: where volumes, metadata and ``weed.log`` go (a temporary directory, removed on
     stop, when omitted). ``s3_port``: fixed S3 port (free port when omitted); every other port is
     always a free one. ``stop_timeout``: seconds between SIGTERM and SIGKILL; a graceful stop of
-    the filer takes about 15 s, so throw-away test servers pass a few seconds.
+    the filer takes about 15 s, so throw-away test servers pass a few seconds. ``die_with_parent``
+    (Linux): the kernel kills the server when the thread that started it ends, so even a killed
+    test run leaves no ``weed`` behind; start it from a long-lived thread (normally the main one).
     """
 
     def __init__(
@@ -99,6 +111,7 @@ class SeaweedFS:
         stop_timeout: float = 20.0,
         volume_size_limit_mb: int = 64,
         weed: str | None = None,
+        die_with_parent: bool = True,
     ) -> None:
         self.access_key = access_key
         self.secret_key = secret_key
@@ -106,6 +119,7 @@ class SeaweedFS:
         self.stop_timeout = stop_timeout
         self.volume_size_limit_mb = volume_size_limit_mb
         self._weed = weed
+        self.die_with_parent = die_with_parent
         self._fixed_s3_port = s3_port
         self._given_dir = Path(data_dir) if data_dir is not None else None
         self._owned_dir: Path | None = None
@@ -276,6 +290,7 @@ class SeaweedFS:
                 stderr=subprocess.STDOUT,
                 cwd=self.data_dir,
                 start_new_session=True,  # own process group: stopped as a whole
+                preexec_fn=_kill_when_parent_dies if self.die_with_parent else None,
             )
             atexit.register(self.stop)
             try:
@@ -287,6 +302,8 @@ class SeaweedFS:
                 self._stop_process(timeout=2.0)
                 if not clash or self._fixed_s3_port:
                     break
+                if self._owned_dir is not None:  # fresh cluster state for the new ports
+                    shutil.rmtree(self._owned_dir / "data", ignore_errors=True)
         self.stop()
         assert last_error is not None
         raise last_error

@@ -44,12 +44,18 @@ class ParquetIOManager(dg.UPathIOManager):
             return pd.read_parquet(handle, columns=columns)
 
     def load_partitions(self, context: dg.InputContext) -> Any:
-        loaded = super().load_partitions(context)
-        wants_dict = is_dict_type(context.dagster_type.typing_type)
-        if wants_dict and not isinstance(loaded, dict):
-            key = context.asset_partition_keys[0]
-            return {} if loaded is None else {key: loaded}
-        return loaded
+        """Load the mapped partitions; with ``allow_missing_partitions``, list the asset's folder
+        once and read only the partitions that exist (a mapping over every day since the start
+        would otherwise try, and log, one failed read per absent day)."""
+        paths = self._get_paths_for_partitions(context)
+        if (context.definition_metadata or {}).get("allow_missing_partitions", False) and paths:
+            folder = next(iter(paths.values())).parent
+            present = {child.name for child in folder.iterdir()} if folder.exists() else set()
+            paths = {key: path for key, path in paths.items() if path.name in present}
+        loaded = {key: self.load_from_path(context, path) for key, path in paths.items()}
+        if is_dict_type(context.dagster_type.typing_type) or len(context.asset_partition_keys) != 1:
+            return loaded
+        return next(iter(loaded.values()), None)
 
     def get_metadata(self, context: dg.OutputContext, obj: pd.DataFrame) -> dict[str, Any]:
         return {"dagster/row_count": len(obj)}
