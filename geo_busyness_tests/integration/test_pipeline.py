@@ -6,7 +6,9 @@ import dagster as dg
 import pandas as pd
 import pytest
 
+from geo_busyness.checks import hourly_keys_are_unique
 from geo_busyness.definitions import defs
+from geo_busyness.partitions import daily_partitions
 from geo_busyness.resources.city import CityResource
 from geo_busyness.resources.io_manager import ParquetIOManagerResource
 from geo_busyness.resources.landing_zone import LandingZone
@@ -106,3 +108,40 @@ def test_a_day_without_files_fails_with_a_clear_message(pipeline):
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "No landing files for 2026-09-01" in str(failure.event_specific_data.error)
+
+
+def test_a_failing_blocking_check_stops_downstream_assets(pipeline):
+    """Duplicated hourly keys fail `hourly_keys_are_unique`, so busyness_features is not built."""
+    root, test_defs, instance, _ = pipeline
+    day = day_range(START, DAYS)[-1]
+    features_before = read(root, "busyness_features", day)
+    hourly_before = read(root, "hex_hourly_busyness", day)
+
+    @dg.asset(
+        name="hex_hourly_busyness", partitions_def=daily_partitions, deps=["clean_courier_pings"]
+    )
+    def duplicated_hourly() -> pd.DataFrame:
+        return pd.concat([hourly_before, hourly_before.head(3)], ignore_index=True)
+
+    result = dg.materialize(
+        [
+            *(a for a in test_defs.assets if dg.AssetKey("hex_hourly_busyness") not in a.keys),
+            duplicated_hourly,
+            hourly_keys_are_unique,
+        ],
+        selection=dg.AssetSelection.assets("hex_hourly_busyness", "busyness_features"),
+        partition_key=day,
+        instance=instance,
+        resources=test_defs.resources,
+        raise_on_error=False,
+    )
+    assert not result.success
+    [evaluation] = result.get_asset_check_evaluations()
+    assert (evaluation.check_name, evaluation.passed) == ("hourly_keys_are_unique", False)
+    assert evaluation.metadata["duplicated_rows"].value == 6
+    materialized = {event.asset_key for event in result.get_asset_materialization_events()}
+    assert materialized == {dg.AssetKey("hex_hourly_busyness")}
+    pd.testing.assert_frame_equal(features_before, read(root, "busyness_features", day))
+    hourly_before.to_parquet(
+        root / "assets" / "hex_hourly_busyness" / f"{day}.parquet", index=False
+    )
