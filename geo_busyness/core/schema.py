@@ -1,19 +1,27 @@
 """Raw courier-ping data contract and its vectorized validator.
 
 Raw files are read with every column as text so that a quarantined row keeps exactly what
-arrived. Validation is column-wise (pandas/numpy), never row by row. Every input row ends in
+arrived. Validation is column-wise (Arrow/numpy, with pandas' parsing semantics), never row by
+row. Every input row ends in
 exactly one of *clean* or *quarantine*; a file that cannot be parsed at all becomes one
 quarantine record naming the file and the problem.
 """
 
 from __future__ import annotations
 
+import datetime
 import io
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 
 from geo_busyness.core.city import City
 from geo_busyness.core.geo import haversine_km
@@ -28,6 +36,7 @@ RAW_COLUMNS: tuple[str, ...] = (
     "restaurant_lat",
     "restaurant_lon",
 )
+ID_COLUMNS = ("courier_id", "order_number")
 TIMESTAMP_COLUMNS = ("courier_location_timestamp", "order_created_timestamp")
 LAT_COLUMNS = ("courier_lat", "restaurant_lat")
 LON_COLUMNS = ("courier_lon", "restaurant_lon")
@@ -94,9 +103,30 @@ def read_raw_file(name: str, content: bytes) -> pd.DataFrame:
     Raises :class:`UnparseableFileError` naming the file and the problem when the content
     is not a table with the contract's columns. Header names are matched case- and
     blank-insensitively; extra columns are dropped.
+
+    A CSV file is read with Arrow's multi-threaded reader; anything it does not read exactly
+    as pandas' C parser would (an odd row, a NUL byte, a duplicate or blank header name, a
+    missing column) is read again by pandas, so results and error messages stay pandas'.
     """
-    if not content.strip():
+    if _blank(content):
         return _empty_raw_frame()
+    frame = None if name.endswith(".parquet") else _read_csv_with_arrow(content)
+    if frame is None:
+        table = _read_with_pandas(name, content)
+        frame = table.loc[:, list(RAW_COLUMNS)].astype("string").reset_index(drop=True)
+    frame["source_file"] = pd.array([name] * len(frame), dtype="string")
+    frame["source_row"] = np.arange(len(frame), dtype="int64")
+    frame["file_error"] = pd.Series(pd.NA, index=frame.index, dtype="string")
+    return frame
+
+
+def _blank(content: bytes) -> bool:
+    """``not content.strip()``, without copying a large file."""
+    return not content[:1].strip() and not content.strip()
+
+
+def _read_with_pandas(name: str, content: bytes) -> pd.DataFrame:
+    """The reference reader: pandas, every column as text, headers normalized and checked."""
     try:
         if name.endswith(".parquet"):
             table = pd.read_parquet(io.BytesIO(content))
@@ -110,18 +140,70 @@ def read_raw_file(name: str, content: bytes) -> pd.DataFrame:
                 skipinitialspace=False,
             )
     except Exception as error:
-        raise UnparseableFileError(f"{name}: cannot be parsed ({type(error).__name__}: {error})") from error
+        raise UnparseableFileError(
+            f"{name}: cannot be parsed ({type(error).__name__}: {error})"
+        ) from error
     table.columns = [str(column).strip().lower() for column in table.columns]
     missing = [column for column in RAW_COLUMNS if column not in table.columns]
     if missing:
         raise UnparseableFileError(
             f"{name}: missing required columns {missing}; found columns {list(table.columns)}"
         )
-    frame = table.loc[:, list(RAW_COLUMNS)].astype("string")
-    frame["source_file"] = pd.array([name] * len(frame), dtype="string")
-    frame["source_row"] = np.arange(len(frame), dtype="int64")
-    frame["file_error"] = pd.array([pd.NA] * len(frame), dtype="string")
-    return frame.reset_index(drop=True)
+    return table
+
+
+def _read_csv_with_arrow(content: bytes) -> pd.DataFrame | None:
+    """The contract's columns of a CSV file as text, or None when pandas must decide.
+
+    The header is read as an ordinary row (so every column, whatever its name, is text) and
+    the file is only accepted when its header names each contract column exactly once. Arrow refuses the row shapes pandas would repair; a
+    sentinel row appended to the file shows that the file does not end inside a quote.
+    """
+    if b"\x00" in content:  # pandas' tokenizer treats NUL specially
+        return None
+    if b"\r" in content and content.count(b"\r") != content.count(b"\r\n"):
+        return None  # pandas' tokenizer has quirks with bare carriage returns
+    header_end = content.find(b"\n")
+    fields = content[: header_end if header_end >= 0 else None].count(b",") + 1
+    sentinel = "\x01"
+    try:
+        table = pa_csv.read_csv(
+            io.BytesIO(b"".join([content, b"\n", ",".join([sentinel] * fields).encode(), b"\n"])),
+            read_options=pa_csv.ReadOptions(autogenerate_column_names=True),
+            parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+            convert_options=pa_csv.ConvertOptions(
+                column_types={f"f{i}": pa.string() for i in range(fields)},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except (pa.ArrowException, ValueError):
+        return None
+    if table.num_rows < 2 or table.num_columns != fields:
+        return None
+    if not all(pa.types.is_string(f.type) for f in table.schema):
+        return None
+    if any(column[-1].as_py() != sentinel for column in table.columns):
+        return None  # the file ends inside a quoted value
+    header = [column[0].as_py() for column in table.columns]
+    normalized = [column.strip().lower() for column in header]
+    if any(normalized.count(column) != 1 for column in RAW_COLUMNS):
+        return None
+    body = table.slice(1, table.num_rows - 2)
+    return pd.DataFrame(
+        {column: _pandas_text(body.column(normalized.index(column))) for column in RAW_COLUMNS}
+    )
+
+
+def _pandas_text(column: pa.ChunkedArray) -> pd.api.extensions.ExtensionArray:
+    """Arrow text as a pandas "string" array. A repetitive column (courier ids, restaurant
+    coordinates) builds each distinct Python string once and shares it."""
+    sample = column.slice(0, 1000)
+    if len(column) >= 4000 and pc.count_distinct(sample).as_py() <= len(sample) // 4:
+        encoded = pc.dictionary_encode(column).combine_chunks()
+        strings = encoded.dictionary.to_numpy(zero_copy_only=False)
+        return pd.array(strings[encoded.indices.to_numpy()], dtype="string")
+    return pd.StringDtype().__from_arrow__(column)
 
 
 def unparseable_file_record(name: str, error: str) -> pd.DataFrame:
@@ -135,106 +217,443 @@ def unparseable_file_record(name: str, error: str) -> pd.DataFrame:
 
 def _empty_raw_frame(rows: int = 0) -> pd.DataFrame:
     frame = pd.DataFrame(
-        {column: pd.array([pd.NA] * rows, dtype="string") for column in (*RAW_COLUMNS, "source_file", "file_error")}
+        {
+            column: pd.array([pd.NA] * rows, dtype="string")
+            for column in (*RAW_COLUMNS, "source_file", "file_error")
+        }
     )
     frame["source_row"] = np.zeros(rows, dtype="int64")
     return frame.loc[:, [*RAW_COLUMNS, *SOURCE_COLUMNS]]
 
 
-def validate_pings(raw: pd.DataFrame, city: City, partition_day: str | None = None) -> ValidationResult:
+class _FirstFailure:
+    """The first rule each row fails (0: none yet); later rules never overwrite it."""
+
+    def __init__(self, n: int) -> None:
+        self.rule = np.zeros(n, dtype=np.int16)
+        self.reasons: list[str] = [""]
+        self.details: list[str] = [""]
+        self.row_details: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def flag(
+        self,
+        mask: np.ndarray,
+        why: QuarantineReason,
+        detail: str | Callable[[np.ndarray], np.ndarray],
+    ) -> None:
+        new = np.flatnonzero(mask & (self.rule == 0))
+        self.reasons.append(why.value)
+        self.details.append(detail if isinstance(detail, str) else "")
+        self.rule[new] = len(self.reasons) - 1
+        if not isinstance(detail, str) and len(new):
+            self.row_details.append((new, np.asarray(detail(new), dtype=object)))
+
+    def pending(self) -> np.ndarray:
+        return self.rule == 0
+
+    def labels(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Reason and detail of the given (sorted, failed) rows."""
+        rule = self.rule[rows]
+        reason = np.array(self.reasons, dtype=object)[rule]
+        detail = np.array(self.details, dtype=object)[rule]
+        for flagged, texts in self.row_details:
+            detail[np.searchsorted(rows, flagged)] = texts
+        return reason, detail
+
+
+def validate_pings(
+    raw: pd.DataFrame, city: City, partition_day: str | None = None
+) -> ValidationResult:
     """Split raw text rows into typed clean rows and quarantined rows with a reason.
 
     ``partition_day`` (YYYY-MM-DD, UTC) quarantines pings stamped on another day, so a day
     partition only ever holds its own hours.
+
+    Text work runs on Arrow arrays but keeps pandas' semantics (``str.strip``, ``str.lower``,
+    ``to_datetime(format="ISO8601")``, ``to_numeric``): the common shapes are decoded by exact
+    vectorized fast paths and every other value goes to pandas itself.
     """
-    raw = raw.reset_index(drop=True)
     n = len(raw)
-    reason = np.full(n, "", dtype=object)
-    detail = np.full(n, "", dtype=object)
+    if not raw.index.equals(pd.RangeIndex(n)):
+        raw = raw.reset_index(drop=True)
+    failed = _FirstFailure(n)
+    flag = failed.flag
 
-    def flag(mask: np.ndarray, why: QuarantineReason, text: np.ndarray | str) -> None:
-        new = mask & (reason == "")
-        reason[new] = why.value
-        detail[new] = text[new] if isinstance(text, np.ndarray) else text
-
+    file_error = raw["file_error"]
     flag(
-        raw["file_error"].notna().to_numpy(dtype=bool),
+        file_error.notna().to_numpy(dtype=bool),
         QuarantineReason.UNPARSEABLE_FILE,
-        raw["file_error"].to_numpy(dtype=object, na_value=""),
+        lambda rows: file_error.to_numpy(dtype=object, na_value="")[rows],
     )
 
-    text = {column: raw[column].str.strip() for column in RAW_COLUMNS}
+    # Columns are independent and Arrow/numpy release the GIL: parse them on all cores.
+    with ThreadPoolExecutor(max_workers=min(len(RAW_COLUMNS), os.cpu_count() or 1)) as pool:
+        columns = [raw[column] for column in RAW_COLUMNS]
+        parsed = dict(zip(RAW_COLUMNS, pool.map(_parse_column, columns, RAW_COLUMNS), strict=True))
+    parsed_ns = {column: parsed[column].values for column in TIMESTAMP_COLUMNS}
+    numbers = {column: parsed[column].values for column in COORDINATE_COLUMNS}
+
     for column in RAW_COLUMNS:
-        missing = text[column].isna() | text[column].str.lower().isin(MISSING_TOKENS)
-        flag(missing.to_numpy(dtype=bool), QuarantineReason.MISSING_VALUE, f"{column} is empty")
-
-    parsed_time = {}
+        flag(parsed[column].missing, QuarantineReason.MISSING_VALUE, f"{column} is empty")
     for column in TIMESTAMP_COLUMNS:
-        parsed = pd.to_datetime(text[column], utc=True, errors="coerce", format="ISO8601")
-        parsed_time[column] = parsed
-        flag(parsed.isna().to_numpy(), QuarantineReason.UNPARSEABLE_TIMESTAMP, f"{column} is not ISO-8601")
-
-    numbers = {}
+        flag(
+            parsed_ns[column] == NAT_NS,
+            QuarantineReason.UNPARSEABLE_TIMESTAMP,
+            f"{column} is not ISO-8601",
+        )
     for column in COORDINATE_COLUMNS:
-        number = pd.to_numeric(text[column], errors="coerce").astype("float64")
-        numbers[column] = number.to_numpy()
-        flag(~np.isfinite(numbers[column]), QuarantineReason.UNPARSEABLE_NUMBER, f"{column} is not a number")
+        flag(
+            ~np.isfinite(numbers[column]),
+            QuarantineReason.UNPARSEABLE_NUMBER,
+            f"{column} is not a number",
+        )
 
     for column in LAT_COLUMNS:
-        flag(np.abs(numbers[column]) > 90, QuarantineReason.OUT_OF_RANGE, f"{column} outside -90..90")
+        flag(
+            np.abs(numbers[column]) > 90, QuarantineReason.OUT_OF_RANGE, f"{column} outside -90..90"
+        )
     for column in LON_COLUMNS:
-        flag(np.abs(numbers[column]) > 180, QuarantineReason.OUT_OF_RANGE, f"{column} outside -180..180")
+        flag(
+            np.abs(numbers[column]) > 180,
+            QuarantineReason.OUT_OF_RANGE,
+            f"{column} outside -180..180",
+        )
 
     for lat, lon in (("courier_lat", "courier_lon"), ("restaurant_lat", "restaurant_lon")):
         zero = (numbers[lat] == 0) & (numbers[lon] == 0)
         flag(zero, QuarantineReason.NULL_ISLAND, f"({lat}, {lon}) is (0, 0)")
         km = haversine_km(numbers[lat], numbers[lon], city.center_lat, city.center_lon)
         far = km > city.implausible_distance_km
+        prefix, suffix = f"{lat.split('_')[0]} is ", f" km from {city.name}"
         flag(
             far,
             QuarantineReason.IMPLAUSIBLE_LOCATION,
-            np.char.add(f"{lat.split('_')[0]} is ", np.char.add(np.round(km, 1).astype(str), f" km from {city.name}")),
+            lambda rows, km=km, prefix=prefix, suffix=suffix: np.char.add(
+                prefix, np.char.add(np.round(km[rows], 1).astype(str), suffix)
+            ),
         )
 
-    ping_time = parsed_time["courier_location_timestamp"]
-    order_time = parsed_time["order_created_timestamp"]
-    late_order = (order_time - ping_time > ORDER_AFTER_PING_TOLERANCE).fillna(False).to_numpy(dtype=bool)
-    flag(late_order, QuarantineReason.ORDER_AFTER_PING, "order created after the ping beyond tolerance")
+    ping_time = _utc_series(parsed_ns["courier_location_timestamp"])
+    order_time = _utc_series(parsed_ns["order_created_timestamp"])
+    late_order = (
+        (order_time - ping_time > ORDER_AFTER_PING_TOLERANCE).fillna(False).to_numpy(dtype=bool)
+    )
+    flag(
+        late_order,
+        QuarantineReason.ORDER_AFTER_PING,
+        "order created after the ping beyond tolerance",
+    )
 
     if partition_day is not None:
-        day = ping_time.dt.strftime("%Y-%m-%d").to_numpy(dtype=object)
-        other_day = (day != partition_day) & ping_time.notna().to_numpy()
-        flag(other_day, QuarantineReason.OUTSIDE_PARTITION_DAY, f"ping not on {partition_day} (UTC)")
+        flag(
+            _outside_day(parsed_ns["courier_location_timestamp"], partition_day),
+            QuarantineReason.OUTSIDE_PARTITION_DAY,
+            f"ping not on {partition_day} (UTC)",
+        )
 
-    typed = pd.DataFrame(
-        {
-            "courier_id": text["courier_id"],
-            "order_number": text["order_number"],
-            "courier_location_timestamp": ping_time,
-            "courier_lat": numbers["courier_lat"],
-            "courier_lon": numbers["courier_lon"],
-            "order_created_timestamp": order_time,
-            "restaurant_lat": numbers["restaurant_lat"],
-            "restaurant_lon": numbers["restaurant_lon"],
-            "source_file": raw["source_file"],
-            "source_row": raw["source_row"].astype("int64"),
-        }
-    )
     # Duplicates are judged on parsed values, among rows that are otherwise valid, so that a
-    # re-delivered file or a repeated row keeps its first copy only.
-    valid_so_far = reason == ""
+    # re-delivered file or a repeated row keeps its first copy only. Only rows sharing their
+    # ping time and place with another candidate can be duplicates; just those are compared.
+    source_row = raw["source_row"].astype("int64")
+    candidates = np.flatnonzero(failed.pending())
     duplicated = np.zeros(n, dtype=bool)
-    if valid_so_far.any():
-        candidates = typed.loc[valid_so_far, list(RAW_COLUMNS)]
-        duplicated[np.flatnonzero(valid_so_far)] = candidates.duplicated(keep="first").to_numpy()
+    if len(candidates):
+        ping = parsed_ns["courier_location_timestamp"][candidates]
+        place = (numbers["courier_lat"][candidates] + 0.0).view(np.int64)  # + 0.0: -0.0 == 0.0
+        shared = pd.Series(ping ^ place).duplicated(keep=False).to_numpy()
+        suspects = candidates[shared]
+        key = pd.DataFrame(
+            {
+                column: parsed[column].strings(suspects)
+                if column in ID_COLUMNS
+                else (parsed_ns[column] if column in TIMESTAMP_COLUMNS else numbers[column])[
+                    suspects
+                ]
+                for column in RAW_COLUMNS
+            }
+        )
+        duplicated[suspects] = key.duplicated(keep="first").to_numpy()
     flag(duplicated, QuarantineReason.DUPLICATE, "identical to an earlier ping")
 
-    is_clean = reason == ""
-    clean = typed.loc[is_clean].reset_index(drop=True).astype(CLEAN_DTYPES)
-    quarantined = raw.loc[~is_clean, [*RAW_COLUMNS, *SOURCE_COLUMNS]].reset_index(drop=True)
-    quarantined["reason"] = pd.array(reason[~is_clean], dtype="string")
-    quarantined["detail"] = pd.array(detail[~is_clean], dtype="string")
+    clean_rows = np.flatnonzero(failed.pending())
+    clean = pd.DataFrame(
+        {
+            "courier_id": parsed["courier_id"].strings(clean_rows),
+            "order_number": parsed["order_number"].strings(clean_rows),
+            "courier_location_timestamp": _utc_series(
+                parsed_ns["courier_location_timestamp"][clean_rows]
+            ),
+            "courier_lat": numbers["courier_lat"][clean_rows],
+            "courier_lon": numbers["courier_lon"][clean_rows],
+            "order_created_timestamp": _utc_series(
+                parsed_ns["order_created_timestamp"][clean_rows]
+            ),
+            "restaurant_lat": numbers["restaurant_lat"][clean_rows],
+            "restaurant_lon": numbers["restaurant_lon"][clean_rows],
+            "source_file": raw["source_file"].array.take(clean_rows),
+            "source_row": source_row.to_numpy()[clean_rows],
+        }
+    )
+    clean = clean.astype(CLEAN_DTYPES, copy=False)
+    failed_rows = np.flatnonzero(~failed.pending())
+    quarantined = raw.iloc[failed_rows][[*RAW_COLUMNS, *SOURCE_COLUMNS]].reset_index(drop=True)
+    reason, detail = failed.labels(failed_rows)
+    quarantined["reason"] = pd.array(reason, dtype="string")
+    quarantined["detail"] = pd.array(detail, dtype="string")
     return ValidationResult(clean=clean, quarantined=quarantined)
+
+
+# --- Arrow text kernels with pandas semantics -------------------------------------------------
+
+# Exactly the characters Python's str.isspace() accepts, i.e. what pandas' .str.strip() removes
+# (a unit test recomputes the set), so Arrow's trim gives the same text.
+PYTHON_WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+    "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+NAT_NS = np.iinfo(np.int64).min
+NS_PER_DAY = 86_400 * 10**9
+_NAIVE_PROBE, _NAIVE_PROBE_NS = "2000-01-01T00:00:00", 946_684_800 * 10**9
+# Timestamp shapes parsed by Arrow: date (years 1700-2259, well inside Timestamp's nanosecond
+# range), 'T' or blank, time, up to 9 fraction digits and a UTC marker or none (naive means UTC).
+# Every other value is parsed by pandas.
+_ISO_FAST = (
+    r"^(1[7-9][0-9]{2}|2[01][0-9]{2}|22[0-5][0-9])-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"[T ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]00:00)?$"
+)
+# Plain decimals of at most 15 characters: at most 15 digits, so both Arrow and pandas (one
+# exact integer divided by an exact power of ten) give the correctly rounded double.
+_DECIMAL_FAST = r"^[+-]?[0-9]+(\.[0-9]+)?$"
+_DECIMAL_FAST_MAX_CHARS = 15
+
+
+def _case_variants(word: str) -> list[str]:
+    variants = [""]
+    for char in word:
+        variants = [v + c for v in variants for c in dict.fromkeys((char.lower(), char.upper()))]
+    return variants
+
+
+_MISSING_VARIANTS = pa.array(sorted({v for token in MISSING_TOKENS for v in _case_variants(token)}))
+
+
+@dataclass(frozen=True)
+class _ParsedColumn:
+    missing: np.ndarray  # the MISSING_VALUE rule
+    values: np.ndarray | None = None  # int64 ns (timestamps) or float64 (coordinates)
+    text: pa.Array | None = None  # identifier columns: the stripped text,
+    raw_objects: np.ndarray | None = None  # the raw Python strings (if so stored)
+    stripped: np.ndarray | None = None  # and where stripping changed them
+
+    def strings(self, rows: np.ndarray) -> pd.api.extensions.ExtensionArray:
+        """The stripped text of ``rows`` as a pandas "string" array, reusing the raw Python
+        strings where stripping changed nothing."""
+        if self.raw_objects is None:
+            return _strings(self.text.take(rows))
+        values = self.raw_objects[rows]
+        changed = np.flatnonzero(self.stripped[rows])
+        values[changed] = self.text.take(rows[changed]).to_numpy(zero_copy_only=False)
+        return pd.array(values, dtype="string")
+
+
+def _parse_column(values: pd.Series, column: str) -> _ParsedColumn:
+    """Strip one raw column, flag its missing values and parse it as its contract type."""
+    dtype, raw_objects = values.dtype, None
+    if isinstance(dtype, pd.StringDtype) and dtype.storage == "python":
+        raw_objects = np.asarray(values.array)
+        raw_text = _arrow_text(raw_objects)
+    elif (
+        isinstance(dtype, pd.StringDtype)
+        or (isinstance(dtype, pd.ArrowDtype) and pa.types.is_unicode(dtype.pyarrow_dtype))
+        or (isinstance(dtype, pd.ArrowDtype) and pa.types.is_large_unicode(dtype.pyarrow_dtype))
+    ):
+        raw_text = _arrow_text(values.array.__arrow_array__())
+    else:  # object (or other) columns: pandas' own strip, which turns non-text into NA
+        raw_text = _arrow_text(values.str.strip().to_numpy(dtype=object, na_value=None))
+    # pandas' .str.strip() removes what str.isspace() accepts, whatever the storage
+    text = pc.utf8_trim(raw_text, characters=PYTHON_WHITESPACE)
+    missing = _is_missing(text)
+    if column in TIMESTAMP_COLUMNS:
+        return _ParsedColumn(missing, values=_parse_iso8601_ns(text))
+    if column in COORDINATE_COLUMNS:
+        return _ParsedColumn(missing, values=_parse_numbers(text))
+    stripped = None
+    if raw_objects is not None:
+        stripped = pc.not_equal(pc.binary_length(raw_text), pc.binary_length(text))
+        stripped = stripped.fill_null(False).to_numpy(zero_copy_only=False)
+    return _ParsedColumn(missing, text=text, raw_objects=raw_objects, stripped=stripped)
+
+
+def _arrow_text(values) -> pa.Array:
+    """One contiguous Arrow string or large_string array from text values or Arrow arrays."""
+    array = pa.array(values, from_pandas=True) if isinstance(values, np.ndarray) else values
+    if isinstance(array, pa.ChunkedArray):
+        if array.num_chunks != 1:
+            array = pc.cast(array, pa.large_string())  # never more than 2 GiB in one chunk
+        array = array.combine_chunks()
+    if pa.types.is_null(array.type):
+        array = array.cast(pa.string())
+    return array
+
+
+def _is_missing(text: pa.Array) -> np.ndarray:
+    """NA, or ``str.lower()`` in MISSING_TOKENS, i.e. equal to an ASCII-case variant of a token:
+    the tokens are ASCII and no non-ASCII character lowercases to one of their letters."""
+    token = pc.is_in(text, value_set=_MISSING_VARIANTS.cast(text.type))
+    return pc.or_(pc.is_null(text), token).to_numpy(zero_copy_only=False)
+
+
+def _buffers(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets (n + 1, int64) and UTF-8 bytes of a string or large_string array."""
+    _, offsets, data = text.buffers()
+    width = np.int64 if pa.types.is_large_string(text.type) else np.int32
+    offsets = np.frombuffer(offsets, dtype=width)[text.offset : text.offset + len(text) + 1]
+    offsets = offsets.astype(np.int64)
+    data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(1, np.uint8)
+    return offsets, data
+
+
+def _mask(text: pa.Array, pattern: str) -> np.ndarray:
+    return pc.match_substring_regex(text, pattern).fill_null(False).to_numpy(zero_copy_only=False)
+
+
+def _parse_iso8601_ns(text: pa.Array) -> np.ndarray:
+    """``pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")`` as int64 ns (NaT
+    as NAT_NS): the common shape is parsed by Arrow, any other value by pandas."""
+    result = np.full(len(text), NAT_NS, dtype=np.int64)
+    rows = np.flatnonzero(_mask(text, _ISO_FAST))
+    shaped = text.take(rows)
+    parsed = _utc_ns(shaped)
+    if parsed is None:
+        # The shape admits impossible dates (Feb 30, Apr 31, Feb 29 of a common year), which
+        # Arrow's strptime rolls over into the next month: those go to pandas.
+        date = pc.strptime(
+            pc.utf8_slice_codeunits(shaped, 0, 10), "%Y-%m-%d", "s", error_is_null=True
+        )
+        day = pc.cast(pc.utf8_slice_codeunits(shaped, 8, 10), pa.int64())
+        real = pc.equal(pc.day(date), day).fill_null(False).to_numpy(zero_copy_only=False)
+        rows, shaped = rows[real], shaped.filter(real)
+        parsed = _utc_ns(shaped)
+        if parsed is None:  # never expected; pandas decides everything then
+            rows, parsed = rows[:0], np.zeros(0, dtype=np.int64)
+    result[rows] = parsed
+
+    others = np.ones(len(text), dtype=bool)
+    others[rows] = False
+    others = np.flatnonzero(others & text.is_valid().to_numpy(zero_copy_only=False))
+    if len(others):
+        # pandas' parser carries the offset of one value over to naive values parsed after it
+        # (in first-appearance order when it caches). Values parsed here never meet a non-zero
+        # offset that way unless one of them leaves it behind, which a distinct naive probe
+        # after each shows; then pandas parses the whole column, exactly as before.
+        values = text.take(others).to_pylist()
+        probes = [f"{_NAIVE_PROBE}.{k:09d}" for k in range(len(values))]
+        parsed = _pandas_iso8601_ns([v for pair in zip(values, probes, strict=True) for v in pair])
+        if (parsed[1::2] == _NAIVE_PROBE_NS + np.arange(len(values))).all():
+            result[others] = parsed[0::2]
+        else:
+            result = _pandas_iso8601_ns(text.to_pylist())
+    return result
+
+
+def _pandas_iso8601_ns(values: list[str | None]) -> np.ndarray:
+    parsed = pd.to_datetime(
+        pd.Series(pd.array(values, dtype=pd.StringDtype("python"))),
+        utc=True,
+        errors="coerce",
+        format="ISO8601",
+    )
+    return parsed.to_numpy(dtype="datetime64[ns]").view(np.int64)
+
+
+def _utc_ns(shaped: pa.Array) -> np.ndarray | None:
+    """Nanoseconds since the epoch of text of the _ISO_FAST shape (naive text is UTC), or None
+    when Arrow refuses a value."""
+    result = np.zeros(len(shaped), dtype=np.int64)
+    if not len(shaped):
+        return result
+    offsets, data = _buffers(shaped)
+    end = offsets[1:]
+    zoned = (data[end - 1] == ord("Z")) | np.isin(data[end - 6], (ord("+"), ord("-")))
+    for kind, stamp in ((True, pa.timestamp("ns", "UTC")), (False, pa.timestamp("ns"))):
+        rows = np.flatnonzero(zoned == kind)
+        if not len(rows):
+            continue
+        part = shaped if len(rows) == len(shaped) else shaped.take(rows)
+        try:
+            ns = pc.cast(part, stamp).cast(pa.int64())
+        except pa.ArrowInvalid:
+            return None
+        result[rows] = ns.to_numpy(zero_copy_only=False)
+    return result
+
+
+def _parse_numbers(text: pa.Array) -> np.ndarray:
+    """``pd.to_numeric(text, errors="coerce").astype("float64")``: plain short decimals are cast
+    by Arrow, any other value is parsed by pandas.
+
+    pandas' result type depends on the whole column (all integers give Int64, where "-0" is
+    0.0, not -0.0), so the values sent to pandas carry one sample of each kind of fast value.
+    """
+    result = np.full(len(text), np.nan)
+    fast = _mask(text, _DECIMAL_FAST) & (
+        pc.binary_length(text).fill_null(0).to_numpy(zero_copy_only=False)
+        <= _DECIMAL_FAST_MAX_CHARS
+    )
+    rows = np.flatnonzero(fast)
+    fast_text = text.take(rows)
+    result[rows] = pc.cast(fast_text, pa.float64()).to_numpy(zero_copy_only=False)
+    integral = ~pc.match_substring(fast_text, ".").to_numpy(zero_copy_only=False)
+    samples = []
+    if (~integral).any():
+        samples.append("0.5")
+    if (integral & (result[rows] >= 0)).any():
+        samples.append("1")
+    if (integral & (result[rows] < 0)).any():
+        samples.append("-1")
+
+    others = np.flatnonzero(~fast & ~pc.is_null(text).to_numpy(zero_copy_only=False))
+    if len(others):
+        values = [*text.take(others).to_pylist(), *samples]
+        parsed = pd.to_numeric(
+            pd.Series(pd.array(values, dtype=pd.StringDtype("python"))), errors="coerce"
+        )
+        result[others] = parsed.astype("float64").to_numpy()[: len(others)]
+        integers = not pd.api.types.is_float_dtype(parsed.dtype)
+    else:
+        integers = "0.5" not in samples
+    if integers:
+        result[result == 0] = 0.0  # an integer column has no negative zero
+    return result
+
+
+def _outside_day(ping_ns: np.ndarray, partition_day: str) -> np.ndarray:
+    """Parsed pings whose UTC date, written YYYY-MM-DD, is not ``partition_day``."""
+    parsed = ping_ns != NAT_NS
+    try:
+        day = datetime.date.fromisoformat(partition_day)
+    except (TypeError, ValueError):
+        return parsed
+    if day.isoformat() != partition_day:  # e.g. "20261005": no ping is written like that
+        return parsed
+    low = (day - datetime.date(1970, 1, 1)).days * NS_PER_DAY
+    high = low + NS_PER_DAY
+    int64 = np.iinfo(np.int64)
+    if low > int64.max or high <= int64.min + 1:
+        return parsed
+    outside = ping_ns < max(low, int64.min)
+    if high <= int64.max:
+        outside |= ping_ns >= high
+    return parsed & outside
+
+
+def _utc_series(ns: np.ndarray) -> pd.Series:
+    return pd.Series(ns.view("datetime64[ns]")).dt.tz_localize("UTC")
+
+
+def _strings(text: pa.Array) -> pd.api.extensions.ExtensionArray:
+    """Arrow text as a pandas "string" array."""
+    return pd.StringDtype().__from_arrow__(text)
 
 
 def schema_problems(clean: pd.DataFrame) -> list[str]:

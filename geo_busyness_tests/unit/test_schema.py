@@ -1,11 +1,14 @@
 import io
+import sys
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from geo_busyness.core import schema
 from geo_busyness.core.city import DEFAULT_CITY
 from geo_busyness.core.schema import (
     CLEAN_DTYPES,
@@ -156,3 +159,171 @@ def test_rows_in_equal_clean_plus_quarantined(rows, copies):
     assert set(result.clean["source_row"]).isdisjoint(result.quarantined["source_row"])
     assert list(result.clean.dtypes.astype(str)) == list(CLEAN_DTYPES.values())
     assert np.isfinite(result.clean[["courier_lat", "courier_lon"]].to_numpy()).all()
+
+
+# --- The fast (Arrow) paths must agree exactly with the pandas reference they replace --------
+
+
+def test_whitespace_set_is_pythons():
+    every_space = {chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()}
+    assert set(schema.PYTHON_WHITESPACE) == every_space
+
+
+def test_no_non_ascii_character_lowercases_into_a_missing_token():
+    token_chars = set("".join(schema.MISSING_TOKENS))
+    assert all(
+        not set(chr(c).lower()) <= token_chars for c in range(128, sys.maxunicode + 1)
+    )
+
+
+iso_parts = st.tuples(
+    st.sampled_from(["2026", "1699", "1700", "2259", "2262", "2028", "1900", "26"]),
+    st.sampled_from(["-10-05", "-02-29", "-02-30", "-04-31", "-13-01", "-00-10", "1005", "-10-5"]),
+    st.sampled_from(["T18:04:05", " 00:00:00", "T23:59:59", "T24:00:00", "T18:04:60", "T18:04", "t18:04:05", ""]),
+    st.sampled_from(["", ".1", ".000001", ".123456789", ".1234567891", "."]),
+    st.sampled_from(["Z", "", "+00:00", "-00:00", "+01:00", "-05:30", "+0000", "z", " Z", "+24:00"]),
+)
+iso_text = st.one_of(iso_parts.map("".join), st.none(), st.text(max_size=8))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(iso_text, max_size=60), st.integers(1, 4))
+def test_timestamps_parse_exactly_as_pandas(values, repeat):
+    values = values * repeat  # repeated values make pandas cache, which changes its order
+    expected = pd.to_datetime(
+        pd.Series(pd.array(values, dtype="string")), utc=True, errors="coerce", format="ISO8601"
+    )
+    parsed = schema._parse_iso8601_ns(pa.array(values, type=pa.string()))
+    assert parsed.tolist() == expected.to_numpy(dtype="datetime64[ns]").view("int64").tolist()
+
+
+NAIVE_AFTER_OFFSET = [
+    ["2026-10-05T18:00:00+01:00", "2026-10-05T18:00:00", "2026-10-05 19:00:00.5"],
+    ["2026-10-05T18:00:00Z", "2026-10-05T18:00:00-05:30", "x", "2026-10-05T20:00:00"],
+    ["2026-10-05T18:00:00+01:00", "2026-10-05T18:00:00Z", "2026-10-05T18:00:00", "2026-10-05"],
+]
+
+
+@pytest.mark.parametrize("values", NAIVE_AFTER_OFFSET)
+@pytest.mark.parametrize("repeat", [1, 30])  # 30: pandas caches and parses each value once
+def test_naive_timestamps_after_an_offset_parse_exactly_as_pandas(values, repeat):
+    # pandas carries an offset over to the naive values parsed after it; keep that behaviour
+    values = values * repeat
+    expected = pd.to_datetime(
+        pd.Series(pd.array(values, dtype="string")), utc=True, errors="coerce", format="ISO8601"
+    )
+    parsed = schema._parse_iso8601_ns(pa.array(values, type=pa.string()))
+    assert parsed.tolist() == expected.to_numpy(dtype="datetime64[ns]").view("int64").tolist()
+
+
+number_text = st.one_of(
+    st.from_regex(r"\A[+-]?[0-9]{0,18}(\.[0-9]{0,18})?\Z"),
+    st.sampled_from(["-0", "-0.0", "0", "+0", "-00", "inf", "-inf", "nan", "1e3", ".5", "5.", "1_0", "abc", ""]),
+    st.sampled_from(["18446744073709551616", "-9223372036854775809", "50.4452", "-104.618900"]),
+    st.none(),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(number_text, max_size=30))
+def test_numbers_parse_exactly_as_pandas(values):
+    expected = pd.to_numeric(pd.Series(pd.array(values, dtype="string")), errors="coerce")
+    expected = expected.astype("float64").to_numpy()
+    parsed = schema._parse_numbers(pa.array(values, type=pa.string()))
+    assert np.array_equal(parsed, expected, equal_nan=True)
+    assert np.array_equal(np.signbit(parsed[~np.isnan(parsed)]), np.signbit(expected[~np.isnan(expected)]))
+
+
+csv_cells = st.one_of(
+    st.sampled_from(["c1", "1001", "50.4452", "", "NaN ", " x ", '"q"', '"a,b"', '"l1\nl2"', '"x""y"', 'a"b']),
+    st.text(st.characters(blacklist_categories=["Cs"]), max_size=4),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.lists(csv_cells, min_size=8, max_size=8), max_size=6),
+    st.sampled_from(["\n", "\r\n", "\r"]),
+    st.booleans(),
+)
+def test_csv_reads_exactly_as_pandas(rows, newline, final_newline):
+    lines = [",".join(RAW_COLUMNS), *(",".join(row) for row in rows)]
+    content = (newline.join(lines) + (newline if final_newline else "")).encode()
+    try:
+        expected = schema._read_with_pandas("f.csv", content).loc[:, list(RAW_COLUMNS)]
+    except UnparseableFileError as error:
+        with pytest.raises(UnparseableFileError) as raised:
+            read_raw_file("f.csv", content)
+        assert str(raised.value) == str(error)
+        return
+    raw = read_raw_file("f.csv", content)
+    pd.testing.assert_frame_equal(
+        raw.loc[:, list(RAW_COLUMNS)], expected.astype("string").reset_index(drop=True)
+    )
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        csv_bytes([good_row(courier_id=" c1")]).replace(b"\n", b"\r"),  # bare carriage returns
+        csv_bytes([good_row()]) + b'c2,1,2,3,4,5,6,"unterminated',  # ends inside a quote
+        csv_bytes([good_row()]).replace(b"courier_id", b"courier_id,courier_id", 1),  # ragged
+        csv_bytes([{**good_row(), " Courier_ID ": "c9"}], columns=[*RAW_COLUMNS, " Courier_ID "]),
+        "\ufeff".encode() + csv_bytes([good_row()]),  # byte-order mark
+        csv_bytes([good_row(courier_id="a\nb")]),  # quoted newline
+        csv_bytes([good_row()]) + b"\n\n",  # trailing blank lines
+        csv_bytes([good_row()]) + b"1,2,3\n",  # ragged row
+    ],
+)
+def test_odd_csv_files_read_as_pandas_reads_them(content):
+    try:
+        expected = schema._read_with_pandas("f.csv", content).loc[:, list(RAW_COLUMNS)]
+    except UnparseableFileError as error:
+        with pytest.raises(UnparseableFileError) as raised:
+            read_raw_file("f.csv", content)
+        assert str(raised.value) == str(error)
+        return
+    raw = read_raw_file("f.csv", content)
+    pd.testing.assert_frame_equal(
+        raw.loc[:, list(RAW_COLUMNS)], expected.astype("string").reset_index(drop=True)
+    )
+
+
+def test_large_repetitive_file_reads_as_pandas_reads_it():
+    rows = [good_row(order_number=str(i), courier_id=f"c{i % 7}") for i in range(5000)]
+    content = csv_bytes(rows)
+    expected = schema._read_with_pandas("f.csv", content).loc[:, list(RAW_COLUMNS)]
+    raw = read_raw_file("f.csv", content)
+    assert str(raw["courier_id"].dtype) == "string"
+    pd.testing.assert_frame_equal(raw.loc[:, list(RAW_COLUMNS)], expected.astype("string"))
+
+
+def test_partition_day_bounds_are_exact():
+    stamps = [
+        "2026-10-05T00:00:00Z",
+        "2026-10-05 23:59:59.999999999",
+        "2026-10-05T23:59:59.999999999+00:00",
+        "2026-10-06T00:00:00Z",
+        "2026-10-04T23:59:59.999999999Z",
+    ]
+    rows = [
+        good_row(order_number=str(i), courier_location_timestamp=t, order_created_timestamp=t[:10] + "T00:00:00Z")
+        for i, t in enumerate(stamps)
+    ]
+    result = validate_pings(read_raw_file("f.csv", csv_bytes(rows)), DEFAULT_CITY, DAY)
+    assert result.clean["source_row"].tolist() == [0, 1, 2]
+    assert result.quarantined["reason"].tolist() == ["outside_partition_day"] * 2
+    for odd_day in ("20261005", "2026-10-5"):  # never how a ping's day is written: all outside
+        result = validate_pings(read_raw_file("f.csv", csv_bytes(rows)), DEFAULT_CITY, odd_day)
+        assert len(result.clean) == 0
+
+
+@pytest.mark.parametrize("storage", ["pyarrow", pd.ArrowDtype(pa.string()), object])
+def test_result_does_not_depend_on_text_storage(storage):
+    rows = [good_row(order_number=str(i)) for i in range(3)] + [good_row(**o) for _, o in BAD_ROWS]
+    raw = read_raw_file("f.csv", csv_bytes(rows))
+    expected = validate_pings(raw, DEFAULT_CITY, DAY)
+    dtype = pd.StringDtype("pyarrow") if storage == "pyarrow" else storage
+    result = validate_pings(raw.astype({c: dtype for c in RAW_COLUMNS}), DEFAULT_CITY, DAY)
+    pd.testing.assert_frame_equal(result.clean, expected.clean)
+    assert result.quarantined["reason"].tolist() == expected.quarantined["reason"].tolist()
