@@ -11,6 +11,7 @@ import argparse
 import datetime as dt
 import json
 import multiprocessing
+import os
 import platform
 import resource
 import shutil
@@ -19,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from itertools import pairwise
 from pathlib import Path
 
 import dagster as dg
@@ -79,10 +81,10 @@ class RssSampler(threading.Thread):
 
     def __init__(self, interval: float = 0.05) -> None:
         super().__init__(daemon=True)
-        self.interval, self.peak_kib, self._stop = interval, 0, threading.Event()
+        self.interval, self.peak_kib, self._done = interval, 0, threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._done.wait(self.interval):
             self.peak_kib = max(self.peak_kib, _vm_rss_kib())
 
     def phase_peak_gb(self) -> float:
@@ -91,7 +93,7 @@ class RssSampler(threading.Thread):
         return peak * 1024 / GB
 
     def stop(self) -> None:
-        self._stop.set()
+        self._done.set()
         self.join()
 
 
@@ -127,7 +129,7 @@ def bench_h3(points: int) -> dict:
     }
 
 
-def ingest(files: dict[str, bytes], day: str) -> pd.DataFrame:
+def ingest(files: dict[str, bytes]) -> pd.DataFrame:
     """The raw_courier_pings asset without Dagster: every file of the day as text rows."""
     frames = []
     for name, content in files.items():
@@ -143,40 +145,41 @@ def bench_core(pings_per_day: int) -> dict:
     config = SimulationConfig(pings_per_day=pings_per_day, start_date=START)
     city, res = config.city, config.city.h3_resolution
     days = day_range(START, HISTORY_DAYS)
+    out: dict = {"pings_per_day": pings_per_day}
+
+    def step(name: str, function: Callable, *args):
+        """Run and record wall and CPU seconds (a later day overwrites an earlier one)."""
+        result, out[f"{name}_s"], out[f"{name}_cpu_s"] = timed(function, *args)
+        return result
+
     hourly, sightings = {}, {}
     for day in days:  # the earlier days build history and warm every code path up
-        files, simulate_s, _ = timed(simulate_day, config, dt.date.fromisoformat(day))
-        raw, read_s, read_cpu = timed(ingest, files, day)
+        files = step("simulate_day", simulate_day, config, dt.date.fromisoformat(day))
+        raw = step("read_raw_file", ingest, files)
         del files
-        result, validate_s, validate_cpu = timed(validate_pings, raw, city, day)
-        raw_rows, clean = len(raw), result.clean
+        result = step("validate_pings", validate_pings, raw, city, day)
+        out["raw_rows"], clean = len(raw), result.clean
         del raw, result
-        hourly[day], hourly_s, hourly_cpu = timed(hex_hourly_busyness, clean, res)
-        sightings[day], sightings_s, _ = timed(restaurant_sightings, clean)
-    restaurants, restaurants_s, _ = timed(restaurants_from_sightings, sightings, res)
-    clusters, clusters_s, _ = timed(cluster_restaurants, restaurants, city.n_restaurant_clusters)
-    features, features_s, features_cpu = timed(busyness_features, hourly, days[-1], clusters, city)
-    return {
-        "pings_per_day": pings_per_day,
-        "raw_rows": raw_rows,
-        "clean_rows": len(clean),
-        "hourly_rows": len(hourly[days[-1]]),
-        "feature_rows": len(features),
-        "simulate_day_s": simulate_s,
-        "read_raw_file_s": read_s,
-        "validate_pings_s": validate_s,
-        "ingestion_s": read_s + validate_s,
-        "ingestion_cpu_s": read_cpu + validate_cpu,
-        "hex_hourly_busyness_s": hourly_s,
-        "busyness_features_s": features_s,
-        "clean_to_features_s": hourly_s + features_s,
-        "clean_to_features_cpu_s": hourly_cpu + features_cpu,
-        "validate_to_features_cpu_s": validate_cpu + hourly_cpu + features_cpu,
-        "restaurant_sightings_s": sightings_s,
-        "restaurants_from_sightings_s": restaurants_s,
-        "cluster_restaurants_s": clusters_s,
-        "peak_rss_gb": max_rss_gb(),
-    }
+        hourly[day] = step("hex_hourly_busyness", hex_hourly_busyness, clean, res)
+        sightings[day] = step("restaurant_sightings", restaurant_sightings, clean)
+    restaurants = step("restaurants_from_sightings", restaurants_from_sightings, sightings, res)
+    clusters = step(
+        "cluster_restaurants", cluster_restaurants, restaurants, city.n_restaurant_clusters
+    )
+    features = step("busyness_features", busyness_features, hourly, days[-1], clusters, city)
+    for unit in ("s", "cpu_s"):
+        ingestion = out[f"read_raw_file_{unit}"] + out[f"validate_pings_{unit}"]
+        to_features = out[f"hex_hourly_busyness_{unit}"] + out[f"busyness_features_{unit}"]
+        out[f"ingestion_{unit}"] = ingestion
+        out[f"clean_to_features_{unit}"] = to_features
+        out[f"validate_to_features_{unit}"] = out[f"validate_pings_{unit}"] + to_features
+    out.update(
+        clean_rows=len(clean),
+        hourly_rows=len(hourly[days[-1]]),
+        feature_rows=len(features),
+        peak_rss_gb=max_rss_gb(),
+    )
+    return out
 
 
 def bench_e2e(days: int, pings_per_day: int) -> dict:
@@ -214,7 +217,7 @@ def bench_e2e(days: int, pings_per_day: int) -> dict:
         sampler.stop()
         shutil.rmtree(root, ignore_errors=True)
     durations: dict[str, list[float]] = {}
-    for (step, began), (_, ended) in zip(steps, steps[1:], strict=False):
+    for (step, began), (_, ended) in pairwise(steps):
         durations.setdefault(step, []).append(ended - began)
     assert not summary.failed_checks, summary.failed_checks
     return {
@@ -247,35 +250,112 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
     if h := results.get("h3"):
         n = f"{h['points']:,} points, res {h['resolution']}"
         table += [
-            (f"h3: `geo.cells_for` (h3ronpy), {n}", f"{h['h3ronpy_points_per_s'] / 1e6:.2f} M points/s", "", ""),
-            (f"h3: list comprehension over `h3.latlng_to_cell`, {n}", f"{h['h3_loop_points_per_s'] / 1e6:.2f} M points/s", "", ""),
-            ("h3: speed-up, exact agreement", f"{h['speedup']:.1f}x, agree={h['agree']}", "4-5x, agree", _met(h["speedup"] >= 4 and h["agree"])),
+            (
+                f"h3: `geo.cells_for` (h3ronpy), {n}",
+                f"{h['h3ronpy_points_per_s'] / 1e6:.2f} M points/s",
+                "",
+                "",
+            ),
+            (
+                f"h3: list comprehension over `h3.latlng_to_cell`, {n}",
+                f"{h['h3_loop_points_per_s'] / 1e6:.2f} M points/s",
+                "",
+                "",
+            ),
+            (
+                "h3: speed-up, exact agreement",
+                f"{h['speedup']:.1f}x, agree={h['agree']}",
+                "4-5x, agree",
+                _met(h["speedup"] >= 4 and h["agree"]),
+            ),
         ]
     if c := results.get("core"):
         n = f"1 day, {c['raw_rows']:,} raw / {c['clean_rows']:,} clean rows"
         target = c["clean_to_features_cpu_s"] < CORE_TARGET_S
         table += [
-            (f"core: `simulate_day` ({n})", f"{c['simulate_day_s']:.2f} s", "", ""),
-            ("core: ingestion `read_raw_file` (wall)", f"{c['read_raw_file_s']:.2f} s", "", ""),
-            ("core: ingestion `validate_pings` (wall)", f"{c['validate_pings_s']:.2f} s", "", ""),
-            ("core: `hex_hourly_busyness` (wall)", f"{c['hex_hourly_busyness_s']:.2f} s", "", ""),
-            (f"core: `busyness_features`, 8 days of history (wall), {c['feature_rows']:,} rows", f"{c['busyness_features_s']:.2f} s", "", ""),
-            ("core: clean → hex_hourly_busyness → busyness_features", f"{c['clean_to_features_cpu_s']:.2f} s CPU / {c['clean_to_features_s']:.2f} s wall", f"< {CORE_TARGET_S:g} s", _met(target)),
-            ("core: validate → hex_hourly_busyness → busyness_features (CPU)", f"{c['validate_to_features_cpu_s']:.2f} s", "", ""),
-            ("core: `restaurant_sightings` / `restaurants_from_sightings` / `cluster_restaurants`", f"{c['restaurant_sightings_s']:.2f} / {c['restaurants_from_sightings_s']:.3f} / {c['cluster_restaurants_s']:.2f} s", "", ""),
-            ("core: peak RSS of the section", f"{c['peak_rss_gb']:.2f} GB", "", ""),
+            (f"core: `simulate_day` ({n})", _wall_cpu(c, "simulate_day"), "", ""),
+            (
+                "core: ingestion: `read_raw_file` (all files of the day)",
+                _wall_cpu(c, "read_raw_file"),
+                "",
+                "",
+            ),
+            ("core: ingestion: `validate_pings`", _wall_cpu(c, "validate_pings"), "", ""),
+            ("core: `hex_hourly_busyness`", _wall_cpu(c, "hex_hourly_busyness"), "", ""),
+            (
+                f"core: `busyness_features` (8 days of history, {c['feature_rows']:,} rows)",
+                _wall_cpu(c, "busyness_features"),
+                "",
+                "",
+            ),
+            (
+                "core: **clean → hex_hourly_busyness → busyness_features**",
+                _wall_cpu(c, "clean_to_features"),
+                f"< {CORE_TARGET_S:g} s CPU",
+                _met(target),
+            ),
+            (
+                "core: validate → hex_hourly_busyness → busyness_features",
+                _wall_cpu(c, "validate_to_features"),
+                "",
+                "",
+            ),
+            ("core: `restaurant_sightings` (1 day)", _wall_cpu(c, "restaurant_sightings"), "", ""),
+            (
+                "core: `restaurants_from_sightings` (9 days)",
+                _wall_cpu(c, "restaurants_from_sightings"),
+                "",
+                "",
+            ),
+            ("core: `cluster_restaurants`", _wall_cpu(c, "cluster_restaurants"), "", ""),
+            (
+                "core: peak RSS of the section (9 days simulated in turn)",
+                f"{c['peak_rss_gb']:.2f} GB",
+                "",
+                "",
+            ),
         ]
     if e := results.get("e2e"):
         n = f"{e['days']} days x {e['pings_per_day']:,} pings"
         table += [
             (f"e2e: simulate into the landing zone ({n})", f"{e['simulate_s']:.0f} s", "", ""),
-            (f"e2e: `materialize_days` ({e['raw_rows']:,} raw rows)", f"{e['materialize_s']:.0f} s wall, {e['materialize_cpu_s']:.0f} s CPU", "", ""),
-            ("e2e: per day (ingest median / features median / all)", f"{e['ingest_day_s_median']:.1f} / {e['features_day_s_median']:.1f} / {e['per_day_s']:.1f} s", "", ""),
+            (
+                f"e2e: `materialize_days` ({e['raw_rows']:,} raw rows)",
+                f"{e['materialize_s']:.0f} s wall, {e['materialize_cpu_s']:.0f} s CPU",
+                "",
+                "",
+            ),
+            (
+                "e2e: per day (ingest median / features median / all)",
+                f"{e['ingest_day_s_median']:.1f} / {e['features_day_s_median']:.1f} / {e['per_day_s']:.1f} s",
+                "",
+                "",
+            ),
             ("e2e: restaurants + clusters + freshness run", f"{e['restaurants_s']:.1f} s", "", ""),
-            ("e2e: peak RSS while materializing (sampled)", f"{e['materialize_peak_rss_gb']:.2f} GB", "", ""),
-            ("e2e: peak RSS of the whole process (ru_maxrss)", f"{e['peak_rss_gb']:.2f} GB", f"< {MEMORY_TARGET_GB:g} GB", _met(e["peak_rss_gb"] < MEMORY_TARGET_GB)),
+            (
+                "e2e: landing zone / asset storage on disk",
+                f"{e['landing_gb']:.2f} / {e['assets_gb']:.2f} GB",
+                "",
+                "",
+            ),
+            (
+                "e2e: peak RSS while materializing (sampled)",
+                f"{e['materialize_peak_rss_gb']:.2f} GB",
+                "",
+                "",
+            ),
+            (
+                "e2e: peak RSS of the whole process (ru_maxrss)",
+                f"{e['peak_rss_gb']:.2f} GB",
+                f"< {MEMORY_TARGET_GB:g} GB",
+                _met(e["peak_rss_gb"] < MEMORY_TARGET_GB),
+            ),
         ]
     return table
+
+
+def _wall_cpu(section: dict, name: str) -> str:
+    return f"{section[name + '_s']:.2f} s wall / {section[name + '_cpu_s']:.2f} s CPU"
 
 
 def _met(ok: bool) -> str:
@@ -289,10 +369,14 @@ def markdown(table: list[tuple[str, str, str, str]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small smoke sizes (seconds, not minutes)")
+    parser.add_argument(
+        "--quick", action="store_true", help="small smoke sizes (seconds, not minutes)"
+    )
     parser.add_argument("--only", choices=("h3", "core", "e2e"), help="run one section")
     parser.add_argument("--days", type=int, help="e2e days (default 30, quick 3)")
-    parser.add_argument("--pings-per-day", type=int, help="core and e2e pings per day (default 1M, quick 20k)")
+    parser.add_argument(
+        "--pings-per-day", type=int, help="core and e2e pings per day (default 1M, quick 20k)"
+    )
     args = parser.parse_args()
     pings = args.pings_per_day or (20_000 if args.quick else 1_000_000)
     sections = {
@@ -312,10 +396,18 @@ def main() -> None:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             run[name] = pool.submit(function, *section_args).result()
         run[name]["measured_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        run[name]["load_avg_1_5_15m"] = (
+            os.getloadavg()
+        )  # other work on the machine inflates wall time
         results.update(run)
-        results["machine"] = {"python": platform.python_version(), "cpus": multiprocessing.cpu_count()}
+        results["machine"] = {
+            "python": platform.python_version(),
+            "cpus": multiprocessing.cpu_count(),
+        }
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(markdown(rows(run)))
+    for name, section in run.items():
+        print(f"load average after {name} (1/5/15 min): {section['load_avg_1_5_15m']}")
     print(f"\nresults: {RESULTS}")
 
 

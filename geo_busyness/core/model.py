@@ -1,0 +1,427 @@
+"""Model lifecycle core: time-based split, XGBoost count model, baselines, metrics and checks.
+
+Everything here is a plain function on the ``busyness_features`` frames (one row per
+hexagon and UTC hour with the feature columns and the targets), so the training assets, the
+evaluation checks and the benchmarks share one implementation. No Dagster, no MLflow.
+
+The split is by time, never random: the PoC's random split put hours of the same day and
+hexagon on both sides and its features were computed from the target rows themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+from sklearn.ensemble import RandomForestRegressor
+from sklearn.metrics import (
+    mean_absolute_error,
+    mean_poisson_deviance,
+    r2_score,
+    root_mean_squared_error,
+)
+from sklearn.model_selection import BaseCrossValidator, GridSearchCV
+
+from geo_busyness.core.features import TARGET_COLUMN
+
+HOUR = pd.Timedelta(hours=1)
+# The PoC notebook's grid, kept exactly so the baseline is the model it shipped.
+POC_PARAM_GRID: dict[str, list[int]] = {
+    "max_depth": [4, 5],
+    "min_samples_leaf": [50, 75],
+    "n_estimators": [100, 150],
+}
+# sklearn's Poisson deviance is undefined for a zero prediction; a model that predicts
+# exactly zero where orders happen is heavily (but finitely) penalized instead.
+POISSON_EPSILON = 1e-6
+# XGBoost's own defaults: the first candidate of every search.
+XGBOOST_DEFAULTS = {
+    "max_depth": 6,
+    "learning_rate": 0.3,
+    "min_child_weight": 1.0,
+    "subsample": 1.0,
+    "colsample_bytree": 1.0,
+}
+# Share of the time budget for the search when a refit on all train rows follows it.
+SEARCH_BUDGET_SHARE = 0.4
+
+
+# ---------------------------------------------------------------------------------------------
+# Time-based split
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Test = the last ``test_days`` of hours, validation the days before it, train the rest;
+    ``gap_hours`` of rows are dropped between consecutive slices so the 1h/3h lags of the first
+    validation or test hours do not sit right next to the hours the model was fitted on."""
+
+    validation_days: int = 2
+    test_days: int = 2
+    gap_hours: int = 24
+
+    def __post_init__(self) -> None:
+        for name, low in (("validation_days", 1), ("test_days", 1), ("gap_hours", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+    @property
+    def held_out_hours(self) -> int:
+        """Hours at the end of the data not available for training."""
+        return 24 * (self.validation_days + self.test_days) + 2 * self.gap_hours
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    """Half-open range of ``hour_start`` values: ``start <= hour_start < end``."""
+
+    start: pd.Timestamp
+    end: pd.Timestamp
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """Train, validation and test rows (each sorted by hour, then hexagon) and their ranges."""
+
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+    ranges: dict[str, TimeRange]
+
+
+def time_split(features: pd.DataFrame, config: SplitConfig) -> Split:
+    """Split feature rows by ``hour_start`` into train < gap < validation < gap < test.
+
+    Slices are anchored on the last hour present, so the test slice is the most recent
+    ``test_days`` of data. Raises ValueError when the data does not span enough hours for a
+    non-empty train slice, or when a slice has no rows (e.g. missing partitions).
+    """
+    if features.empty:
+        raise ValueError("time_split got no feature rows")
+    hours = features["hour_start"]
+    first, last = hours.min(), hours.max()
+    end = last + HOUR
+    test_start = end - pd.Timedelta(days=config.test_days)
+    validation_end = test_start - pd.Timedelta(hours=config.gap_hours)
+    validation_start = validation_end - pd.Timedelta(days=config.validation_days)
+    train_end = validation_start - pd.Timedelta(hours=config.gap_hours)
+    span_hours = int((end - first) / HOUR)
+    if first >= train_end:
+        raise ValueError(
+            f"too little data for a time split: features cover {span_hours} hours "
+            f"({first} to {last}), but validation_days={config.validation_days}, "
+            f"test_days={config.test_days} and gap_hours={config.gap_hours} hold out the last "
+            f"{config.held_out_hours} hours; need more than {config.held_out_hours} hours "
+            "(more busyness_features partitions, or smaller validation/test/gap)"
+        )
+    ranges = {
+        "train": TimeRange(first, train_end),
+        "validation": TimeRange(validation_start, validation_end),
+        "test": TimeRange(test_start, end),
+    }
+    slices = {}
+    for name, span in ranges.items():
+        rows = features.loc[(hours >= span.start) & (hours < span.end)]
+        if rows.empty:
+            raise ValueError(
+                f"the {name} slice [{span.start}, {span.end}) has no feature rows; "
+                "are busyness_features partitions missing in that range?"
+            )
+        slices[name] = rows.sort_values(["hour_start", "h3_cell"], ignore_index=True)
+    return Split(**slices, ranges=ranges)
+
+
+# ---------------------------------------------------------------------------------------------
+# XGBoost busyness model
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Time-boxed random search for the XGBoost count model.
+
+    Each of ``n_trials`` parameter candidates (the first is XGBoost's defaults) is trained
+    once per objective, so objectives are compared on equal terms, on at most ``search_rows``
+    train rows (a seeded sample) and early-stopped on the validation slice. The search gets
+    ``SEARCH_BUDGET_SHARE`` of ``time_budget_s``; when it ran on a sample, the winner is then
+    refitted on every train row in the time left. Boosting stops at the deadline, so when the
+    budget binds the result depends on machine speed; otherwise it depends only on ``seed``.
+    """
+
+    objectives: tuple[str, ...] = ("count:poisson", "reg:tweedie")
+    n_trials: int = 6
+    time_budget_s: float = 50.0
+    max_rounds: int = 1000
+    early_stopping_rounds: int = 30
+    search_rows: int = 200_000
+    seed: int = 0
+    n_jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+    def __post_init__(self) -> None:
+        if not self.objectives:
+            raise ValueError("objectives must name at least one XGBoost objective")
+        for name in ("n_trials", "max_rounds", "early_stopping_rounds", "search_rows", "n_jobs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.time_budget_s <= 0:
+            raise ValueError(f"time_budget_s must be positive, got {self.time_budget_s!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class TrainedModel:
+    """The kept model (lowest validation MAE) and how it was found: ``search_log`` has one
+    entry per fit (phase ``search``, then ``refit`` on all train rows when the search ran on
+    a sample) with its parameters, rounds, why it stopped, validation MAE and seconds."""
+
+    model: xgb.XGBRegressor
+    objective: str
+    params: dict[str, float | int]
+    best_iteration: int
+    validation_mae: float
+    search_log: list[dict]
+    seconds: float
+    feature_names: list[str]
+
+
+def search_candidates(n_trials: int, seed: int) -> list[dict[str, float | int]]:
+    """XGBoost's defaults, then random draws of the parameters that matter most for trees."""
+    rng = np.random.default_rng(seed)
+    candidates = [dict(XGBOOST_DEFAULTS)]
+    for _ in range(n_trials - 1):
+        candidates.append(
+            {
+                "max_depth": int(rng.integers(4, 11)),
+                "learning_rate": float(np.exp(rng.uniform(np.log(0.05), np.log(0.4)))),
+                "min_child_weight": float(np.exp(rng.uniform(0.0, np.log(50.0)))),
+                "subsample": float(rng.uniform(0.6, 1.0)),
+                "colsample_bytree": float(rng.uniform(0.5, 1.0)),
+            }
+        )
+    return candidates
+
+
+class _Deadline(xgb.callback.TrainingCallback):
+    """Stops boosting once the clock passes ``deadline``; early stopping's best round stays."""
+
+    def __init__(self, deadline: float) -> None:
+        super().__init__()
+        self.deadline = deadline
+        self.hit = False
+
+    def after_iteration(self, model, epoch, evals_log) -> bool:
+        self.hit = time.perf_counter() >= self.deadline
+        return self.hit
+
+
+def train_busyness_model(
+    split: Split, feature_names: list[str], config: TrainingConfig
+) -> TrainedModel:
+    """Search parameters x count objectives, keep the best on validation MAE (the goal metric).
+
+    Uses ``tree_method="hist"`` (NaN lags are handled natively) and builds each quantile
+    matrix once for all fits of a phase.
+    """
+    started = time.perf_counter()
+    deadline = started + config.time_budget_s
+    train = split.train
+    rows = len(train)
+    sampled = rows > config.search_rows
+    if sampled:
+        rng = np.random.default_rng(config.seed)
+        train = train.iloc[np.sort(rng.choice(rows, config.search_rows, replace=False))]
+    search_deadline = started + config.time_budget_s * (SEARCH_BUDGET_SHARE if sampled else 1.0)
+    valid = xgb.DMatrix(split.validation[feature_names], split.validation[TARGET_COLUMN])
+
+    search = xgb.QuantileDMatrix(train[feature_names], train[TARGET_COLUMN])
+    log: list[dict] = []
+    best: tuple[float, xgb.Booster, str, dict, int] | None = None
+    for index, params in enumerate(search_candidates(config.n_trials, config.seed)):
+        elapsed = time.perf_counter() - started
+        if index and started + elapsed + elapsed / index > search_deadline:
+            break
+        for objective in config.objectives:
+            booster, entry = _fit(search, valid, objective, params, config, search_deadline)
+            log.append({"phase": "search", "trial": index, "rows": len(train), **entry})
+            if best is None or entry["validation_mae"] < best[0]:
+                best = (entry["validation_mae"], booster, objective, params, index)
+    mae, booster, objective, params, trial = best
+    if sampled:
+        full = xgb.QuantileDMatrix(split.train[feature_names], split.train[TARGET_COLUMN])
+        refit, entry = _fit(full, valid, objective, params, config, deadline)
+        log.append({"phase": "refit", "trial": trial, "rows": rows, **entry})
+        if entry["validation_mae"] <= mae:
+            mae, booster = entry["validation_mae"], refit
+    model = xgb.XGBRegressor()
+    model.load_model(booster.save_raw("ubj"))
+    return TrainedModel(
+        model=model,
+        objective=objective,
+        params=params,
+        best_iteration=int(booster.best_iteration),
+        validation_mae=mae,
+        search_log=log,
+        seconds=time.perf_counter() - started,
+        feature_names=list(feature_names),
+    )
+
+
+def _fit(
+    train: xgb.QuantileDMatrix,
+    validation: xgb.DMatrix,
+    objective: str,
+    params: dict,
+    config: TrainingConfig,
+    deadline: float,
+) -> tuple[xgb.Booster, dict]:
+    """One fit, early-stopped on validation MAE and stopped at ``deadline``; its log entry."""
+    started = time.perf_counter()
+    stop = _Deadline(deadline)
+    booster = xgb.train(
+        {
+            "objective": objective,
+            "tree_method": "hist",
+            "eval_metric": "mae",
+            "nthread": config.n_jobs,
+            "seed": config.seed,
+            **params,
+        },
+        train,
+        num_boost_round=config.max_rounds,
+        evals=[(validation, "validation")],
+        # Early stopping first: the callbacks run until one asks to stop, and it must have
+        # recorded the best round of an iteration the deadline ends.
+        callbacks=[
+            xgb.callback.EarlyStopping(
+                rounds=config.early_stopping_rounds, metric_name="mae", data_name="validation"
+            ),
+            stop,
+        ],
+        verbose_eval=False,
+    )
+    predicted = booster.predict(validation, iteration_range=(0, booster.best_iteration + 1))
+    rounds = booster.num_boosted_rounds()
+    if stop.hit:
+        stopped_by = "deadline"
+    elif rounds == config.max_rounds:
+        stopped_by = "max_rounds"
+    else:
+        stopped_by = "early_stopping"
+    return booster, {
+        "objective": objective,
+        **params,
+        "best_iteration": int(booster.best_iteration),
+        "rounds": rounds,
+        "stopped_by": stopped_by,
+        "validation_mae": float(mean_absolute_error(validation.get_label(), predicted)),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def predict(trained: TrainedModel, frame: pd.DataFrame, feature_names: list[str]) -> np.ndarray:
+    """Expected orders per row, from the early-stopped best iteration."""
+    return trained.model.predict(frame[feature_names]).astype("float64")
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines
+
+
+def seasonal_naive_predict(frame: pd.DataFrame) -> np.ndarray:
+    """Same hour one week earlier (``orders_lag_168h``).
+
+    Where that hour is unknown (its partition is missing or before the data starts), fall
+    back to the mean of the last 168 known hours (``orders_mean_168h``), then to 0.
+    """
+    return (
+        frame["orders_lag_168h"].fillna(frame["orders_mean_168h"]).fillna(0.0).to_numpy("float64")
+    )
+
+
+def train_poc_baseline(
+    split: Split, feature_names: list[str], seed: int = 0, cv: int | BaseCrossValidator = 5
+) -> tuple[GridSearchCV, float]:
+    """The PoC's model: RandomForestRegressor + GridSearchCV over its exact grid, on train.
+
+    ``cv=5`` is the PoC's GridSearchCV default (``KFold`` without shuffling, R² score), kept
+    so the baseline costs what the PoC cost; the train rows are sorted by hour, so its folds
+    are contiguous blocks of time rather than the PoC's leaky random rows. NaN lags go in as
+    NaN: scikit-learn's random forest handles missing values since 1.4. Returns the fitted
+    search (``best_estimator_`` refitted on all train rows) and its wall-clock seconds.
+    """
+    started = time.perf_counter()
+    search = GridSearchCV(
+        RandomForestRegressor(random_state=seed, n_jobs=-1), POC_PARAM_GRID, cv=cv
+    )
+    search.fit(split.train[feature_names], split.train[TARGET_COLUMN])
+    return search, time.perf_counter() - started
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def regression_metrics(y_true, y_pred) -> dict[str, float]:
+    """MAE, RMSE, R² and mean Poisson deviance (predictions clipped to ``POISSON_EPSILON``)."""
+    y_true = np.asarray(y_true, dtype="float64")
+    y_pred = np.asarray(y_pred, dtype="float64")
+    return {
+        "mae": float(mean_absolute_error(y_true, y_pred)),
+        "rmse": float(root_mean_squared_error(y_true, y_pred)),
+        "r2": float(r2_score(y_true, y_pred)),
+        "poisson_deviance": float(
+            mean_poisson_deviance(y_true, np.maximum(y_pred, POISSON_EPSILON))
+        ),
+    }
+
+
+def metrics_table(y_true, predictions: dict[str, np.ndarray]) -> pd.DataFrame:
+    """One row of :func:`regression_metrics` per named predictor (model, baselines, champion)."""
+    return pd.DataFrame(
+        {name: regression_metrics(y_true, y_pred) for name, y_pred in predictions.items()}
+    ).T.rename_axis("predictor")
+
+
+def error_by(frame: pd.DataFrame, y_pred, column: str) -> pd.DataFrame:
+    """Rows, mean actual, mean predicted and MAE per value of ``column`` (e.g. hour_of_day,
+    h3_cell), to show where the model is wrong rather than only how much."""
+    actual = frame[TARGET_COLUMN].to_numpy("float64")
+    predicted = np.asarray(y_pred, dtype="float64")
+    errors = pd.DataFrame(
+        {
+            column: frame[column].to_numpy(),
+            "actual": actual,
+            "predicted": predicted,
+            "abs_error": np.abs(actual - predicted),
+        }
+    )
+    return errors.groupby(column, sort=True).agg(
+        rows=("actual", "size"),
+        mean_actual=("actual", "mean"),
+        mean_predicted=("predicted", "mean"),
+        mae=("abs_error", "mean"),
+    )
+
+
+def prediction_problems(y_pred) -> list[str]:
+    """Why predictions are not sane busyness counts; empty when they are.
+
+    Counts cannot be negative, every row needs a finite value, and a constant prediction
+    means the model learned nothing (or a broken input collapsed every row to one value).
+    """
+    values = np.asarray(y_pred, dtype="float64")
+    if values.size == 0:
+        return ["no predictions"]
+    problems = []
+    finite = np.isfinite(values)
+    if not finite.all():
+        problems.append(f"{int((~finite).sum())} of {values.size} predictions are NaN or infinite")
+    negative = int((values[finite] < 0).sum())
+    if negative:
+        problems.append(f"{negative} of {values.size} predictions are negative")
+    if values.size > 1 and finite.any() and np.ptp(values[finite]) == 0:
+        problems.append(f"all predictions are the constant {values[finite][0]:.6g}")
+    return problems

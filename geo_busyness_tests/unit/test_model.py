@@ -1,0 +1,276 @@
+"""The model core: a leak-free time split, an XGBoost count model that beats the seasonal
+naive baseline on realistic simulated data (and a broken one that does not), the PoC
+baseline with its exact grid, metrics and the sanity check of predictions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.ensemble import RandomForestRegressor
+from sklearn.metrics import mean_absolute_error, mean_poisson_deviance
+from xgboost import XGBRegressor
+
+from geo_busyness.core.city import DEFAULT_CITY
+from geo_busyness.core.features import (
+    busyness_features,
+    cluster_restaurants,
+    feature_columns,
+    hex_hourly_busyness,
+    restaurant_sightings,
+    restaurants_from_sightings,
+)
+from geo_busyness.core.model import (
+    POC_PARAM_GRID,
+    Split,
+    SplitConfig,
+    TrainingConfig,
+    error_by,
+    metrics_table,
+    predict,
+    prediction_problems,
+    regression_metrics,
+    seasonal_naive_predict,
+    time_split,
+    train_busyness_model,
+    train_poc_baseline,
+)
+from geo_busyness.core.schema import read_raw_file, validate_pings
+from geo_busyness.simulate import SimulationConfig, simulate_day
+
+pytestmark = pytest.mark.unit
+
+FEATURES = feature_columns(DEFAULT_CITY.n_restaurant_clusters)
+# Measured on this data: the model is 23-26% better than seasonal naive (test MAE) for search
+# seeds 0-2 with 2 or 3 trials; the issue's goal is 20%, and the bar keeps that goal.
+MIN_IMPROVEMENT = 0.20
+# Single-threaded: deterministic everywhere and no OpenMP stalls on a busy CI machine.
+FAST = TrainingConfig(n_trials=2, time_budget_s=600, seed=0, n_jobs=1)
+
+
+def improvement(frame: pd.DataFrame, y_pred: np.ndarray) -> float:
+    """Share of the seasonal-naive test MAE that the predictions remove."""
+    naive = mean_absolute_error(frame["orders"], seasonal_naive_predict(frame))
+    return 1 - mean_absolute_error(frame["orders"], y_pred) / naive
+
+
+@pytest.fixture(scope="module")
+def features() -> pd.DataFrame:
+    """busyness_features of 20 days (from the 2nd) of the default simulated city, ~14k rows."""
+    config = SimulationConfig(days=21, pings_per_day=6_000, dirty_files=False)
+    city = config.city
+    days = [config.start_date + dt.timedelta(days=k) for k in range(config.days)]
+    hourly, sightings = {}, {}
+    for day in days:
+        raw = pd.concat(
+            [read_raw_file(name, content) for name, content in simulate_day(config, day).items()],
+            ignore_index=True,
+        )
+        clean = validate_pings(raw, city, day.isoformat()).clean
+        hourly[day.isoformat()] = hex_hourly_busyness(clean, city.h3_resolution)
+        sightings[day.isoformat()] = restaurant_sightings(clean)
+    clusters = cluster_restaurants(
+        restaurants_from_sightings(sightings, city.h3_resolution), city.n_restaurant_clusters
+    )
+    return pd.concat(
+        [busyness_features(hourly, day.isoformat(), clusters, city) for day in days[1:]],
+        ignore_index=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def split(features) -> Split:
+    return time_split(features, SplitConfig(validation_days=2, test_days=2, gap_hours=24))
+
+
+@pytest.fixture(scope="module")
+def trained(split):
+    return train_busyness_model(split, FEATURES, FAST)
+
+
+# ---------------------------------------------------------------------------------------------
+# Split
+
+
+def test_split_keeps_train_before_validation_before_test_with_the_gap(features, split):
+    gap = pd.Timedelta(hours=24)
+    train, validation, test = (s["hour_start"] for s in (split.train, split.validation, split.test))
+    assert validation.min() - train.max() > gap
+    assert test.min() - validation.max() > gap
+    assert test.max() == features["hour_start"].max()
+    assert test.nunique() == validation.nunique() == 48
+    for name, frame in (("train", train), ("validation", validation), ("test", test)):
+        span = split.ranges[name]
+        assert ((frame >= span.start) & (frame < span.end)).all()
+    dropped = features["hour_start"].between(
+        split.ranges["train"].end, split.ranges["validation"].start, inclusive="left"
+    ) | features["hour_start"].between(
+        split.ranges["validation"].end, split.ranges["test"].start, inclusive="left"
+    )
+    assert len(train) + len(validation) + len(test) + dropped.sum() == len(features)
+
+
+def test_split_without_gap_keeps_every_row(features):
+    no_gap = time_split(features, SplitConfig(gap_hours=0))
+    assert len(no_gap.train) + len(no_gap.validation) + len(no_gap.test) == len(features)
+    assert no_gap.train["hour_start"].max() < no_gap.validation["hour_start"].min()
+
+
+def test_too_little_data_is_a_clear_error(features):
+    first_days = features.loc[
+        features["hour_start"] < features["hour_start"].min() + pd.Timedelta(days=5)
+    ]
+    with pytest.raises(ValueError, match=r"too little data.*need more than 144 hours"):
+        time_split(first_days, SplitConfig(validation_days=2, test_days=2, gap_hours=24))
+    with pytest.raises(ValueError, match="no feature rows"):
+        time_split(features.head(0), SplitConfig())
+    with pytest.raises(ValueError, match="test_days must be an integer >= 1"):
+        SplitConfig(test_days=0)
+
+
+def test_a_missing_partition_inside_a_slice_is_reported(features):
+    last_day = features["hour_start"].max().floor("D")
+    validation_day = last_day - pd.Timedelta(days=3)  # before 2 test days and a 24h gap
+    holes = features.loc[features["hour_start"].dt.floor("D") != validation_day]
+    config = SplitConfig(validation_days=1, test_days=2, gap_hours=24)
+    with pytest.raises(ValueError, match=r"validation slice .* has no feature rows"):
+        time_split(holes, config)
+
+
+# ---------------------------------------------------------------------------------------------
+# XGBoost model
+
+
+def test_model_beats_seasonal_naive_with_sane_predictions(split, trained):
+    y_pred = predict(trained, split.test, FEATURES)
+    assert improvement(split.test, y_pred) >= MIN_IMPROVEMENT
+    assert prediction_problems(y_pred) == []
+    assert isinstance(trained.model, XGBRegressor)
+    assert trained.objective in FAST.objectives
+    assert len(trained.search_log) == FAST.n_trials * len(FAST.objectives)
+    assert {entry["objective"] for entry in trained.search_log} == set(FAST.objectives)
+    assert trained.validation_mae == min(e["validation_mae"] for e in trained.search_log)
+    assert 0 <= trained.best_iteration < FAST.max_rounds
+
+
+def test_same_seed_gives_the_same_model(split, trained):
+    again = train_busyness_model(split, FEATURES, FAST)
+    assert again.params == trained.params
+    assert np.array_equal(
+        predict(again, split.test, FEATURES), predict(trained, split.test, FEATURES)
+    )
+
+
+def test_model_trained_on_shuffled_targets_does_not_beat_seasonal_naive(split):
+    rng = np.random.default_rng(0)
+    shuffled = Split(
+        train=split.train.assign(orders=rng.permutation(split.train["orders"].to_numpy())),
+        validation=split.validation.assign(
+            orders=rng.permutation(split.validation["orders"].to_numpy())
+        ),
+        test=split.test,
+        ranges=split.ranges,
+    )
+    broken = train_busyness_model(shuffled, FEATURES, FAST)
+    assert improvement(split.test, predict(broken, split.test, FEATURES)) < MIN_IMPROVEMENT
+
+
+def test_search_stops_at_the_time_budget(split):
+    rushed = train_busyness_model(
+        split, FEATURES, TrainingConfig(n_trials=5, time_budget_s=0.01, n_jobs=1)
+    )
+    assert [entry["trial"] for entry in rushed.search_log] == [0, 0]
+    assert {entry["stopped_by"] for entry in rushed.search_log} == {"deadline"}
+    assert prediction_problems(predict(rushed, split.test, FEATURES)) == []
+
+
+def test_search_on_a_sample_refits_the_winner_on_all_train_rows(split):
+    sampled = train_busyness_model(
+        split, FEATURES, TrainingConfig(n_trials=1, search_rows=2_000, time_budget_s=600, n_jobs=1)
+    )
+    *search, refit = sampled.search_log
+    assert {entry["rows"] for entry in search} == {2_000}
+    assert {entry["phase"] for entry in search} == {"search"}
+    assert refit["phase"] == "refit" and refit["rows"] == len(split.train)
+    assert sampled.validation_mae == min(e["validation_mae"] for e in sampled.search_log)
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines
+
+
+def test_seasonal_naive_falls_back_to_the_weekly_mean_then_zero():
+    frame = pd.DataFrame(
+        {"orders_lag_168h": [3.0, np.nan, np.nan], "orders_mean_168h": [9.0, 1.5, np.nan]}
+    )
+    assert seasonal_naive_predict(frame).tolist() == [3.0, 1.5, 0.0]
+
+
+def test_poc_baseline_searches_its_exact_grid(split):
+    small = Split(split.train.tail(400), split.validation, split.test, split.ranges)
+    search, seconds = train_poc_baseline(small, FEATURES, seed=0, cv=2)
+    searched = {tuple(sorted(params.items())) for params in search.cv_results_["params"]}
+    expected = {
+        tuple(sorted(zip(POC_PARAM_GRID, values, strict=True)))
+        for values in itertools.product(*POC_PARAM_GRID.values())
+    }
+    assert searched == expected and len(searched) == 8
+    assert isinstance(search.best_estimator_, RandomForestRegressor)
+    assert seconds > 0
+    assert prediction_problems(search.predict(split.test[FEATURES])) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics and checks
+
+
+def test_metrics_match_a_hand_computed_example():
+    y_true, y_pred = [0, 1, 2, 4], [0.5, 1, 3, 3]
+    metrics = regression_metrics(y_true, y_pred)
+    assert metrics["mae"] == pytest.approx(0.625)  # (0.5 + 0 + 1 + 1) / 4
+    assert metrics["rmse"] == pytest.approx(0.75)  # sqrt((0.25 + 0 + 1 + 1) / 4)
+    assert metrics["r2"] == pytest.approx(1 - 2.25 / 8.75)  # mean 1.75
+    assert metrics["poisson_deviance"] == pytest.approx(mean_poisson_deviance(y_true, y_pred))
+
+
+def test_poisson_deviance_of_a_zero_prediction_is_finite():
+    metrics = regression_metrics([0, 2], [0.0, 0.0])
+    expected = mean_poisson_deviance([0, 2], [1e-6, 1e-6])
+    assert np.isfinite(metrics["poisson_deviance"])
+    assert metrics["poisson_deviance"] == pytest.approx(expected)
+
+
+def test_metrics_table_has_one_row_per_predictor():
+    table = metrics_table([1, 2], {"model": [1, 2], "naive": [2, 2]})
+    assert table.index.tolist() == ["model", "naive"]
+    assert table.loc["model", "mae"] == 0 and table.loc["naive", "mae"] == 0.5
+
+
+def test_error_by_hour_and_hexagon_adds_up_to_the_overall_error(split, trained):
+    y_pred = predict(trained, split.test, FEATURES)
+    overall = mean_absolute_error(split.test["orders"], y_pred)
+    for column, groups in (("hour_of_day", 24), ("h3_cell", split.test["h3_cell"].nunique())):
+        table = error_by(split.test, y_pred, column)
+        assert len(table) == groups and table["rows"].sum() == len(split.test)
+        assert np.average(table["mae"], weights=table["rows"]) == pytest.approx(overall)
+
+
+@pytest.mark.parametrize(
+    ("y_pred", "problem"),
+    [
+        ([1.0, -0.5, 2.0], "1 of 3 predictions are negative"),
+        ([1.0, np.nan, 2.0], "1 of 3 predictions are NaN or infinite"),
+        ([1.0, np.inf, 2.0], "1 of 3 predictions are NaN or infinite"),
+        ([2.5, 2.5, 2.5], "all predictions are the constant 2.5"),
+        ([], "no predictions"),
+    ],
+)
+def test_prediction_problems_flags_insane_predictions(y_pred, problem):
+    assert problem in prediction_problems(y_pred)
+
+
+def test_prediction_problems_accepts_sane_predictions():
+    assert prediction_problems([0.0, 0.2, 3.0]) == []
