@@ -55,6 +55,16 @@ def free_port(host: str = LOOPBACK) -> int:
         return int(sock.getsockname()[1])
 
 
+def stop_process_group(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM the process group started with ``start_new_session=True``, SIGKILL if it lingers."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 def find_weed() -> str:
     """Path of the ``weed`` binary: next to ``sys.executable`` first, then on ``PATH``."""
     beside = Path(sys.executable).parent / "weed"

@@ -240,112 +240,94 @@ def bench_e2e(days: int, pings_per_day: int) -> dict:
     }
 
 
+def machine() -> dict:
+    """CPU count and model, RAM and Python version, from /proc on Linux."""
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    model = next(
+        (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), ""
+    )
+    ram_kib = int(Path("/proc/meminfo").read_text().split()[1])  # first line is MemTotal
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "ram_gb": ram_kib * 1024 / GB,
+        "python": platform.python_version(),
+    }
+
+
 def _disk_gb(path: Path) -> float:
     return sum(file.stat().st_size for file in path.rglob("*") if file.is_file()) / GB
 
 
-def rows(results: dict) -> list[tuple[str, str, str, str]]:
-    """(measure, value, target, met) for the Markdown table."""
-    table = []
+def rows(results: dict) -> list[tuple[str, ...]]:
+    """(measure, value) or (measure, value, target, met) rows for the Markdown table."""
+    table: list[tuple[str, ...]] = []
     if h := results.get("h3"):
         n = f"{h['points']:,} points, res {h['resolution']}"
+        speedup = f"{h['speedup']:.1f}x, agree={h['agree']}"
         table += [
+            (f"h3: `geo.cells_for` (h3ronpy), {n}", f"{h['h3ronpy_points_per_s'] / 1e6:.2f} M/s"),
             (
-                f"h3: `geo.cells_for` (h3ronpy), {n}",
-                f"{h['h3ronpy_points_per_s'] / 1e6:.2f} M points/s",
-                "",
-                "",
+                f"h3: `[h3.latlng_to_cell(...) ...]`, {n}",
+                f"{h['h3_loop_points_per_s'] / 1e6:.2f} M/s",
             ),
-            (
-                f"h3: list comprehension over `h3.latlng_to_cell`, {n}",
-                f"{h['h3_loop_points_per_s'] / 1e6:.2f} M points/s",
-                "",
-                "",
-            ),
-            (
-                "h3: speed-up, exact agreement",
-                f"{h['speedup']:.1f}x, agree={h['agree']}",
-                "4-5x, agree",
-                _met(h["speedup"] >= 4 and h["agree"]),
-            ),
+            ("h3: speed-up, exact agreement", speedup, "4-5x, agree", _met(h["speedup"] >= 4)),
         ]
     if c := results.get("core"):
-        n = f"1 day, {c['raw_rows']:,} raw / {c['clean_rows']:,} clean rows"
-        target = c["clean_to_features_cpu_s"] < CORE_TARGET_S
+        met = _met(c["clean_to_features_cpu_s"] < CORE_TARGET_S)
         table += [
-            (f"core: `simulate_day` ({n})", _wall_cpu(c, "simulate_day"), "", ""),
+            (f"core: `simulate_day` ({c['raw_rows']:,} raw rows)", _wall_cpu(c, "simulate_day")),
+            ("core: ingestion: `read_raw_file`, all files", _wall_cpu(c, "read_raw_file")),
             (
-                "core: ingestion: `read_raw_file` (all files of the day)",
-                _wall_cpu(c, "read_raw_file"),
-                "",
-                "",
+                f"core: ingestion: `validate_pings` ({c['clean_rows']:,} clean)",
+                _wall_cpu(c, "validate_pings"),
             ),
-            ("core: ingestion: `validate_pings`", _wall_cpu(c, "validate_pings"), "", ""),
-            ("core: `hex_hourly_busyness`", _wall_cpu(c, "hex_hourly_busyness"), "", ""),
+            ("core: `hex_hourly_busyness`", _wall_cpu(c, "hex_hourly_busyness")),
             (
-                f"core: `busyness_features` (8 days of history, {c['feature_rows']:,} rows)",
+                f"core: `busyness_features`, 8 days history ({c['feature_rows']:,} rows)",
                 _wall_cpu(c, "busyness_features"),
-                "",
-                "",
             ),
             (
-                "core: **clean → hex_hourly_busyness → busyness_features**",
+                "core: **clean → hex_hourly → features**",
                 _wall_cpu(c, "clean_to_features"),
                 f"< {CORE_TARGET_S:g} s CPU",
-                _met(target),
+                met,
             ),
-            (
-                "core: validate → hex_hourly_busyness → busyness_features",
-                _wall_cpu(c, "validate_to_features"),
-                "",
-                "",
-            ),
-            ("core: `restaurant_sightings` (1 day)", _wall_cpu(c, "restaurant_sightings"), "", ""),
+            ("core: validate → hex_hourly → features", _wall_cpu(c, "validate_to_features")),
+            ("core: `restaurant_sightings` (1 day)", _wall_cpu(c, "restaurant_sightings")),
             (
                 "core: `restaurants_from_sightings` (9 days)",
                 _wall_cpu(c, "restaurants_from_sightings"),
-                "",
-                "",
             ),
-            ("core: `cluster_restaurants`", _wall_cpu(c, "cluster_restaurants"), "", ""),
-            (
-                "core: peak RSS of the section (9 days simulated in turn)",
-                f"{c['peak_rss_gb']:.2f} GB",
-                "",
-                "",
-            ),
+            ("core: `cluster_restaurants`", _wall_cpu(c, "cluster_restaurants")),
+            ("core: peak RSS of the section", f"{c['peak_rss_gb']:.2f} GB"),
         ]
     if e := results.get("e2e"):
-        n = f"{e['days']} days x {e['pings_per_day']:,} pings"
+        per_day = (e["ingest_day_s_median"], e["features_day_s_median"], e["per_day_s"])
         table += [
-            (f"e2e: simulate into the landing zone ({n})", f"{e['simulate_s']:.0f} s", "", ""),
+            (
+                f"e2e: simulate {e['days']} days x {e['pings_per_day']:,} pings",
+                f"{e['simulate_s']:.0f} s",
+            ),
             (
                 f"e2e: `materialize_days` ({e['raw_rows']:,} raw rows)",
-                f"{e['materialize_s']:.0f} s wall, {e['materialize_cpu_s']:.0f} s CPU",
-                "",
-                "",
+                f"{e['materialize_s']:.0f} s wall / {e['materialize_cpu_s']:.0f} s CPU",
             ),
             (
-                "e2e: per day (ingest median / features median / all)",
-                f"{e['ingest_day_s_median']:.1f} / {e['features_day_s_median']:.1f} / {e['per_day_s']:.1f} s",
-                "",
-                "",
+                "e2e: per day: ingest run (median) / features run (median) / all",
+                " / ".join(f"{v:.1f}" for v in per_day) + " s",
             ),
-            ("e2e: restaurants + clusters + freshness run", f"{e['restaurants_s']:.1f} s", "", ""),
+            ("e2e: restaurants + clusters + freshness run", f"{e['restaurants_s']:.1f} s"),
             (
                 "e2e: landing zone / asset storage on disk",
                 f"{e['landing_gb']:.2f} / {e['assets_gb']:.2f} GB",
-                "",
-                "",
             ),
             (
-                "e2e: peak RSS while materializing (sampled)",
-                f"{e['materialize_peak_rss_gb']:.2f} GB",
-                "",
-                "",
+                "e2e: peak RSS simulating / materializing (sampled)",
+                f"{e['simulate_peak_rss_gb']:.2f} / {e['materialize_peak_rss_gb']:.2f} GB",
             ),
             (
-                "e2e: peak RSS of the whole process (ru_maxrss)",
+                "e2e: **peak RSS of the process** (ru_maxrss)",
                 f"{e['peak_rss_gb']:.2f} GB",
                 f"< {MEMORY_TARGET_GB:g} GB",
                 _met(e["peak_rss_gb"] < MEMORY_TARGET_GB),
@@ -362,9 +344,9 @@ def _met(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
 
-def markdown(table: list[tuple[str, str, str, str]]) -> str:
+def markdown(table: list[tuple[str, ...]]) -> str:
     lines = ["| measure | value | target | met |", "| --- | --- | --- | --- |"]
-    return "\n".join([*lines, *(f"| {' | '.join(row)} |" for row in table)])
+    return "\n".join([*lines, *(f"| {' | '.join((*row, '', '')[:4])} |" for row in table)])
 
 
 def main() -> None:
@@ -396,14 +378,9 @@ def main() -> None:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             run[name] = pool.submit(function, *section_args).result()
         run[name]["measured_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        run[name]["load_avg_1_5_15m"] = (
-            os.getloadavg()
-        )  # other work on the machine inflates wall time
-        results.update(run)
-        results["machine"] = {
-            "python": platform.python_version(),
-            "cpus": multiprocessing.cpu_count(),
-        }
+        # Other work on a shared machine inflates wall (not CPU) time: keep the load with it.
+        run[name]["load_avg_1_5_15m"] = os.getloadavg()
+        results.update(run, machine=machine())
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(markdown(rows(run)))
     for name, section in run.items():

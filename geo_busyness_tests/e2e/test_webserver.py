@@ -2,8 +2,6 @@
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +9,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from geo_busyness_tests.services import free_port, stop_process_group
 
 pytestmark = pytest.mark.e2e
 
@@ -25,12 +25,6 @@ EXPECTED_ASSETS = {
     "hex_hourly_busyness",
     "busyness_features",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -114,9 +108,4 @@ def test_webserver_serves_the_asset_graph_with_checks(dagster_env):
         }
         assert checks == {"clean_pings_match_contract": True, "rows_are_conserved": True}
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_process_group(server)

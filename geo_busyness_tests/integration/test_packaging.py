@@ -10,14 +10,14 @@ import os
 import re
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from geo_busyness_tests.services import free_port, stop_process_group
 
 pytestmark = pytest.mark.integration
 
@@ -35,12 +35,6 @@ def dockerfile_uv_commands() -> list[list[str]]:
 
 def dockerfile_cmd() -> list[str]:
     return json.loads(re.search(r"^CMD (\[.*\])$", DOCKERFILE, re.MULTILINE).group(1))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_dockerfile_builds_from_the_lockfile_without_dev_dependencies():
@@ -107,9 +101,4 @@ def test_image_commands_install_and_serve_the_code_location(tmp_path):
                 raise AssertionError(f"code server did not become healthy:\n{server.stdout.read()}")
             time.sleep(2)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_process_group(server)

@@ -49,7 +49,13 @@ BAD_ROWS = [
     (QuarantineReason.IMPLAUSIBLE_LOCATION, {"courier_lon": "104.6189"}),  # swapped sign
     (QuarantineReason.IMPLAUSIBLE_LOCATION, {"restaurant_lat": "-50.4460"}),
     (QuarantineReason.ORDER_AFTER_PING, {"order_created_timestamp": "2026-10-05T19:30:00Z"}),
-    (QuarantineReason.OUTSIDE_PARTITION_DAY, {"courier_location_timestamp": "2026-10-06T01:00:00Z", "order_created_timestamp": "2026-10-06T00:50:00Z"}),
+    (
+        QuarantineReason.OUTSIDE_PARTITION_DAY,
+        {
+            "courier_location_timestamp": "2026-10-06T01:00:00Z",
+            "order_created_timestamp": "2026-10-06T00:50:00Z",
+        },
+    ),
 ]
 
 
@@ -61,9 +67,13 @@ def good_row(**overrides) -> dict[str, str]:
     return {**GOOD, **overrides}
 
 
-@pytest.mark.parametrize(("reason", "overrides"), BAD_ROWS, ids=[f"{r.value}-{i}" for i, (r, _) in enumerate(BAD_ROWS)])
+@pytest.mark.parametrize(
+    ("reason", "overrides"), BAD_ROWS, ids=[f"{r.value}-{i}" for i, (r, _) in enumerate(BAD_ROWS)]
+)
 def test_each_bad_row_is_quarantined_with_its_reason(reason, overrides):
-    raw = read_raw_file("f.csv", csv_bytes([good_row(), good_row(**{"order_number": "1002", **overrides})]))
+    raw = read_raw_file(
+        "f.csv", csv_bytes([good_row(), good_row(**{"order_number": "1002", **overrides})])
+    )
     result = validate_pings(raw, DEFAULT_CITY, partition_day=DAY)
     assert len(result.clean) == 1
     assert result.quarantined["reason"].tolist() == [reason.value]
@@ -77,8 +87,20 @@ def test_duplicates_keep_the_first_copy_even_across_files():
     first = read_raw_file("a.csv", csv_bytes([good_row(), good_row(order_number="2")]))
     redelivered = read_raw_file("a-copy.csv", csv_bytes([good_row(), good_row(order_number="2")]))
     # the same ping written differently is still the same ping
-    reformatted = read_raw_file("b.csv", csv_bytes([good_row(courier_lat="50.44520", courier_location_timestamp="2026-10-05T18:04:05.000001+00:00")]))
-    result = validate_pings(pd.concat([first, redelivered, reformatted], ignore_index=True), DEFAULT_CITY, DAY)
+    reformatted = read_raw_file(
+        "b.csv",
+        csv_bytes(
+            [
+                good_row(
+                    courier_lat="50.44520",
+                    courier_location_timestamp="2026-10-05T18:04:05.000001+00:00",
+                )
+            ]
+        ),
+    )
+    result = validate_pings(
+        pd.concat([first, redelivered, reformatted], ignore_index=True), DEFAULT_CITY, DAY
+    )
     assert len(result.clean) == 2
     assert set(result.clean["source_file"]) == {"a.csv"}
     assert result.reason_counts()["duplicate"] == 3
@@ -87,13 +109,17 @@ def test_duplicates_keep_the_first_copy_even_across_files():
 def test_clean_rows_are_typed_to_the_contract():
     result = validate_pings(read_raw_file("f.csv", csv_bytes([good_row()])), DEFAULT_CITY, DAY)
     assert schema_problems(result.clean) == []
-    assert result.clean["courier_location_timestamp"].iloc[0] == pd.Timestamp("2026-10-05T18:04:05.000001Z")
+    assert result.clean["courier_location_timestamp"].iloc[0] == pd.Timestamp(
+        "2026-10-05T18:04:05.000001Z"
+    )
     assert result.clean["courier_lat"].iloc[0] == pytest.approx(50.4452)
 
 
 def test_schema_problems_name_the_column():
     result = validate_pings(read_raw_file("f.csv", csv_bytes([good_row()])), DEFAULT_CITY, DAY)
-    broken = result.clean.drop(columns=["courier_id"]).assign(courier_lat=lambda f: f["courier_lat"].astype(str))
+    broken = result.clean.drop(columns=["courier_id"]).assign(
+        courier_lat=lambda f: f["courier_lat"].astype(str)
+    )
     problems = schema_problems(broken)
     assert "missing column courier_id" in problems
     assert any(p.startswith("courier_lat has dtype") for p in problems)
@@ -109,7 +135,10 @@ def test_headers_are_matched_loosely_and_extra_columns_dropped():
 
 def test_wrong_header_is_a_clear_file_error():
     content = csv_bytes([good_row()]).replace(b"courier_lat", b"lat_courier")
-    with pytest.raises(UnparseableFileError, match=r"raw/dt=2026-10-05/x\.csv: missing required columns \['courier_lat'\]"):
+    with pytest.raises(
+        UnparseableFileError,
+        match=r"raw/dt=2026-10-05/x\.csv: missing required columns \['courier_lat'\]",
+    ):
         read_raw_file("raw/dt=2026-10-05/x.csv", content)
 
 
@@ -120,13 +149,20 @@ def test_binary_garbage_is_a_clear_file_error():
 
 def test_unparseable_file_is_quarantined_whole_and_counted():
     raw = pd.concat(
-        [read_raw_file("ok.csv", csv_bytes([good_row()])), unparseable_file_record("bad.csv", "bad.csv: boom")],
+        [
+            read_raw_file("ok.csv", csv_bytes([good_row()])),
+            unparseable_file_record("bad.csv", "bad.csv: boom"),
+        ],
         ignore_index=True,
     )
     result = validate_pings(raw, DEFAULT_CITY, DAY)
     assert len(result.clean) == 1
     record = result.quarantined.iloc[0]
-    assert (record["reason"], record["source_file"], record["detail"]) == ("unparseable_file", "bad.csv", "bad.csv: boom")
+    assert (record["reason"], record["source_file"], record["detail"]) == (
+        "unparseable_file",
+        "bad.csv",
+        "bad.csv: boom",
+    )
 
 
 def test_empty_file_gives_no_rows():
@@ -143,13 +179,18 @@ def test_parquet_files_are_read_as_text():
 
 
 cell_values = st.one_of(
-    st.sampled_from(["", "NaN ", "abc", "0", "95", "-104.6189", "50.4452", "104.6", "2026-10-05T18:00:00Z", "x"]),
+    st.sampled_from(
+        ["", "NaN ", "abc", "0", "95", "-104.6189", "50.4452", "104.6", "2026-10-05T18:00:00Z", "x"]
+    ),
     st.text(st.characters(blacklist_categories=["Cc", "Cs"]), max_size=6),
 )
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.fixed_dictionaries({c: cell_values for c in RAW_COLUMNS}), max_size=25), st.integers(0, 5))
+@given(
+    st.lists(st.fixed_dictionaries({c: cell_values for c in RAW_COLUMNS}), max_size=25),
+    st.integers(0, 5),
+)
 def test_rows_in_equal_clean_plus_quarantined(rows, copies):
     rows = rows + [good_row(order_number=str(i)) for i in range(copies)] * 2
     raw = read_raw_file("f.csv", csv_bytes(rows))
@@ -171,17 +212,19 @@ def test_whitespace_set_is_pythons():
 
 def test_no_non_ascii_character_lowercases_into_a_missing_token():
     token_chars = set("".join(schema.MISSING_TOKENS))
-    assert all(
-        not set(chr(c).lower()) <= token_chars for c in range(128, sys.maxunicode + 1)
-    )
+    assert all(not set(chr(c).lower()) <= token_chars for c in range(128, sys.maxunicode + 1))
 
 
 iso_parts = st.tuples(
     st.sampled_from(["2026", "1699", "1700", "2259", "2262", "2028", "1900", "26"]),
     st.sampled_from(["-10-05", "-02-29", "-02-30", "-04-31", "-13-01", "-00-10", "1005", "-10-5"]),
-    st.sampled_from(["T18:04:05", " 00:00:00", "T23:59:59", "T24:00:00", "T18:04:60", "T18:04", "t18:04:05", ""]),
+    st.sampled_from(
+        ["T18:04:05", " 00:00:00", "T23:59:59", "T24:00:00", "T18:04:60", "T18:04", "t18:04:05", ""]
+    ),
     st.sampled_from(["", ".1", ".000001", ".123456789", ".1234567891", "."]),
-    st.sampled_from(["Z", "", "+00:00", "-00:00", "+01:00", "-05:30", "+0000", "z", " Z", "+24:00"]),
+    st.sampled_from(
+        ["Z", "", "+00:00", "-00:00", "+01:00", "-05:30", "+0000", "z", " Z", "+24:00"]
+    ),
 )
 iso_text = st.one_of(iso_parts.map("".join), st.none(), st.text(max_size=8))
 
@@ -218,7 +261,9 @@ def test_naive_timestamps_after_an_offset_parse_exactly_as_pandas(values, repeat
 
 number_text = st.one_of(
     st.from_regex(r"\A[+-]?[0-9]{0,18}(\.[0-9]{0,18})?\Z"),
-    st.sampled_from(["-0", "-0.0", "0", "+0", "-00", "inf", "-inf", "nan", "1e3", ".5", "5.", "1_0", "abc", ""]),
+    st.sampled_from(
+        ["-0", "-0.0", "0", "+0", "-00", "inf", "-inf", "nan", "1e3", ".5", "5.", "1_0", "abc", ""]
+    ),
     st.sampled_from(["18446744073709551616", "-9223372036854775809", "50.4452", "-104.618900"]),
     st.none(),
 )
@@ -231,11 +276,15 @@ def test_numbers_parse_exactly_as_pandas(values):
     expected = expected.astype("float64").to_numpy()
     parsed = schema._parse_numbers(pa.array(values, type=pa.string()))
     assert np.array_equal(parsed, expected, equal_nan=True)
-    assert np.array_equal(np.signbit(parsed[~np.isnan(parsed)]), np.signbit(expected[~np.isnan(expected)]))
+    assert np.array_equal(
+        np.signbit(parsed[~np.isnan(parsed)]), np.signbit(expected[~np.isnan(expected)])
+    )
 
 
 csv_cells = st.one_of(
-    st.sampled_from(["c1", "1001", "50.4452", "", "NaN ", " x ", '"q"', '"a,b"', '"l1\nl2"', '"x""y"', 'a"b']),
+    st.sampled_from(
+        ["c1", "1001", "50.4452", "", "NaN ", " x ", '"q"', '"a,b"', '"l1\nl2"', '"x""y"', 'a"b']
+    ),
     st.text(st.characters(blacklist_categories=["Cs"]), max_size=4),
 )
 
@@ -307,7 +356,11 @@ def test_partition_day_bounds_are_exact():
         "2026-10-04T23:59:59.999999999Z",
     ]
     rows = [
-        good_row(order_number=str(i), courier_location_timestamp=t, order_created_timestamp=t[:10] + "T00:00:00Z")
+        good_row(
+            order_number=str(i),
+            courier_location_timestamp=t,
+            order_created_timestamp=t[:10] + "T00:00:00Z",
+        )
         for i, t in enumerate(stamps)
     ]
     result = validate_pings(read_raw_file("f.csv", csv_bytes(rows)), DEFAULT_CITY, DAY)
