@@ -9,6 +9,7 @@ results are there to look at afterwards.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import os
 import time
 from collections.abc import Callable
@@ -96,6 +97,9 @@ def materialize_days(
             raise_on_error=True,
             run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
         )
+        # execute_in_process keeps every step output in reference cycles until a full
+        # collection; without this a 30-day load holds ~30 days of frames (BENCHMARKS.md).
+        gc.collect()
         for evaluation in result.get_asset_check_evaluations():
             if not evaluation.passed:
                 failed = (

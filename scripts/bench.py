@@ -1,8 +1,9 @@
 """Data-path benchmark: H3 indexing, the core transforms on one day, the Dagster path end to end.
 
 Each section runs in a fresh interpreter (so timings are warm-but-isolated and peak memory is
-the section's own), merges its figures into ``bench-data/results.json`` and prints a Markdown
-table. ``BENCHMARKS.md`` records the figures and how to reproduce them.
+the section's own) and merges its figures into ``bench-data/results.json`` (or
+``results-quick.json`` with ``--quick``); a Markdown table is printed at the end.
+``BENCHMARKS.md`` records the figures and how to reproduce them.
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ from geo_busyness.runner import day_range, materialize_days
 from geo_busyness.simulate import SimulationConfig, simulate, simulate_day
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "bench-data"
-RESULTS = BENCH_DIR / "results.json"
 START = dt.date(2026, 10, 1)
 HISTORY_DAYS = 9  # the target day plus the 8 days busyness_features looks back on
 CORE_TARGET_S = 3.0
@@ -370,7 +370,8 @@ def main() -> None:
         sections = {args.only: sections[args.only]}
 
     BENCH_DIR.mkdir(exist_ok=True)
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    path = BENCH_DIR / ("results-quick.json" if args.quick else "results.json")
+    results = json.loads(path.read_text()) if path.exists() else {}
     run = {}
     for name, (function, section_args) in sections.items():
         print(f"running {name}{section_args} ...", flush=True)
@@ -381,11 +382,11 @@ def main() -> None:
         # Other work on a shared machine inflates wall (not CPU) time: keep the load with it.
         run[name]["load_avg_1_5_15m"] = os.getloadavg()
         results.update(run, machine=machine())
-        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        path.write_text(json.dumps(results, indent=2) + "\n")
     print(markdown(rows(run)))
     for name, section in run.items():
         print(f"load average after {name} (1/5/15 min): {section['load_avg_1_5_15m']}")
-    print(f"\nresults: {RESULTS}")
+    print(f"\nresults: {path}")
 
 
 if __name__ == "__main__":
