@@ -1,4 +1,6 @@
-"""Data asset checks: contract schema, row conservation, freshness, unique hourly keys.
+"""Asset checks. Data: contract schema, row conservation, freshness, unique hourly keys.
+Model: the promotion gates on ``model_evaluation``, blocking, so a refused candidate stops
+``champion_model`` (and everything after it) in the same run.
 
 Checks on partitioned assets declare ``partitions_def`` so each evaluates one partition
 instead of loading every partition of its asset.
@@ -11,9 +13,18 @@ import pandas as pd
 
 from geo_busyness.assets.features import hex_hourly_busyness
 from geo_busyness.assets.ingestion import raw_courier_pings
+from geo_busyness.assets.training import model_evaluation
 from geo_busyness.core.features import HOURLY_KEY, duplicate_hourly_keys
+from geo_busyness.core.lifecycle import (
+    Evaluation,
+    GateResult,
+    beats_seasonal_naive,
+    not_worse_than_champion,
+    predictions_are_sane,
+)
 from geo_busyness.core.schema import schema_problems
 from geo_busyness.partitions import daily_partitions
+from geo_busyness.resources.promotion import PromotionPolicyResource
 
 
 @dg.asset_check(
@@ -95,6 +106,54 @@ def raw_pings_are_fresh(context: dg.AssetCheckExecutionContext) -> dg.AssetCheck
         metadata={"newest_day": newest, "lag_days": lag},
     )
 
+
+def _gate_result(gate: GateResult) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        passed=gate.passed,
+        description=gate.description,
+        metadata={"verdict": gate.description, **gate.metadata},
+    )
+
+
+@dg.asset_check(
+    asset=model_evaluation,
+    blocking=True,
+    description="The candidate's test MAE is lower than seasonal naive's by the policy's margin.",
+)
+def candidate_beats_seasonal_naive(
+    model_evaluation: Evaluation, promotion_policy: PromotionPolicyResource
+) -> dg.AssetCheckResult:
+    return _gate_result(beats_seasonal_naive(model_evaluation, promotion_policy.to_policy()))
+
+
+@dg.asset_check(
+    asset=model_evaluation,
+    blocking=True,
+    description=(
+        "The candidate's test MAE is at most the policy's tolerance above the current champion's "
+        "on the same test slice (passes when there is no champion yet)."
+    ),
+)
+def candidate_not_worse_than_champion(
+    model_evaluation: Evaluation, promotion_policy: PromotionPolicyResource
+) -> dg.AssetCheckResult:
+    return _gate_result(not_worse_than_champion(model_evaluation, promotion_policy.to_policy()))
+
+
+@dg.asset_check(
+    asset=model_evaluation,
+    blocking=True,
+    description="Test predictions are finite, non-negative and not constant.",
+)
+def candidate_predictions_are_sane(model_evaluation: Evaluation) -> dg.AssetCheckResult:
+    return _gate_result(predictions_are_sane(model_evaluation))
+
+
+model_checks = [
+    candidate_beats_seasonal_naive,
+    candidate_not_worse_than_champion,
+    candidate_predictions_are_sane,
+]
 
 data_checks = [
     clean_pings_match_contract,

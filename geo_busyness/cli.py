@@ -1,4 +1,5 @@
-"""``geo-busyness`` command: simulate a city into the landing zone, or run the whole graph."""
+"""``geo-busyness`` command: simulate a city into the landing zone, run the whole graph, or roll
+the champion model back."""
 
 from __future__ import annotations
 
@@ -85,7 +86,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from geo_busyness.runner import dagster_home, day_range, format_summary, materialize_days
+    from geo_busyness.runner import (
+        dagster_home,
+        day_range,
+        format_summary,
+        format_training_summary,
+        materialize_days,
+        train_and_promote,
+    )
 
     home = dagster_home()  # before Dagster reads DAGSTER_HOME
     import dagster as dg
@@ -96,23 +104,49 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = _simulation_config(args)
     zone = defs.resources["landing_zone"]
     print(
-        f"1/2 simulating {config.days} days of {config.city.name} ({config.scenario}) into {zone.location('raw/')}"
+        f"1/3 simulating {config.days} days of {config.city.name} ({config.scenario}) into {zone.location('raw/')}"
     )
     simulate(config, put=zone.write, progress=True)
     days = day_range(config.start_date, config.days)
-    print(f"2/2 materializing every asset for {days[0]} .. {days[-1]} on the instance in {home}")
+    print(
+        f"2/3 materializing the data assets for {days[0]} .. {days[-1]} on the instance in {home}"
+    )
     with dg.DagsterInstance.get() as instance:
         summary = materialize_days(days, defs, instance)
+        print(format_summary(summary))
+        print("3/3 training, evaluating and promoting a model")
+        training = train_and_promote(
+            defs,
+            instance,
+            run_config={
+                "ops": {"busyness_model": {"config": {"time_budget_s": args.train_budget}}}
+            },
+        )
     print()
-    print(format_summary(summary))
+    print(format_training_summary(training))
     storage = defs.resources["io_manager"].base_path
+    tracking = defs.resources["mlflow_tracking"]
     print(
         f"\nWhere to look:\n"
         f"  landing zone   {zone.location('raw/')}\n"
         f"  asset files    {storage}/<asset>/<day>.parquet (quarantine: {storage}/quarantined_pings/)\n"
+        f"  MLflow         {tracking.uri}  (UI: scripts/dev mlflow-ui)\n"
         f"  Dagster UI     scripts/dev ui   (DAGSTER_HOME={home}: runs, metadata, maps and checks of this run)"
     )
-    return 1 if summary.failed_checks else 0
+    return 1 if summary.failed_checks or training.error else 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from geo_busyness.definitions import defs
+
+    tracking = defs.resources["mlflow_tracking"]
+    before = tracking.champion()
+    restored = tracking.rollback()
+    print(
+        f"{tracking.registered_model_name}: champion moved from version {before.version} "
+        f"back to version {restored.version}"
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,7 +162,17 @@ def main(argv: list[str] | None = None) -> int:
         "demo", help=f"simulate days and materialize every asset (data under {default_data_dir()})"
     )
     _add_simulation_arguments(demo_parser, default_days=14)
+    demo_parser.add_argument(
+        "--train-budget",
+        type=float,
+        default=30.0,
+        help="seconds for the model's hyperparameter search (default %(default)s)",
+    )
     demo_parser.set_defaults(handler=cmd_demo)
+    rollback_parser = commands.add_parser(
+        "rollback", help="point the champion alias back at the version it replaced"
+    )
+    rollback_parser.set_defaults(handler=cmd_rollback)
     args = parser.parse_args(argv)
     try:
         return args.handler(args)

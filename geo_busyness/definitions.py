@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dagster as dg
 
-from geo_busyness.assets import features, ingestion
-from geo_busyness.checks import data_checks
+from geo_busyness.assets import features, ingestion, training
+from geo_busyness.checks import data_checks, model_checks
 from geo_busyness.resources.environment import build_resources
 
-all_assets = dg.load_assets_from_modules([ingestion, features])
+all_assets = dg.load_assets_from_modules([ingestion, features, training])
 
 data_pipeline_job = dg.define_asset_job(
     "daily_data_job",
@@ -17,9 +17,18 @@ data_pipeline_job = dg.define_asset_job(
     description="Ingest, validate and featurize one day partition.",
 )
 
+training_job = dg.define_asset_job(
+    "training_job",
+    selection=dg.AssetSelection.groups("training"),
+    description=(
+        "Assemble the training set, train and evaluate a candidate, and promote it to champion "
+        "if every blocking check passes."
+    ),
+)
+
 defs = dg.Definitions(
     assets=all_assets,
-    asset_checks=data_checks,
-    jobs=[data_pipeline_job],
+    asset_checks=[*data_checks, *model_checks],
+    jobs=[data_pipeline_job, training_job],
     resources=build_resources(),
 )

@@ -30,6 +30,7 @@ INGEST_ASSETS = (
 )
 RESTAURANT_ASSETS = ("restaurants", "restaurant_clusters")
 FEATURE_ASSETS = ("busyness_features",)
+TRAINING_GROUP = "training"
 
 
 @dataclass
@@ -142,6 +143,124 @@ def materialize_days(
     summary.restaurants = int(_latest(instance, "restaurants").get("restaurants", 0))
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+@dataclass
+class TrainingSummary:
+    """What one training run decided: the candidate's test metrics next to the baselines',
+    each promotion gate's verdict, and the champion afterwards."""
+
+    test_mae: dict[str, float] = field(default_factory=dict)
+    gates: dict[str, tuple[bool, str]] = field(default_factory=dict)
+    promoted: bool = False
+    champion_version: str | None = None
+    mlflow_run_id: str | None = None
+    training_seconds: float | None = None
+    poc_training_seconds: float | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def train_and_promote(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    run_config: dict | None = None,
+    log: Callable[[str], None] = print,
+) -> TrainingSummary:
+    """One run of the training group: training_set → busyness_model → model_evaluation →
+    [blocking checks] → champion_model. A refused candidate is a normal outcome here (the
+    summary says why and the champion stays); any other failure is reported in ``error``."""
+    started = time.perf_counter()
+    log("  training set, candidate model, evaluation, checks, champion")
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        selection=dg.AssetSelection.groups(TRAINING_GROUP),
+        instance=instance,
+        resources=defs.resources,
+        raise_on_error=False,
+        run_config={
+            **(run_config or {}),
+            "loggers": {"console": {"config": {"log_level": "ERROR"}}},
+        },
+    )
+    gc.collect()
+    summary = TrainingSummary()
+    for evaluation in result.get_asset_check_evaluations():
+        verdict = evaluation.metadata.get("verdict")
+        summary.gates[evaluation.check_name] = (
+            evaluation.passed,
+            str(verdict.value) if verdict else "",
+        )
+    materialized = {
+        event.asset_key.to_user_string() for event in result.get_asset_materialization_events()
+    }
+    evaluation = _latest(instance, "model_evaluation") if "model_evaluation" in materialized else {}
+    summary.test_mae = {
+        name: float(evaluation[key])
+        for name, key in (
+            ("model", "model_mae"),
+            ("seasonal naive", "seasonal_naive_mae"),
+            ("PoC random forest", "poc_mae"),
+            ("champion before", "champion_mae"),
+        )
+        if key in evaluation
+    }
+    model = _latest(instance, "busyness_model") if "busyness_model" in materialized else {}
+    summary.mlflow_run_id = model.get("mlflow_run_id")
+    summary.training_seconds = model.get("training_seconds")
+    summary.poc_training_seconds = model.get("poc_training_seconds")
+    champion = _latest(instance, "champion_model")
+    summary.promoted = "champion_model" in materialized and bool(champion.get("changed"))
+    summary.champion_version = champion.get("version")
+    failures = [
+        f"{event.step_key}: {_root_cause(event.step_failure_data.error)}"
+        for event in result.all_events
+        if event.is_step_failure
+    ]
+    if failures and not any(not passed for passed, _ in summary.gates.values()):
+        summary.error = "; ".join(failures)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _root_cause(error) -> str:
+    """The innermost error message, not Dagster's wrapping 'Error occurred while executing'."""
+    while error is not None and error.cause is not None:
+        error = error.cause
+    return error.message.strip() if error is not None else "unknown error"
+
+
+def format_training_summary(summary: TrainingSummary) -> str:
+    if summary.error and not summary.test_mae:
+        return f"training failed: {summary.error}"
+    lines = ["test MAE (orders per hexagon-hour):"]
+    naive = summary.test_mae.get("seasonal naive")
+    for name, mae in summary.test_mae.items():
+        relative = (
+            f"  ({1 - mae / naive:+.1%} vs seasonal naive)"
+            if naive and name != "seasonal naive"
+            else ""
+        )
+        lines.append(f"  {name:<18} {mae:.4f}{relative}")
+    if summary.training_seconds is not None:
+        poc = (
+            f", PoC grid search {summary.poc_training_seconds:.1f} s"
+            if summary.poc_training_seconds is not None
+            else ""
+        )
+        lines.append(f"training: XGBoost {summary.training_seconds:.1f} s{poc}")
+    lines.append("promotion gates:")
+    for name, (passed, verdict) in summary.gates.items():
+        lines.append(f"  {'PASS' if passed else 'FAIL'} {name}: {verdict}")
+    if summary.promoted:
+        lines.append(f"champion: version {summary.champion_version} (promoted in this run)")
+    else:
+        current = f"version {summary.champion_version}" if summary.champion_version else "none"
+        lines.append(f"champion: unchanged ({current}); the candidate was not promoted")
+    if summary.error:
+        lines.append(f"errors: {summary.error}")
+    lines.append(f"MLflow run: {summary.mlflow_run_id}  ({summary.seconds:.0f} s)")
+    return "\n".join(lines)
 
 
 def day_range(start: dt.date, days: int) -> list[str]:

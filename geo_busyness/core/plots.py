@@ -41,3 +41,34 @@ def hexagon_map_png(cells: np.ndarray, values: np.ndarray, title: str, label: st
 def markdown_image(png: bytes, alt: str) -> str:
     """Inline a PNG in Markdown metadata (the Dagster UI renders data URIs)."""
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def predicted_vs_actual_png(
+    actual: np.ndarray, predictions: dict[str, np.ndarray], title: str, label: str = "orders"
+) -> bytes:
+    """Mean prediction per actual count for each predictor, over a scatter of the first.
+
+    Counts overplot badly as a plain scatter; the per-count means show the bias at every
+    busyness level (a good model follows the diagonal), the scatter shows the spread.
+    """
+    actual = np.asarray(actual, dtype="float64")
+    figure, axes = plt.subplots(figsize=(6, 5), dpi=90)
+    first = next(iter(predictions))
+    axes.scatter(actual, predictions[first], s=4, alpha=0.15, color="grey", rasterized=True)
+    levels = np.unique(actual)
+    for name, predicted in predictions.items():
+        predicted = np.asarray(predicted, dtype="float64")
+        index = np.searchsorted(levels, actual)
+        sums = np.bincount(index, weights=np.nan_to_num(predicted), minlength=len(levels))
+        counts = np.bincount(index, minlength=len(levels))
+        axes.plot(levels, sums / np.maximum(counts, 1), marker="o", markersize=3, label=name)
+    top = float(actual.max()) if actual.size else 1.0
+    axes.plot([0, top], [0, top], color="black", linewidth=0.8, linestyle="--", label="y = x")
+    axes.set_xlabel(f"actual {label}")
+    axes.set_ylabel(f"predicted {label}")
+    axes.set_title(title)
+    axes.legend(loc="upper left", fontsize=8)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()

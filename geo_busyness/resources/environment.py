@@ -6,6 +6,8 @@
 | ``GEO_BUSYNESS_LANDING_ZONE`` | landing zone: directory or ``s3://bucket/prefix`` | ``$DATA_DIR/landing`` |
 | ``GEO_BUSYNESS_STORAGE`` | asset storage: directory or ``s3://bucket/prefix`` | ``$DATA_DIR/assets`` |
 | ``GEO_BUSYNESS_S3_ENDPOINT_URL`` | S3-compatible endpoint (SeaweedFS, MinIO…) | AWS |
+| ``MLFLOW_TRACKING_URI`` | MLflow tracking + registry (``http://…`` server, ``sqlite:///…``) | ``$DATA_DIR/mlflow/mlflow.db`` |
+| ``GEO_BUSYNESS_MLFLOW_UI_URL`` | MLflow UI base URL for links in Dagster metadata | none |
 
 Set variables are passed as ``dg.EnvVar`` so the UI shows the variable, never its value;
 S3 credentials come from the AWS default chain (``AWS_ACCESS_KEY_ID``… or a role).
@@ -20,12 +22,16 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from geo_busyness.resources.city import CityResource
-from geo_busyness.resources.io_manager import ParquetIOManagerResource
+from geo_busyness.resources.io_manager import ParquetIOManagerResource, PickleIOManagerResource
 from geo_busyness.resources.landing_zone import LandingZone
+from geo_busyness.resources.promotion import PromotionPolicyResource
+from geo_busyness.resources.tracking import MlflowTracking
 
 LANDING_ZONE_ENV = "GEO_BUSYNESS_LANDING_ZONE"
 STORAGE_ENV = "GEO_BUSYNESS_STORAGE"
 S3_ENDPOINT_ENV = "GEO_BUSYNESS_S3_ENDPOINT_URL"
+MLFLOW_TRACKING_ENV = "MLFLOW_TRACKING_URI"
+MLFLOW_UI_ENV = "GEO_BUSYNESS_MLFLOW_UI_URL"
 
 
 def _from_env(name: str) -> dict[str, Any]:
@@ -37,10 +43,18 @@ def build_resources() -> dict[str, Any]:
     landing = {"root": dg.EnvVar(LANDING_ZONE_ENV)} if os.environ.get(LANDING_ZONE_ENV) else {}
     storage = {"base_path": dg.EnvVar(STORAGE_ENV)} if os.environ.get(STORAGE_ENV) else {}
     s3 = S3Resource(endpoint_url=endpoint["value"]) if endpoint else S3Resource()
+    storage_options = {**storage, **({"s3_endpoint_url": endpoint["value"]} if endpoint else {})}
+    tracking = (
+        {"tracking_uri": dg.EnvVar(MLFLOW_TRACKING_ENV)}
+        if os.environ.get(MLFLOW_TRACKING_ENV)
+        else {}
+    )
+    ui = {"ui_url": dg.EnvVar(MLFLOW_UI_ENV)} if os.environ.get(MLFLOW_UI_ENV) else {}
     return {
         "city": CityResource(),
         "landing_zone": LandingZone(s3=s3, **landing),
-        "io_manager": ParquetIOManagerResource(
-            **storage, **({"s3_endpoint_url": endpoint["value"]} if endpoint else {})
-        ),
+        "io_manager": ParquetIOManagerResource(**storage_options),
+        "object_io_manager": PickleIOManagerResource(**storage_options),
+        "mlflow_tracking": MlflowTracking(**tracking, **ui),
+        "promotion_policy": PromotionPolicyResource(),
     }

@@ -1,0 +1,268 @@
+"""Model lifecycle around training: the training set, evaluation and the promotion gates.
+
+Plain functions and dataclasses shared by the training assets, their asset checks and the
+tests; no Dagster, no MLflow (the MLflow ids in :class:`CandidateModel` are plain strings).
+The gates live here, not in the checks, so that ``champion_model`` re-applies exactly the
+rules the blocking checks reported before it moves the registry alias.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from sklearn.base import RegressorMixin
+
+from geo_busyness.core.features import TARGET_COLUMN
+from geo_busyness.core.model import (
+    HOUR,
+    Split,
+    SplitConfig,
+    TimeRange,
+    TrainedModel,
+    error_by,
+    metrics_table,
+    prediction_problems,
+    time_split,
+)
+
+SPLIT_COLUMN = "split"
+SPLITS = ("train", "validation", "test")
+MODEL = "model"
+SEASONAL_NAIVE = "seasonal_naive"
+POC_BASELINE = "poc_random_forest"
+CHAMPION = "champion"
+
+
+# ---------------------------------------------------------------------------------------------
+# Training set
+
+
+def training_set_from_features(
+    partitions: Mapping[str, Callable[[], pd.DataFrame]], window_days: int, split: SplitConfig
+) -> tuple[pd.DataFrame, dict[str, TimeRange]]:
+    """Feature rows of the last ``window_days`` calendar days, labelled train/validation/test.
+
+    ``partitions`` maps each materialized day (``YYYY-MM-DD``) to a loader, so only the days
+    in the window are read. The window ends at the latest materialized day; days missing
+    inside it simply contribute no rows. Rows in the gaps between slices are dropped.
+    """
+    if window_days < 1:
+        raise ValueError(f"window_days must be >= 1, got {window_days!r}")
+    if not partitions:
+        raise ValueError(
+            "no busyness_features partitions are materialized: materialize some days of the "
+            "features group before the training set"
+        )
+    last = pd.Timestamp(max(partitions))
+    first = last - pd.Timedelta(days=window_days - 1)
+    days = sorted(day for day in partitions if pd.Timestamp(day) >= first)
+    features = pd.concat([partitions[day]() for day in days], ignore_index=True)
+    parts = time_split(features, split)
+    labelled = pd.concat(
+        [getattr(parts, name).assign(**{SPLIT_COLUMN: name}) for name in SPLITS],
+        ignore_index=True,
+    )
+    labelled[SPLIT_COLUMN] = pd.Categorical(labelled[SPLIT_COLUMN], categories=SPLITS)
+    return labelled, parts.ranges
+
+
+def split_from_training_set(training_set: pd.DataFrame) -> Split:
+    """The :class:`Split` a training set was labelled with (ranges from the rows present)."""
+    missing = [name for name in SPLITS if not (training_set[SPLIT_COLUMN] == name).any()]
+    if missing:
+        raise ValueError(f"the training set has no {', '.join(missing)} rows")
+    parts = {
+        name: training_set.loc[training_set[SPLIT_COLUMN] == name]
+        .drop(columns=SPLIT_COLUMN)
+        .reset_index(drop=True)
+        for name in SPLITS
+    }
+    ranges = {
+        name: TimeRange(part["hour_start"].min(), part["hour_start"].max() + HOUR)
+        for name, part in parts.items()
+    }
+    return Split(**parts, ranges=ranges)
+
+
+# ---------------------------------------------------------------------------------------------
+# Candidate model
+
+
+@dataclass(frozen=True, eq=False)
+class CandidateModel:
+    """What ``busyness_model`` produces: the XGBoost model, the PoC baseline trained on the
+    same split (None when disabled), and where MLflow keeps the run and the logged model."""
+
+    trained: TrainedModel
+    poc_baseline: RegressorMixin | None
+    poc_params: dict[str, int] = field(default_factory=dict)
+    poc_seconds: float | None = None
+    mlflow_run_id: str = ""
+    model_uri: str = ""
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.trained.feature_names
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@dataclass(frozen=True, eq=False)
+class Evaluation:
+    """Test-slice metrics of every predictor (rows of ``metrics``: model, seasonal_naive and,
+    when available, poc_random_forest and champion), where the model errs (by local hour of
+    day and by hexagon), and what is wrong with its predictions (empty when sane)."""
+
+    metrics: pd.DataFrame
+    by_hour: pd.DataFrame
+    by_hexagon: pd.DataFrame
+    problems: list[str]
+    test_rows: int
+    test_range: TimeRange
+    candidate_run_id: str = ""
+    champion_version: str | None = None
+    champion_note: str = ""
+
+    def mae(self, predictor: str) -> float | None:
+        return (
+            float(self.metrics.loc[predictor, "mae"]) if predictor in self.metrics.index else None
+        )
+
+
+def evaluate(
+    test: pd.DataFrame,
+    predictions: Mapping[str, np.ndarray],
+    candidate_run_id: str = "",
+    champion_version: str | None = None,
+    champion_note: str = "",
+) -> Evaluation:
+    """Score every predictor on the same test rows; ``predictions`` must include ``model`` and
+    ``seasonal_naive``. Metrics are computed only where a prediction is finite for every
+    predictor, so a broken model shows up in ``problems`` rather than as a metric error."""
+    for required in (MODEL, SEASONAL_NAIVE):
+        if required not in predictions:
+            raise ValueError(f"evaluate needs a {required!r} prediction")
+    if test.empty:
+        raise ValueError("the test slice has no rows")
+    model = np.asarray(predictions[MODEL], dtype="float64")
+    finite = np.logical_and.reduce(
+        [np.isfinite(np.asarray(p, "float64")) for p in predictions.values()]
+    )
+    actual = test[TARGET_COLUMN].to_numpy("float64")
+    scored = {name: np.asarray(p, "float64")[finite] for name, p in predictions.items()}
+    metrics = (
+        metrics_table(actual[finite], scored)
+        if finite.any()
+        else pd.DataFrame(
+            np.nan,
+            index=pd.Index(list(predictions), name="predictor"),
+            columns=["mae", "rmse", "r2", "poisson_deviance"],
+        )
+    )
+    safe_model = np.where(np.isfinite(model), model, np.nan)
+    return Evaluation(
+        metrics=metrics,
+        by_hour=error_by(test, safe_model, "hour_of_day"),
+        by_hexagon=error_by(test, safe_model, "h3_cell"),
+        problems=prediction_problems(model),
+        test_rows=len(test),
+        test_range=TimeRange(test["hour_start"].min(), test["hour_start"].max() + HOUR),
+        candidate_run_id=candidate_run_id,
+        champion_version=champion_version,
+        champion_note=champion_note,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Promotion gates
+
+
+@dataclass(frozen=True)
+class PromotionPolicy:
+    """``min_improvement_vs_naive``: the candidate's test MAE must be at least this fraction
+    below seasonal naive's; ``champion_tolerance``: it may be at most this fraction above the
+    current champion's MAE on the same test slice (retrains are noisy; a tiny regression
+    should not freeze the champion forever, a real one must)."""
+
+    min_improvement_vs_naive: float = 0.10
+    champion_tolerance: float = 0.02
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_improvement_vs_naive < 1:
+            raise ValueError("min_improvement_vs_naive must be in [0, 1)")
+        if not self.champion_tolerance >= 0:  # also rejects NaN
+            raise ValueError("champion_tolerance must be >= 0")
+
+
+@dataclass(frozen=True)
+class GateResult:
+    name: str
+    passed: bool
+    description: str
+    metadata: dict[str, float | str] = field(default_factory=dict)
+
+
+def beats_seasonal_naive(evaluation: Evaluation, policy: PromotionPolicy) -> GateResult:
+    model, naive = evaluation.mae(MODEL), evaluation.mae(SEASONAL_NAIVE)
+    limit = (1 - policy.min_improvement_vs_naive) * naive if naive is not None else np.nan
+    passed = bool(model is not None and np.isfinite(model) and model <= limit)
+    improvement = 1 - model / naive if naive else np.nan
+    return GateResult(
+        "beats_seasonal_naive",
+        passed,
+        f"test MAE {model:.4f} vs seasonal naive {naive:.4f}: {improvement:+.1%} better "
+        f"(required: {policy.min_improvement_vs_naive:.0%})",
+        {
+            "model_mae": float(model),
+            "seasonal_naive_mae": float(naive),
+            "improvement": float(improvement),
+            "required_improvement": policy.min_improvement_vs_naive,
+        },
+    )
+
+
+def not_worse_than_champion(evaluation: Evaluation, policy: PromotionPolicy) -> GateResult:
+    model, champion = evaluation.mae(MODEL), evaluation.mae(CHAMPION)
+    if champion is None:
+        return GateResult(
+            "not_worse_than_champion",
+            True,
+            f"no champion to compare with: {evaluation.champion_note or 'none registered yet'}",
+            {"model_mae": float(model)},
+        )
+    passed = bool(np.isfinite(model) and model <= champion * (1 + policy.champion_tolerance))
+    return GateResult(
+        "not_worse_than_champion",
+        passed,
+        f"test MAE {model:.4f} vs champion (version {evaluation.champion_version}) "
+        f"{champion:.4f} on the same test slice (tolerance {policy.champion_tolerance:.0%})",
+        {
+            "model_mae": float(model),
+            "champion_mae": float(champion),
+            "champion_version": str(evaluation.champion_version),
+            "tolerance": policy.champion_tolerance,
+        },
+    )
+
+
+def predictions_are_sane(evaluation: Evaluation) -> GateResult:
+    return GateResult(
+        "predictions_are_sane",
+        not evaluation.problems,
+        "; ".join(evaluation.problems) or "finite, non-negative and not constant",
+        {"test_rows": evaluation.test_rows},
+    )
+
+
+def promotion_gates(evaluation: Evaluation, policy: PromotionPolicy) -> list[GateResult]:
+    """Every rule a candidate must pass before it may become the champion."""
+    return [
+        beats_seasonal_naive(evaluation, policy),
+        not_worse_than_champion(evaluation, policy),
+        predictions_are_sane(evaluation),
+    ]

@@ -1,0 +1,235 @@
+"""MLflow tracking and model registry as a Dagster ``ConfigurableResource``.
+
+Why a thin wrapper rather than dagster-mlflow's ``mlflow_tracking`` resource as it is: that
+resource is a legacy ``@resource`` (no typed config in the Launchpad), opens an MLflow run when
+the resource is initialized, so every step that only reads the registry would open one too,
+and leaves the run RUNNING unless a job hook ends it, which ad-hoc materializations from the
+UI do not have. It also creates experiments with MLflow's default artifact root, a
+directory relative to the working directory. This resource keeps dagster-mlflow's run
+handling (its ``MlFlow`` class: one MLflow run per Dagster run, found again through the
+``dagster_run_id`` tag, so the steps of one run share it) and adds what is missing:
+an experiment whose artifacts live next to the SQLite store, a run that ends with the step
+(FINISHED or FAILED), and the registry operations for the ``champion`` alias.
+
+``mlflow`` is imported inside the methods: importing it takes ~4 s, and every Dagster step
+process loads this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from geo_busyness.resources.settings import default_data_dir
+
+CHAMPION_ALIAS = "champion"
+PREVIOUS_CHAMPION_TAG = "previous_champion"
+
+
+def default_tracking_uri() -> str:
+    """A SQLite store in the project's data directory (created on first use)."""
+    store = default_data_dir() / "mlflow" / "mlflow.db"
+    store.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store}"
+
+
+@dataclass(frozen=True)
+class Champion:
+    """A registered model version that holds (or held) the champion alias."""
+
+    version: str
+    run_id: str
+    model_uri: str
+    previous_version: str | None
+
+
+class MlflowTracking(dg.ConfigurableResource):
+    """Where experiments, runs, logged models and the model registry live.
+
+    The default is a SQLite store with artifacts next to it under the data directory;
+    ``MLFLOW_TRACKING_URI`` (e.g. ``http://127.0.0.1:5000`` for an ``mlflow server``) moves
+    both tracking and registry elsewhere. Set ``ui_url`` to link runs from Dagster metadata.
+    """
+
+    tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking and registry URI; default: a SQLite store in the data directory.",
+    )
+    artifact_location: str | None = Field(
+        default=None,
+        description="Artifact root of a new experiment; default: 'artifacts' next to a SQLite "
+        "store, the server's own root for an MLflow server.",
+    )
+    experiment_name: str = "geo_busyness"
+    registered_model_name: str = "geo_busyness_hex_busyness"
+    ui_url: str | None = Field(
+        default=None, description="MLflow UI base URL used for links, e.g. http://127.0.0.1:5000"
+    )
+
+    # -- tracking ---------------------------------------------------------------------------
+
+    @property
+    def uri(self) -> str:
+        return self.tracking_uri or default_tracking_uri()
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+    def _activate(self) -> None:
+        """Point MLflow's fluent API (log_model, register_model, load_model) at this store."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
+
+    def _artifact_root(self) -> str | None:
+        if self.artifact_location:
+            return self.artifact_location
+        if self.uri.startswith("sqlite:///"):
+            store = Path(self.uri.removeprefix("sqlite:///"))
+            return (store.parent / "artifacts").as_uri()
+        return None
+
+    def experiment_id(self) -> str:
+        """The experiment's id, creating it (with its artifact root) if it does not exist."""
+        client = self.client()
+        experiment = client.get_experiment_by_name(self.experiment_name)
+        if experiment is not None:
+            return experiment.experiment_id
+        return client.create_experiment(
+            self.experiment_name, artifact_location=self._artifact_root()
+        )
+
+    @contextlib.contextmanager
+    def start_run(self, context: dg.AssetExecutionContext, run_name: str) -> Iterator[Any]:
+        """The MLflow run of this Dagster run, active for the block and ended with it.
+
+        Yields dagster-mlflow's ``MlFlow`` object (every ``mlflow`` function, plus
+        ``mlflow_run_id``); the run is FAILED if the block raises.
+        """
+        import mlflow
+        from dagster_mlflow.resources import MlFlow
+
+        self.experiment_id()
+        self._activate()
+        legacy_context = SimpleNamespace(
+            log=context.log,
+            dagster_run=context.run,
+            run_id=context.run.run_id,
+            resource_config={
+                "experiment_name": self.experiment_name,
+                "mlflow_tracking_uri": self.uri,
+                "extra_tags": {"dagster_asset": context.asset_key.to_user_string()},
+            },
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", dg.BetaWarning)
+            tracking = MlFlow(legacy_context)
+        # MlFlow only records the id of a run it found again, not of one it started.
+        tracking.mlflow_run_id = mlflow.active_run().info.run_id
+        mlflow.set_tag("mlflow.runName", run_name)
+        try:
+            yield tracking
+        except BaseException:
+            mlflow.end_run(status="FAILED")
+            raise
+        mlflow.end_run(status="FINISHED")
+
+    def run_url(self, run_id: str) -> str | None:
+        if not self.ui_url:
+            return None
+        experiment = self.experiment_id()
+        return f"{self.ui_url.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+
+    def run_metadata(self, run_id: str) -> dict[str, dg.MetadataValue]:
+        """Metadata that leads from a Dagster materialization to its MLflow run."""
+        metadata = {
+            "mlflow_run_id": dg.MetadataValue.text(run_id),
+            "mlflow_tracking_uri": dg.MetadataValue.text(self.uri),
+        }
+        url = self.run_url(run_id)
+        if url:
+            metadata["mlflow_run"] = dg.MetadataValue.url(url)
+        return metadata
+
+    # -- registry ---------------------------------------------------------------------------
+
+    def champion(self) -> Champion | None:
+        """The version the ``champion`` alias points at, or None before the first promotion."""
+        from mlflow.exceptions import MlflowException
+
+        client = self.client()
+        try:
+            version = client.get_model_version_by_alias(self.registered_model_name, CHAMPION_ALIAS)
+        except MlflowException as error:
+            if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+        return Champion(
+            version=str(version.version),
+            run_id=version.run_id,
+            model_uri=f"models:/{self.registered_model_name}@{CHAMPION_ALIAS}",
+            previous_version=(version.tags or {}).get(PREVIOUS_CHAMPION_TAG) or None,
+        )
+
+    def load_champion(self):
+        """The champion as an ``xgboost.XGBRegressor`` and its version, or (None, None)."""
+        champion = self.champion()
+        if champion is None:
+            return None, None
+        import mlflow.xgboost
+
+        self._activate()
+        return mlflow.xgboost.load_model(champion.model_uri), champion
+
+    def promote(self, model_uri: str, run_id: str) -> tuple[Champion, bool]:
+        """Register ``model_uri`` and point the champion alias at it; returns the champion and
+        whether it changed. Promoting the model that is already champion changes nothing, so
+        re-materializing ``champion_model`` is idempotent."""
+        import mlflow
+
+        current = self.champion()
+        if current is not None and current.run_id == run_id:
+            return current, False
+        self._activate()
+        version = mlflow.register_model(model_uri, self.registered_model_name)
+        client = self.client()
+        previous = current.version if current else ""
+        client.set_model_version_tag(
+            self.registered_model_name, version.version, PREVIOUS_CHAMPION_TAG, previous
+        )
+        client.set_registered_model_alias(
+            self.registered_model_name, CHAMPION_ALIAS, version.version
+        )
+        return Champion(
+            version=str(version.version),
+            run_id=run_id,
+            model_uri=f"models:/{self.registered_model_name}@{CHAMPION_ALIAS}",
+            previous_version=previous or None,
+        ), True
+
+    def rollback(self) -> Champion | None:
+        """Point the champion alias back at the version it replaced."""
+        current = self.champion()
+        if current is None:
+            raise ValueError(f"{self.registered_model_name} has no champion to roll back")
+        if not current.previous_version:
+            raise ValueError(
+                f"champion version {current.version} of {self.registered_model_name} replaced "
+                "no earlier version; there is nothing to roll back to"
+            )
+        client = self.client()
+        client.set_registered_model_alias(
+            self.registered_model_name, CHAMPION_ALIAS, current.previous_version
+        )
+        return self.champion()

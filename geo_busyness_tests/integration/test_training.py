@@ -1,0 +1,189 @@
+"""The training group on real storage and a real MLflow SQLite store: a good candidate becomes
+the champion, a broken one is refused by the blocking checks and the alias stays, the
+registry round-trips, promotion is idempotent and reversible."""
+
+from __future__ import annotations
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from geo_busyness.core.lifecycle import MODEL, SEASONAL_NAIVE, SPLIT_COLUMN
+from geo_busyness.definitions import defs
+from geo_busyness.resources.city import CityResource
+from geo_busyness.resources.io_manager import ParquetIOManagerResource, PickleIOManagerResource
+from geo_busyness.resources.landing_zone import LandingZone
+from geo_busyness.resources.promotion import PromotionPolicyResource
+from geo_busyness.resources.tracking import CHAMPION_ALIAS, MlflowTracking
+from geo_busyness.simulate import SimulationConfig
+from geo_busyness_tests.builders import simulated_features
+
+pytestmark = pytest.mark.integration
+
+TRAINING = dg.AssetSelection.groups("training")
+# Small and single-purpose: XGBoost's defaults under both objectives plus one Optuna trial,
+# no PoC grid (its cost is measured in BENCHMARKS.md, not here).
+RUN_CONFIG = {
+    "ops": {
+        "busyness_model": {
+            "config": {"n_trials": 3, "time_budget_s": 120, "train_poc_baseline": False}
+        },
+        "training_set": {"config": {"window_days": 28}},
+    }
+}
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory):
+    """20 days of simulated busyness_features on disk, resources for the training group, an
+    empty MLflow store and a test Dagster instance."""
+    root = tmp_path_factory.mktemp("training")
+    features = simulated_features(SimulationConfig(days=21, pings_per_day=6_000, dirty_files=False))
+    folder = root / "assets" / "busyness_features"
+    folder.mkdir(parents=True)
+    for day, frame in features.items():
+        frame.to_parquet(folder / f"{day}.parquet", index=False)
+    tracking = MlflowTracking(tracking_uri=f"sqlite:///{root / 'mlflow' / 'mlflow.db'}")
+    (root / "mlflow").mkdir()
+    resources = {
+        "city": CityResource(),
+        "landing_zone": LandingZone(root=str(root / "landing")),
+        "io_manager": ParquetIOManagerResource(base_path=str(root / "assets")),
+        "object_io_manager": PickleIOManagerResource(base_path=str(root / "assets")),
+        "mlflow_tracking": tracking,
+        "promotion_policy": PromotionPolicyResource(),
+    }
+    with dg.instance_for_test() as instance:
+        yield root, resources, instance
+
+
+def run(platform, selection, raise_on_error=True) -> dg.ExecuteInProcessResult:
+    _, resources, instance = platform
+    return dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        selection=selection,
+        instance=instance,
+        resources=resources,
+        run_config=RUN_CONFIG if selection is TRAINING else {},
+        raise_on_error=raise_on_error,
+    )
+
+
+def load(platform, asset: str):
+    root, _, _ = platform
+    path = root / "assets" / f"{asset}.pickle"
+    return (
+        pd.read_pickle(path)
+        if path.exists()
+        else pd.read_parquet(root / "assets" / f"{asset}.parquet")
+    )
+
+
+def check_results(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+@pytest.fixture(scope="module")
+def first_run(platform):
+    return run(platform, TRAINING)
+
+
+def test_a_good_candidate_passes_every_gate_and_becomes_champion(platform, first_run):
+    assert first_run.success
+    assert check_results(first_run) == {
+        "candidate_beats_seasonal_naive": True,
+        "candidate_not_worse_than_champion": True,
+        "candidate_predictions_are_sane": True,
+    }
+    evaluation = load(platform, "model_evaluation")
+    assert evaluation.mae(MODEL) <= 0.9 * evaluation.mae(SEASONAL_NAIVE)
+    champion = load(platform, "champion_model")
+    candidate = load(platform, "busyness_model")
+    assert (champion.version, champion.previous_version) == ("1", None)
+    assert champion.run_id == candidate.mlflow_run_id == evaluation.candidate_run_id
+
+
+def test_training_set_split_is_by_time_with_gaps(platform, first_run):
+    frame = load(platform, "training_set")
+    hours = {
+        name: frame.loc[frame[SPLIT_COLUMN] == name, "hour_start"]
+        for name in ("train", "validation", "test")
+    }
+    gap = pd.Timedelta(hours=24)
+    assert hours["train"].max() + gap < hours["validation"].min()
+    assert hours["validation"].max() + gap < hours["test"].min()
+
+
+def test_mlflow_run_has_params_metrics_importances_and_the_model(platform, first_run):
+    _, resources, _ = platform
+    candidate = load(platform, "busyness_model")
+    client = resources["mlflow_tracking"].client()
+    run = client.get_run(candidate.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["chosen_objective"] in ("count:poisson", "reg:tweedie")
+    for metric in ("validation_model_mae", "validation_seasonal_naive_mae", "test_model_mae"):
+        assert np.isfinite(run.data.metrics[metric])
+    artifacts = {item.path for item in client.list_artifacts(candidate.mlflow_run_id)}
+    assert {"feature_importance_gain.json", "search_log.json", "evaluation"} <= artifacts
+    evaluation = {a.path for a in client.list_artifacts(candidate.mlflow_run_id, "evaluation")}
+    assert "evaluation/predicted_vs_actual.png" in evaluation
+
+
+def test_registry_round_trip_predicts_like_the_in_memory_model(platform, first_run):
+    import mlflow.xgboost
+
+    _, resources, _ = platform
+    tracking = resources["mlflow_tracking"]
+    candidate = load(platform, "busyness_model")
+    test = load(platform, "training_set").query(f"{SPLIT_COLUMN} == 'test'")
+    mlflow.set_tracking_uri(tracking.uri)
+    mlflow.set_registry_uri(tracking.uri)
+    served = mlflow.xgboost.load_model(f"models:/{tracking.registered_model_name}@{CHAMPION_ALIAS}")
+    names = candidate.feature_names
+    np.testing.assert_array_equal(
+        served.predict(test[names]), candidate.trained.model.predict(test[names])
+    )
+
+
+def test_promoting_the_champion_again_changes_nothing(platform, first_run):
+    result = run(platform, dg.AssetSelection.assets("champion_model"))
+    metadata = result.asset_materializations_for_node("champion_model")[0].metadata
+    assert metadata["changed"].value is False
+    assert metadata["version"].value == "1"
+
+
+def test_a_broken_candidate_is_refused_and_the_champion_stays(platform, first_run):
+    root, resources, _ = platform
+    tracking = resources["mlflow_tracking"]
+    # A corrupted upstream: targets shuffled among the train and validation rows.
+    path = root / "assets" / "training_set.parquet"
+    frame = pd.read_parquet(path)
+    fitted = frame[SPLIT_COLUMN] != "test"
+    frame.loc[fitted, "orders"] = np.random.default_rng(0).permutation(
+        frame.loc[fitted, "orders"].to_numpy()
+    )
+    frame.to_parquet(path, index=False)
+    retrain = dg.AssetSelection.assets("busyness_model", "model_evaluation", "champion_model")
+
+    result = run(platform, retrain, raise_on_error=False)
+    assert check_results(result)["candidate_beats_seasonal_naive"] is False
+    # What materialize(raise_on_error=True) raises: the blocking check's failure.
+    failed = [e for e in result.all_events if e.is_step_failure]
+    assert [e.step_failure_data.error.cls_name for e in failed] == ["DagsterAssetCheckFailedError"]
+    assert "champion_model" not in {
+        e.asset_key.to_user_string() for e in result.get_asset_materialization_events()
+    }
+    # Materialized on its own, champion_model re-applies the gates and refuses too.
+    alone = run(platform, dg.AssetSelection.assets("champion_model"), raise_on_error=False)
+    failure = next(e for e in alone.all_events if e.is_step_failure)
+    assert "candidate refused, champion unchanged (version 1)" in str(
+        failure.step_failure_data.error
+    )
+    assert tracking.champion().version == "1"
+
+    # The rollback path: force the broken model in, then roll back to version 1.
+    broken = load(platform, "busyness_model")
+    forced, changed = tracking.promote(broken.model_uri, broken.mlflow_run_id)
+    assert changed and forced.previous_version == "1"
+    assert tracking.rollback().version == "1"
