@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     demo_parser = commands.add_parser(
         "demo", help=f"simulate days and materialize every asset (data under {default_data_dir()})"
     )
-    _add_simulation_arguments(demo_parser, default_days=14)
+    # 21 days: a week of history for the 168h lags, two weeks to learn from, held-out days.
+    _add_simulation_arguments(demo_parser, default_days=21)
     demo_parser.add_argument(
         "--train-budget",
         type=float,

@@ -180,7 +180,8 @@ def train_and_promote(
         raise_on_error=False,
         run_config={
             **(run_config or {}),
-            "loggers": {"console": {"config": {"log_level": "ERROR"}}},
+            # A refused candidate logs its failed check at ERROR; the summary reports it.
+            "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
         },
     )
     gc.collect()

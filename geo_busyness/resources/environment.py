@@ -16,6 +16,7 @@ S3 credentials come from the AWS default chain (``AWS_ACCESS_KEY_ID``… or a ro
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -56,5 +57,22 @@ def build_resources() -> dict[str, Any]:
         "io_manager": ParquetIOManagerResource(**storage_options),
         "object_io_manager": PickleIOManagerResource(**storage_options),
         "mlflow_tracking": MlflowTracking(**tracking, **ui),
+        "promotion_policy": PromotionPolicyResource(),
+    }
+
+
+def local_resources(root: Path) -> dict[str, Any]:
+    """Every resource with all state under ``root`` (landing zone, assets, MLflow store), for
+    throw-away runs: tests, benchmarks, a second demo next to the first."""
+    (root / "mlflow").mkdir(parents=True, exist_ok=True)
+    assets = str(root / "assets")
+    return {
+        "city": CityResource(),
+        "landing_zone": LandingZone(root=str(root / "landing")),
+        "io_manager": ParquetIOManagerResource(base_path=assets),
+        "object_io_manager": PickleIOManagerResource(base_path=assets),
+        "mlflow_tracking": MlflowTracking(
+            tracking_uri=f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
+        ),
         "promotion_policy": PromotionPolicyResource(),
     }

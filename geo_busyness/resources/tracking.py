@@ -32,6 +32,8 @@ from geo_busyness.resources.settings import default_data_dir
 
 CHAMPION_ALIAS = "champion"
 PREVIOUS_CHAMPION_TAG = "previous_champion"
+# Where `scripts/dev mlflow-ui` serves a local store.
+LOCAL_UI_URL = "http://127.0.0.1:5000"
 
 
 def default_tracking_uri() -> str:
@@ -71,7 +73,9 @@ class MlflowTracking(dg.ConfigurableResource):
     experiment_name: str = "geo_busyness"
     registered_model_name: str = "geo_busyness_hex_busyness"
     ui_url: str | None = Field(
-        default=None, description="MLflow UI base URL used for links, e.g. http://127.0.0.1:5000"
+        default=None,
+        description="MLflow UI base URL for links from Dagster metadata; default: the tracking "
+        "server, or http://127.0.0.1:5000 (scripts/dev mlflow-ui) for a local store.",
     )
 
     # -- tracking ---------------------------------------------------------------------------
@@ -146,10 +150,17 @@ class MlflowTracking(dg.ConfigurableResource):
         mlflow.end_run(status="FINISHED")
 
     def run_url(self, run_id: str) -> str | None:
-        if not self.ui_url:
+        """Link to the run in the MLflow UI: ``ui_url``, else the tracking server itself, else
+        (a local store) where ``scripts/dev mlflow-ui`` serves it."""
+        base = self.ui_url
+        if not base and self.uri.startswith(("http://", "https://")):
+            base = self.uri
+        if not base and self.uri.startswith("sqlite:"):
+            base = LOCAL_UI_URL
+        if not base:
             return None
         experiment = self.experiment_id()
-        return f"{self.ui_url.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+        return f"{base.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
 
     def run_metadata(self, run_id: str) -> dict[str, dg.MetadataValue]:
         """Metadata that leads from a Dagster materialization to its MLflow run."""

@@ -24,6 +24,10 @@ EXPECTED_ASSETS = {
     "restaurant_clusters",
     "hex_hourly_busyness",
     "busyness_features",
+    "training_set",
+    "busyness_model",
+    "model_evaluation",
+    "champion_model",
 }
 
 
@@ -101,11 +105,20 @@ def test_webserver_serves_the_asset_graph_with_checks(dagster_env):
         by_name = {n["assetKey"]["path"][-1]: n for n in nodes["data"]["assetNodes"]}
         assert set(by_name) == EXPECTED_ASSETS
         assert all(n["description"] and n["owners"] for n in by_name.values())
-        assert {n["groupName"] for n in by_name.values()} == {"ingestion", "features"}
+        assert {n["groupName"] for n in by_name.values()} == {"ingestion", "features", "training"}
         checks = {
             c["name"]: c["blocking"]
             for c in by_name["clean_courier_pings"]["assetChecksOrError"]["checks"]
         }
         assert checks == {"clean_pings_match_contract": True, "rows_are_conserved": True}
+        gates = {
+            c["name"]: c["blocking"]
+            for c in by_name["model_evaluation"]["assetChecksOrError"]["checks"]
+        }
+        assert gates == {
+            "candidate_beats_seasonal_naive": True,
+            "candidate_not_worse_than_champion": True,
+            "candidate_predictions_are_sane": True,
+        }
     finally:
         stop_process_group(server)

@@ -9,9 +9,7 @@ import pytest
 from geo_busyness.checks import hourly_keys_are_unique
 from geo_busyness.definitions import defs
 from geo_busyness.partitions import daily_partitions
-from geo_busyness.resources.city import CityResource
-from geo_busyness.resources.io_manager import ParquetIOManagerResource
-from geo_busyness.resources.landing_zone import LandingZone
+from geo_busyness.resources.environment import local_resources
 from geo_busyness.runner import day_range, materialize_days
 from geo_busyness.simulate import SimulationConfig, simulate
 
@@ -24,7 +22,7 @@ DAYS = 10
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
-    landing = LandingZone(root=str(root / "landing"))
+    landing = local_resources(root)["landing_zone"]
     simulate(
         SimulationConfig(start_date=START, days=DAYS, pings_per_day=4000, seed=11),
         put=landing.write,
@@ -33,11 +31,7 @@ def pipeline(tmp_path_factory):
     test_defs = dg.Definitions(
         assets=defs.assets,
         asset_checks=defs.asset_checks,
-        resources={
-            "city": CityResource(),
-            "landing_zone": landing,
-            "io_manager": ParquetIOManagerResource(base_path=str(root / "assets")),
-        },
+        resources=local_resources(root),
     )
     with dg.instance_for_test() as instance:
         summary = materialize_days(day_range(START, DAYS), test_defs, instance, log=lambda _: None)
