@@ -38,6 +38,7 @@ HOURLY_COLUMNS = (
 )
 HOURLY_KEY = ("h3_cell", "hour_start")
 TARGET_COLUMN = "orders"
+TARGETS = ("orders", "pings", "couriers")
 
 
 def _factorize(values: pd.Series) -> tuple[np.ndarray, int]:
@@ -227,7 +228,11 @@ def busyness_features(
     restaurant_clusters: pd.DataFrame,
     city: City,
 ) -> pd.DataFrame:
-    """Features and targets for every (active cell, hour) of ``day`` (UTC), from the past only.
+    """Day-ahead features and targets for every (active cell, hour) of ``day`` (UTC).
+
+    Features use only hours before ``day`` starts, exactly what is known when the day is
+    forecast the day before (``busyness_forecast``), so training rows and forecast rows are
+    built alike; 1h/3h lags are therefore known only for the first hours of the day.
 
     ``hourly_by_day`` holds the hex_hourly_busyness partitions that exist among the
     ``LOOKBACK_DAYS`` before ``day`` and ``day`` itself; hours of days absent from it are
@@ -278,20 +283,25 @@ def busyness_features(
     in_grid &= (col >= 0) & (col < n_hours)
     row, col, everything = row[in_grid], col[in_grid], everything.loc[in_grid]
 
+    targets = np.arange(target_slice.start, target_slice.stop)
+    # Day-ahead: the target day's own hours are never inputs, as when forecasting it the day
+    # before; lags that reach into it (1h, 3h) are known only for its first hours.
+    observed[target_slice] = False
+
     def matrix(values: np.ndarray) -> np.ndarray:
         grid = np.zeros((n_cells, n_hours))
         grid[row, col] = values
-        grid[:, ~observed] = np.nan
         return grid
 
-    orders = matrix(everything["orders"].to_numpy("float64"))
-    pings = matrix(everything["pings"].to_numpy("float64"))
-    couriers = matrix(everything["couriers"].to_numpy("float64"))
-    km_sum = matrix(
-        everything["courier_restaurant_km_mean"].to_numpy() * everything["pings"].to_numpy()
+    actual = {name: matrix(everything[name].to_numpy("float64")) for name in TARGETS}
+    orders, pings, couriers = (
+        np.where(observed, actual[name], np.nan) for name in ("orders", "pings", "couriers")
     )
-    deg_sum = matrix(
-        everything["courier_restaurant_deg_mean"].to_numpy() * everything["pings"].to_numpy()
+    km_sum, deg_sum = (
+        np.where(
+            observed, matrix(everything[column].to_numpy() * everything["pings"].to_numpy()), np.nan
+        )
+        for column in ("courier_restaurant_km_mean", "courier_restaurant_deg_mean")
     )
 
     cells = strings_to_cells(cell_names)
@@ -300,7 +310,6 @@ def busyness_features(
     neighbours = adjacency @ np.nan_to_num(orders)
     neighbours[:, ~observed] = np.nan
 
-    targets = np.arange(target_slice.start, target_slice.stop)
     features: dict[str, np.ndarray] = {
         "orders_lag_1h": _lag(orders, targets, 1),
         "orders_lag_24h": _lag(orders, targets, 24),
@@ -337,8 +346,8 @@ def busyness_features(
     )
     static = _cell_static_features(cell_names, cells, known, restaurant_clusters, city)
     frame = frame.join(static, on="h3_cell")
-    for name, grid in (("orders", orders), ("pings", pings), ("couriers", couriers)):
-        frame[name] = np.nan_to_num(grid[:, targets]).ravel().astype("int64")
+    for name in TARGETS:
+        frame[name] = actual[name][:, targets].ravel().astype("int64")
     return frame.loc[:, columns]
 
 

@@ -59,7 +59,9 @@ def training_set_from_features(
     last = pd.Timestamp(max(partitions))
     first = last - pd.Timedelta(days=window_days - 1)
     days = sorted(day for day in partitions if pd.Timestamp(day) >= first)
-    features = pd.concat([partitions[day]() for day in days], ignore_index=True)
+    frames = [partitions[day]() for day in days]
+    # The first day ever has no history, hence no rows; concat warns on empty frames.
+    features = pd.concat([f for f in frames if len(f)] or frames, ignore_index=True)
     parts = time_split(features, split)
     labelled = pd.concat(
         [getattr(parts, name).assign(**{SPLIT_COLUMN: name}) for name in SPLITS],

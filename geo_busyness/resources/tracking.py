@@ -122,7 +122,10 @@ class MlflowTracking(dg.ConfigurableResource):
         ``mlflow_run_id``); the run is FAILED if the block raises.
         """
         import mlflow
-        from dagster_mlflow.resources import MlFlow
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", dg.BetaWarning)  # dagster-mlflow marks itself beta
+            from dagster_mlflow.resources import MlFlow
 
         self.experiment_id()
         self._activate()

@@ -152,24 +152,32 @@ def test_features_have_one_row_per_cell_and_hour_with_correct_lags(history):
     assert (features["hour_start"].dt.strftime("%Y-%m-%d") == TARGET_DAY).all()
     everything = pd.concat(hourly.values()).set_index(["h3_cell", "hour_start"])["orders"]
 
+    day_start = pd.Timestamp(TARGET_DAY, tz="UTC")
+
     def actual(cells, hours):
         keys = pd.MultiIndex.from_arrays([cells, hours])
         return everything.reindex(keys).fillna(0).to_numpy()
 
+    def known(cells, hours):
+        """Day-ahead: hours of the target day itself are unknown to its features."""
+        return np.where(hours < day_start, actual(cells, hours), np.nan)
+
     for lag in (1, 24, 168):
-        expected = actual(features["h3_cell"], features["hour_start"] - pd.Timedelta(hours=lag))
-        assert np.array_equal(features[f"orders_lag_{lag}h"].to_numpy(), expected)
+        expected = known(features["h3_cell"], features["hour_start"] - pd.Timedelta(hours=lag))
+        assert np.array_equal(features[f"orders_lag_{lag}h"].to_numpy(), expected, equal_nan=True)
+    assert features.loc[features["hour_start"].dt.hour >= 1, "orders_lag_1h"].isna().all()
     assert np.array_equal(
         features["orders"].to_numpy(), actual(features["h3_cell"], features["hour_start"])
     )
-    mean_3h = np.mean(
-        [
-            actual(features["h3_cell"], features["hour_start"] - pd.Timedelta(hours=h))
-            for h in (1, 2, 3)
-        ],
-        axis=0,
-    )
-    assert np.allclose(features["orders_mean_3h"], mean_3h)
+    with np.errstate(invalid="ignore"):
+        mean_3h = np.nanmean(
+            [
+                known(features["h3_cell"], features["hour_start"] - pd.Timedelta(hours=h))
+                for h in (1, 2, 3)
+            ],
+            axis=0,
+        )
+    assert np.allclose(features["orders_mean_3h"], mean_3h, equal_nan=True)
     # Regina has no daylight saving: local hour = UTC - 6
     assert ((features["hour_start"].dt.hour - 6) % 24 == features["hour_of_day"]).all()
 
@@ -178,9 +186,8 @@ def test_hours_of_days_not_materialized_are_unknown_not_zero(history):
     hourly, clusters = history
     partial = {day: frame for day, frame in hourly.items() if day != "2026-10-09"}
     features = busyness_features(partial, TARGET_DAY, clusters, DEFAULT_CITY)
-    first_hour = features["hour_start"].dt.hour == 0
-    assert features.loc[first_hour, "orders_lag_1h"].isna().all()
-    assert features.loc[~first_hour, "orders_lag_1h"].notna().all()
+    # The day before is missing and the day itself is never an input: 1h and 24h lags unknown.
+    assert features["orders_lag_1h"].isna().all()
     assert features["orders_lag_24h"].isna().all()
     assert features["orders_lag_168h"].notna().all()
     assert features["orders_mean_168h"].notna().all()
@@ -196,7 +203,8 @@ def test_first_day_without_history_has_no_known_cells(history):
 @settings(max_examples=25, deadline=None)
 @given(cut=st.integers(0, 23), seed=st.integers(0, 1000))
 def test_features_never_look_at_the_current_or_a_future_hour(history, cut, seed):
-    """Rewriting every hour from `cut` on changes no feature of hours up to `cut`."""
+    """Rewriting every hour from `cut` on changes no feature of hours up to `cut` (nor, the
+    features being day-ahead, of any hour of the day)."""
     hourly, clusters = history
     cut_time = pd.Timestamp(TARGET_DAY, tz="UTC") + pd.Timedelta(hours=cut)
     rng = np.random.default_rng(seed)
@@ -210,5 +218,4 @@ def test_features_never_look_at_the_current_or_a_future_hour(history, cut, seed)
     names = feature_columns(DEFAULT_CITY.n_restaurant_clusters)
     before = busyness_features(hourly, TARGET_DAY, clusters, DEFAULT_CITY)
     after = busyness_features(tampered, TARGET_DAY, clusters, DEFAULT_CITY)
-    upto = before["hour_start"] <= cut_time
-    pd.testing.assert_frame_equal(before.loc[upto, names], after.loc[upto, names])
+    pd.testing.assert_frame_equal(before[names], after[names])
