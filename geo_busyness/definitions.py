@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dagster as dg
 
-from geo_busyness.assets import features, ingestion, training
+from geo_busyness.assets import deployment, features, ingestion, training
 from geo_busyness.checks import data_checks, model_checks
 from geo_busyness.resources.environment import build_resources
 
-all_assets = dg.load_assets_from_modules([ingestion, features, training])
+all_assets = dg.load_assets_from_modules([ingestion, features, training, deployment])
 
 data_pipeline_job = dg.define_asset_job(
     "daily_data_job",

@@ -4,6 +4,7 @@ for tests that need realistic ``busyness_features`` quickly."""
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -18,9 +19,19 @@ from geo_busyness.core.schema import read_raw_file, validate_pings
 from geo_busyness.simulate import SimulationConfig, simulate_day
 
 
-def simulated_features(config: SimulationConfig) -> dict[str, pd.DataFrame]:
-    """``busyness_features`` per day (``YYYY-MM-DD``) for every simulated day but the first,
-    which only serves as history (as it would for the first materialized day)."""
+@dataclass(frozen=True)
+class SimulatedCity:
+    """What the data assets would hold after materializing the simulated days."""
+
+    hourly: dict[str, pd.DataFrame]
+    restaurant_clusters: pd.DataFrame
+    features: dict[str, pd.DataFrame]
+
+
+def simulated_city(config: SimulationConfig) -> SimulatedCity:
+    """hex_hourly_busyness per day, restaurant clusters, and ``busyness_features`` for every
+    simulated day but the first, which only serves as history (as it would for the first
+    materialized day)."""
     city = config.city
     days = [config.start_date + dt.timedelta(days=k) for k in range(config.days)]
     hourly, sightings = {}, {}
@@ -35,7 +46,8 @@ def simulated_features(config: SimulationConfig) -> dict[str, pd.DataFrame]:
     clusters = cluster_restaurants(
         restaurants_from_sightings(sightings, city.h3_resolution), city.n_restaurant_clusters
     )
-    return {
+    features = {
         day.isoformat(): busyness_features(hourly, day.isoformat(), clusters, city)
         for day in days[1:]
     }
+    return SimulatedCity(hourly=hourly, restaurant_clusters=clusters, features=features)

@@ -206,6 +206,13 @@ class MlflowTracking(dg.ConfigurableResource):
         self._activate()
         return mlflow.xgboost.load_model(champion.model_uri), champion
 
+    def load_version(self, version: str):
+        """One registered version as an ``xgboost.XGBRegressor`` (pinned, unlike the alias)."""
+        import mlflow.xgboost
+
+        self._activate()
+        return mlflow.xgboost.load_model(f"models:/{self.registered_model_name}/{version}")
+
     def promote(self, model_uri: str, run_id: str) -> tuple[Champion, bool]:
         """Register ``model_uri`` and point the champion alias at it; returns the champion and
         whether it changed. Promoting the model that is already champion changes nothing, so

@@ -9,12 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from geo_busyness.core.forecast import FORECAST_COLUMN, next_day
 from geo_busyness.core.lifecycle import MODEL, SEASONAL_NAIVE, SPLIT_COLUMN
 from geo_busyness.definitions import defs
 from geo_busyness.resources.environment import local_resources
 from geo_busyness.resources.tracking import CHAMPION_ALIAS
 from geo_busyness.simulate import SimulationConfig
-from geo_busyness_tests.builders import simulated_features
+from geo_busyness_tests.builders import simulated_city
 
 pytestmark = pytest.mark.integration
 
@@ -46,14 +47,20 @@ ONE_FIT = {
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory):
-    """20 days of simulated busyness_features on disk, resources for the training group, an
-    empty MLflow store and a test Dagster instance."""
+    """21 days of simulated hex_hourly_busyness (and busyness_features of the last 20) and the
+    restaurant clusters on disk, resources for every asset, an empty MLflow store and a test
+    Dagster instance."""
     root = tmp_path_factory.mktemp("training")
-    features = simulated_features(SimulationConfig(days=21, pings_per_day=6_000, dirty_files=False))
-    folder = root / "assets" / "busyness_features"
-    folder.mkdir(parents=True)
-    for day, frame in features.items():
-        frame.to_parquet(folder / f"{day}.parquet", index=False)
+    simulated = simulated_city(SimulationConfig(days=21, pings_per_day=6_000, dirty_files=False))
+    for asset, partitions in (
+        ("busyness_features", simulated.features),
+        ("hex_hourly_busyness", simulated.hourly),
+    ):
+        folder = root / "assets" / asset
+        folder.mkdir(parents=True)
+        for day, frame in partitions.items():
+            frame.to_parquet(folder / f"{day}.parquet", index=False)
+    simulated.restaurant_clusters.to_parquet(root / "assets" / "restaurant_clusters.parquet")
     resources = local_resources(root)
     with dg.instance_for_test() as instance:
         yield root, resources, instance
@@ -145,6 +152,30 @@ def test_registry_round_trip_predicts_like_the_in_memory_model(platform, first_r
     np.testing.assert_array_equal(
         served.predict(test[names]), candidate.trained.model.predict(test[names])
     )
+
+
+def test_forecast_of_the_next_day_comes_from_the_champion(platform, first_run):
+    root, resources, _ = platform
+    last_day = max(path.stem for path in (root / "assets" / "hex_hourly_busyness").iterdir())
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        selection=dg.AssetSelection.assets("busyness_forecast"),
+        partition_key=last_day,
+        instance=platform[2],
+        resources=resources,
+    )
+    metadata = result.asset_materializations_for_node("busyness_forecast")[0].metadata
+    assert metadata["forecast_day"].value == next_day(last_day)
+    forecast = pd.read_parquet(root / "assets" / "busyness_forecast" / f"{last_day}.parquet")
+    assert (forecast["hour_start"].dt.strftime("%Y-%m-%d") == next_day(last_day)).all()
+    assert len(forecast) == forecast["h3_cell"].nunique() * 24
+    assert (forecast["model_version"] == "1").all()
+    candidate = load(platform, "busyness_model")  # version 1 is this candidate
+    names = candidate.feature_names
+    np.testing.assert_allclose(
+        forecast[FORECAST_COLUMN], candidate.trained.model.predict(forecast[names]), rtol=1e-6
+    )
+    assert (forecast[FORECAST_COLUMN] >= 0).all()
 
 
 def test_promoting_the_champion_again_changes_nothing(platform, first_run):
