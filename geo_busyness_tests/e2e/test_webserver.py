@@ -28,6 +28,7 @@ EXPECTED_ASSETS = {
     "busyness_model",
     "model_evaluation",
     "champion_model",
+    "busyness_forecast",
 }
 
 
@@ -105,7 +106,12 @@ def test_webserver_serves_the_asset_graph_with_checks(dagster_env):
         by_name = {n["assetKey"]["path"][-1]: n for n in nodes["data"]["assetNodes"]}
         assert set(by_name) == EXPECTED_ASSETS
         assert all(n["description"] and n["owners"] for n in by_name.values())
-        assert {n["groupName"] for n in by_name.values()} == {"ingestion", "features", "training"}
+        assert {n["groupName"] for n in by_name.values()} == {
+            "ingestion",
+            "features",
+            "training",
+            "deployment",
+        }
         checks = {
             c["name"]: c["blocking"]
             for c in by_name["clean_courier_pings"]["assetChecksOrError"]["checks"]
