@@ -89,6 +89,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from geo_busyness.runner import (
         dagster_home,
         day_range,
+        forecast_next_day,
         format_summary,
         format_training_summary,
         materialize_days,
@@ -104,17 +105,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = _simulation_config(args)
     zone = defs.resources["landing_zone"]
     print(
-        f"1/3 simulating {config.days} days of {config.city.name} ({config.scenario}) into {zone.location('raw/')}"
+        f"1/4 simulating {config.days} days of {config.city.name} ({config.scenario}) into {zone.location('raw/')}"
     )
     simulate(config, put=zone.write, progress=True)
     days = day_range(config.start_date, config.days)
     print(
-        f"2/3 materializing the data assets for {days[0]} .. {days[-1]} on the instance in {home}"
+        f"2/4 materializing the data assets for {days[0]} .. {days[-1]} on the instance in {home}"
     )
     with dg.DagsterInstance.get() as instance:
         summary = materialize_days(days, defs, instance)
         print(format_summary(summary))
-        print("3/3 training, evaluating and promoting a model")
+        print("3/4 training, evaluating and promoting a model")
         training = train_and_promote(
             defs,
             instance,
@@ -122,8 +123,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 "ops": {"busyness_model": {"config": {"time_budget_s": args.train_budget}}}
             },
         )
-    print()
-    print(format_training_summary(training))
+        print(format_training_summary(training))
+        forecast = {}
+        if training.champion_version:
+            print(
+                f"4/4 forecasting the day after {days[-1]} with champion version {training.champion_version}"
+            )
+            forecast = forecast_next_day(days[-1], defs, instance)
+        else:
+            print("4/4 no champion model yet: no forecast")
+    if forecast:
+        print(
+            f"forecast for {forecast['forecast_day']}: {forecast['rows']} hexagon-hours over "
+            f"{forecast['hexagons']} hexagons, {forecast['predicted_orders']:,.0f} orders predicted "
+            f"(model version {forecast['model_version']}) in {forecast['path']}"
+        )
     storage = defs.resources["io_manager"].base_path
     tracking = defs.resources["mlflow_tracking"]
     print(

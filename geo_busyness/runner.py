@@ -264,6 +264,23 @@ def format_training_summary(summary: TrainingSummary) -> str:
     return "\n".join(lines)
 
 
+def forecast_next_day(
+    day: str, defs: dg.Definitions, instance: dg.DagsterInstance, log: Callable[[str], None] = print
+) -> dict:
+    """Materialize ``busyness_forecast[day]`` (the day after ``day``); its metadata."""
+    log(f"  forecast of the day after {day}")
+    dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        selection=dg.AssetSelection.assets("busyness_forecast"),
+        partition_key=day,
+        instance=instance,
+        resources=defs.resources,
+        run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
+    )
+    gc.collect()
+    return _latest(instance, "busyness_forecast", day)
+
+
 def day_range(start: dt.date, days: int) -> list[str]:
     return [(start + dt.timedelta(days=offset)).isoformat() for offset in range(days)]
 
