@@ -23,18 +23,28 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 from tqdm import tqdm
 
 from geo_busyness.core.city import DEFAULT_CITY, City
+from geo_busyness.core.features import (
+    busyness_features,
+    cluster_restaurants,
+    hex_hourly_busyness,
+    restaurant_sightings,
+    restaurants_from_sightings,
+)
 from geo_busyness.core.geo import EARTH_RADIUS_KM, haversine_km
 from geo_busyness.core.schema import (
     COORDINATE_COLUMNS,
     RAW_COLUMNS,
     TIMESTAMP_COLUMNS,
     QuarantineReason,
+    read_raw_file,
+    validate_pings,
 )
 
 SCENARIOS: tuple[str, ...] = ("baseline", "new_district", "sensor_glitch")
@@ -603,3 +613,41 @@ def _rng(purpose: int, config: SimulationConfig, *keys: int) -> np.random.Genera
 
 def _city_key(city: City) -> int:
     return zlib.crc32(repr(city).encode())
+
+
+# ---------------------------------------------------------------------------------------------
+# The simulated city through the core pipeline (no Dagster): tests and benchmarks
+
+
+@dataclass(frozen=True)
+class SimulatedCity:
+    """What the data assets would hold after materializing the simulated days."""
+
+    hourly: dict[str, pd.DataFrame]
+    restaurant_clusters: pd.DataFrame
+    features: dict[str, pd.DataFrame]
+
+
+def simulated_city(config: SimulationConfig) -> SimulatedCity:
+    """hex_hourly_busyness per day, restaurant clusters, and ``busyness_features`` for every
+    simulated day but the first, which only serves as history (as it would for the first
+    materialized day)."""
+    city = config.city
+    days = [config.start_date + datetime.timedelta(days=k) for k in range(config.days)]
+    hourly, sightings = {}, {}
+    for day in days:
+        raw = pd.concat(
+            [read_raw_file(name, content) for name, content in simulate_day(config, day).items()],
+            ignore_index=True,
+        )
+        clean = validate_pings(raw, city, day.isoformat()).clean
+        hourly[day.isoformat()] = hex_hourly_busyness(clean, city.h3_resolution)
+        sightings[day.isoformat()] = restaurant_sightings(clean)
+    clusters = cluster_restaurants(
+        restaurants_from_sightings(sightings, city.h3_resolution), city.n_restaurant_clusters
+    )
+    features = {
+        day.isoformat(): busyness_features(hourly, day.isoformat(), clusters, city)
+        for day in days[1:]
+    }
+    return SimulatedCity(hourly=hourly, restaurant_clusters=clusters, features=features)

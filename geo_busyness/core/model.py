@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
+import optuna
 import pandas as pd
 import xgboost as xgb
 from sklearn.ensemble import RandomForestRegressor
@@ -38,7 +41,7 @@ POC_PARAM_GRID: dict[str, list[int]] = {
 # sklearn's Poisson deviance is undefined for a zero prediction; a model that predicts
 # exactly zero where orders happen is heavily (but finitely) penalized instead.
 POISSON_EPSILON = 1e-6
-# XGBoost's own defaults: the first candidate of every search.
+# XGBoost's own defaults: the first trial of every objective in the search.
 XGBOOST_DEFAULTS = {
     "max_depth": 6,
     "learning_rate": 0.3,
@@ -46,6 +49,7 @@ XGBOOST_DEFAULTS = {
     "subsample": 1.0,
     "colsample_bytree": 1.0,
 }
+TWEEDIE_DEFAULT_POWER = 1.5
 # Share of the time budget for the search when a refit on all train rows follows it.
 SEARCH_BUDGET_SHARE = 0.4
 
@@ -142,18 +146,21 @@ def time_split(features: pd.DataFrame, config: SplitConfig) -> Split:
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Time-boxed random search for the XGBoost count model.
+    """Time-boxed Optuna (TPE) search for the XGBoost count model.
 
-    Each of ``n_trials`` parameter candidates (the first is XGBoost's defaults) is trained
-    once per objective, so objectives are compared on equal terms, on at most ``search_rows``
-    train rows (a seeded sample) and early-stopped on the validation slice. The search gets
-    ``SEARCH_BUDGET_SHARE`` of ``time_budget_s``; when it ran on a sample, the winner is then
-    refitted on every train row in the time left. Boosting stops at the deadline, so when the
-    budget binds the result depends on machine speed; otherwise it depends only on ``seed``.
+    The count objective is a hyperparameter of the study, and the first trials are XGBoost's
+    defaults under each of ``objectives`` (so objectives are compared on equal terms before TPE
+    explores): ``n_trials`` counts every trial and must cover them. TPE samples at random
+    until 10 trials are done, so a small study is a seeded random search. Each trial is fitted
+    on at most ``search_rows`` train rows (a seeded sample) and early-stopped on the validation
+    slice. The search gets ``SEARCH_BUDGET_SHARE`` of ``time_budget_s``; when it ran on a
+    sample, the winner is then refitted on every train row in the time left. Boosting stops at
+    the deadline, so when the budget binds the result depends on machine speed; otherwise it
+    depends only on ``seed``.
     """
 
     objectives: tuple[str, ...] = ("count:poisson", "reg:tweedie")
-    n_trials: int = 6
+    n_trials: int = 12
     time_budget_s: float = 50.0
     max_rounds: int = 1000
     early_stopping_rounds: int = 30
@@ -162,20 +169,33 @@ class TrainingConfig:
     n_jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
 
     def __post_init__(self) -> None:
-        if not self.objectives:
-            raise ValueError("objectives must name at least one XGBoost objective")
+        if not self.objectives or len(set(self.objectives)) != len(self.objectives):
+            raise ValueError(
+                f"objectives must name distinct XGBoost objectives, got {self.objectives!r}"
+            )
         for name in ("n_trials", "max_rounds", "early_stopping_rounds", "search_rows", "n_jobs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.n_trials < len(self.objectives):
+            raise ValueError(
+                f"n_trials={self.n_trials} cannot try XGBoost's defaults under each of the "
+                f"{len(self.objectives)} objectives; use n_trials >= {len(self.objectives)} "
+                "or fewer objectives"
+            )
         if self.time_budget_s <= 0:
             raise ValueError(f"time_budget_s must be positive, got {self.time_budget_s!r}")
 
 
 @dataclass(frozen=True, eq=False)
 class TrainedModel:
-    """The kept model (lowest validation MAE) and how it was found: ``search_log`` has one
-    entry per fit (phase ``search``, then ``refit`` on all train rows when the search ran on
-    a sample) with its parameters, rounds, why it stopped, validation MAE and seconds."""
+    """The kept model (lowest validation MAE) and how it was found.
+
+    ``params`` are the winner's XGBoost parameters besides ``objective`` (with
+    ``tweedie_variance_power`` for ``reg:tweedie``). ``search_log`` has one entry per fit
+    (phase ``search`` for each Optuna trial, then ``refit`` on all train rows when the search
+    ran on a sample) with its trial number, rows, objective, params, rounds, why it stopped,
+    validation MAE and seconds.
+    """
 
     model: xgb.XGBRegressor
     objective: str
@@ -187,21 +207,25 @@ class TrainedModel:
     feature_names: list[str]
 
 
-def search_candidates(n_trials: int, seed: int) -> list[dict[str, float | int]]:
-    """XGBoost's defaults, then random draws of the parameters that matter most for trees."""
-    rng = np.random.default_rng(seed)
-    candidates = [dict(XGBOOST_DEFAULTS)]
-    for _ in range(n_trials - 1):
-        candidates.append(
-            {
-                "max_depth": int(rng.integers(4, 11)),
-                "learning_rate": float(np.exp(rng.uniform(np.log(0.05), np.log(0.4)))),
-                "min_child_weight": float(np.exp(rng.uniform(0.0, np.log(50.0)))),
-                "subsample": float(rng.uniform(0.6, 1.0)),
-                "colsample_bytree": float(rng.uniform(0.5, 1.0)),
-            }
-        )
-    return candidates
+def _suggest(trial: optuna.Trial, objectives: tuple[str, ...]) -> tuple[str, dict]:
+    """The objective, then the tree parameters that matter most (ranges around the defaults)."""
+    objective = trial.suggest_categorical("objective", objectives)
+    params: dict[str, float | int] = {
+        "max_depth": trial.suggest_int("max_depth", 4, 10),
+        "learning_rate": trial.suggest_float("learning_rate", 0.05, 0.4, log=True),
+        "min_child_weight": trial.suggest_float("min_child_weight", 1.0, 50.0, log=True),
+        "subsample": trial.suggest_float("subsample", 0.6, 1.0),
+        "colsample_bytree": trial.suggest_float("colsample_bytree", 0.5, 1.0),
+    }
+    if objective == "reg:tweedie":
+        params["tweedie_variance_power"] = trial.suggest_float("tweedie_variance_power", 1.1, 1.9)
+    return objective, params
+
+
+def _defaults(objective: str) -> dict:
+    """The enqueued first trial of ``objective``: XGBoost's defaults."""
+    power = {"tweedie_variance_power": TWEEDIE_DEFAULT_POWER} if objective == "reg:tweedie" else {}
+    return {"objective": objective, **XGBOOST_DEFAULTS, **power}
 
 
 class _Deadline(xgb.callback.TrainingCallback):
@@ -217,13 +241,27 @@ class _Deadline(xgb.callback.TrainingCallback):
         return self.hit
 
 
+@contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """Optuna logs every trial at INFO; keep warnings only, and restore the caller's level."""
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(previous)
+
+
 def train_busyness_model(
     split: Split, feature_names: list[str], config: TrainingConfig
 ) -> TrainedModel:
-    """Search parameters x count objectives, keep the best on validation MAE (the goal metric).
+    """Search the objective and parameters with Optuna, keep the best on validation MAE.
 
-    Uses ``tree_method="hist"`` (NaN lags are handled natively) and builds each quantile
-    matrix once for all fits of a phase.
+    Validation MAE is the goal metric, so it is both the early-stopping metric and the study's
+    value. Uses ``tree_method="hist"`` (NaN lags are handled natively) and builds each quantile
+    matrix once for all fits of a phase. Optuna's timeout only stops starting new trials; the
+    deadline callback ends a fit that would overrun, and the first trial always runs so there
+    is a model to return.
     """
     started = time.perf_counter()
     deadline = started + config.time_budget_s
@@ -235,24 +273,44 @@ def train_busyness_model(
         train = train.iloc[np.sort(rng.choice(rows, config.search_rows, replace=False))]
     search_deadline = started + config.time_budget_s * (SEARCH_BUDGET_SHARE if sampled else 1.0)
     valid = xgb.DMatrix(split.validation[feature_names], split.validation[TARGET_COLUMN])
-
     search = xgb.QuantileDMatrix(train[feature_names], train[TARGET_COLUMN])
+
     log: list[dict] = []
-    best: tuple[float, xgb.Booster, str, dict, int] | None = None
-    for index, params in enumerate(search_candidates(config.n_trials, config.seed)):
-        elapsed = time.perf_counter() - started
-        if index and started + elapsed + elapsed / index > search_deadline:
-            break
+    kept: dict = {}
+
+    def trial_mae(trial: optuna.Trial) -> float:
+        objective, params = _suggest(trial, config.objectives)
+        booster, entry = _fit(search, valid, objective, params, config, search_deadline)
+        log.append({"phase": "search", "trial": trial.number, "rows": len(train), **entry})
+        if not kept or entry["validation_mae"] < kept["mae"]:  # ties keep the earlier trial
+            kept.update(
+                mae=entry["validation_mae"],
+                booster=booster,
+                trial=trial.number,
+                objective=objective,
+                params=params,
+            )
+        return entry["validation_mae"]
+
+    with _quiet_optuna():
+        study = optuna.create_study(
+            direction="minimize", sampler=optuna.samplers.TPESampler(seed=config.seed)
+        )
         for objective in config.objectives:
-            booster, entry = _fit(search, valid, objective, params, config, search_deadline)
-            log.append({"phase": "search", "trial": index, "rows": len(train), **entry})
-            if best is None or entry["validation_mae"] < best[0]:
-                best = (entry["validation_mae"], booster, objective, params, index)
-    mae, booster, objective, params, trial = best
+            study.enqueue_trial(_defaults(objective))
+        # Optuna checks the timeout before every trial, even the first: run that one outside
+        # it so a budget spent building the matrices still leaves a model to return.
+        study.optimize(trial_mae, n_trials=1)
+        study.optimize(
+            trial_mae,
+            n_trials=config.n_trials - 1,
+            timeout=max(search_deadline - time.perf_counter(), 0.0),
+        )
+    mae, booster, objective, params = (kept[k] for k in ("mae", "booster", "objective", "params"))
     if sampled:
         full = xgb.QuantileDMatrix(split.train[feature_names], split.train[TARGET_COLUMN])
         refit, entry = _fit(full, valid, objective, params, config, deadline)
-        log.append({"phase": "refit", "trial": trial, "rows": rows, **entry})
+        log.append({"phase": "refit", "trial": kept["trial"], "rows": rows, **entry})
         if entry["validation_mae"] <= mae:
             mae, booster = entry["validation_mae"], refit
     model = xgb.XGBRegressor()
@@ -312,7 +370,7 @@ def _fit(
         stopped_by = "early_stopping"
     return booster, {
         "objective": objective,
-        **params,
+        "params": dict(params),
         "best_iteration": int(booster.best_iteration),
         "rounds": rounds,
         "stopped_by": stopped_by,

@@ -14,8 +14,7 @@ from geo_busyness.core.lifecycle import MODEL, SEASONAL_NAIVE, SPLIT_COLUMN
 from geo_busyness.definitions import defs
 from geo_busyness.resources.environment import local_resources
 from geo_busyness.resources.tracking import CHAMPION_ALIAS
-from geo_busyness.simulate import SimulationConfig
-from geo_busyness_tests.builders import simulated_city
+from geo_busyness.simulate import SimulationConfig, simulated_city
 
 pytestmark = pytest.mark.integration
 

@@ -6,8 +6,7 @@ import pytest
 from geo_busyness.core.city import DEFAULT_CITY
 from geo_busyness.core.features import TARGETS, busyness_features
 from geo_busyness.core.forecast import FORECAST_COLUMN, forecast_features, forecast_table, next_day
-from geo_busyness.simulate import SimulationConfig
-from geo_busyness_tests.builders import simulated_city
+from geo_busyness.simulate import SimulationConfig, simulated_city
 
 pytestmark = pytest.mark.unit
 

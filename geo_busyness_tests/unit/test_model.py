@@ -1,14 +1,16 @@
-"""The model core: a leak-free time split, an XGBoost count model that beats the seasonal
-naive baseline on realistic simulated data (and a broken one that does not), the PoC
-baseline with its exact grid, metrics and the sanity check of predictions."""
+"""The model core: a leak-free time split, an XGBoost count model found by a seeded Optuna
+search that beats the seasonal naive baseline on realistic simulated data (and a broken one
+that does not), the PoC baseline with its exact grid, metrics and the sanity check of
+predictions."""
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
+import logging
 from dataclasses import replace
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 from sklearn.ensemble import RandomForestRegressor
@@ -17,15 +19,11 @@ from xgboost import XGBRegressor
 
 from geo_busyness.core.city import DEFAULT_CITY
 from geo_busyness.core.features import (
-    busyness_features,
-    cluster_restaurants,
     feature_columns,
-    hex_hourly_busyness,
-    restaurant_sightings,
-    restaurants_from_sightings,
 )
 from geo_busyness.core.model import (
     POC_PARAM_GRID,
+    XGBOOST_DEFAULTS,
     Split,
     SplitConfig,
     TrainingConfig,
@@ -39,17 +37,17 @@ from geo_busyness.core.model import (
     train_busyness_model,
     train_poc_baseline,
 )
-from geo_busyness.core.schema import read_raw_file, validate_pings
-from geo_busyness.simulate import SimulationConfig, simulate_day
+from geo_busyness.simulate import SimulationConfig, simulated_city
 
 pytestmark = pytest.mark.unit
 
 FEATURES = feature_columns(DEFAULT_CITY.n_restaurant_clusters)
-# Measured on this data: the model is 23-26% better than seasonal naive (test MAE) for search
-# seeds 0-2 with 2 or 3 trials; the issue's goal is 20%, and the bar keeps that goal.
+# Measured on this data: the model is 21-23% better than seasonal naive (test MAE) for search
+# seeds 0-2 with 2 to 4 trials; the issue's goal is 20%, and the bar keeps that goal.
 MIN_IMPROVEMENT = 0.20
-# Single-threaded: deterministic everywhere and no OpenMP stalls on a busy CI machine.
-FAST = TrainingConfig(n_trials=2, time_budget_s=600, seed=0, n_jobs=1)
+# XGBoost's defaults under both objectives, then one trial Optuna samples. Single-threaded:
+# deterministic everywhere and no OpenMP stalls on a busy CI machine.
+FAST = TrainingConfig(n_trials=3, time_budget_s=600, seed=0, n_jobs=1)
 
 
 def improvement(frame: pd.DataFrame, y_pred: np.ndarray) -> float:
@@ -61,25 +59,8 @@ def improvement(frame: pd.DataFrame, y_pred: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def features() -> pd.DataFrame:
     """busyness_features of 20 days (from the 2nd) of the default simulated city, ~14k rows."""
-    config = SimulationConfig(days=21, pings_per_day=6_000, dirty_files=False)
-    city = config.city
-    days = [config.start_date + dt.timedelta(days=k) for k in range(config.days)]
-    hourly, sightings = {}, {}
-    for day in days:
-        raw = pd.concat(
-            [read_raw_file(name, content) for name, content in simulate_day(config, day).items()],
-            ignore_index=True,
-        )
-        clean = validate_pings(raw, city, day.isoformat()).clean
-        hourly[day.isoformat()] = hex_hourly_busyness(clean, city.h3_resolution)
-        sightings[day.isoformat()] = restaurant_sightings(clean)
-    clusters = cluster_restaurants(
-        restaurants_from_sightings(sightings, city.h3_resolution), city.n_restaurant_clusters
-    )
-    return pd.concat(
-        [busyness_features(hourly, day.isoformat(), clusters, city) for day in days[1:]],
-        ignore_index=True,
-    )
+    simulated = simulated_city(SimulationConfig(days=21, pings_per_day=6_000, dirty_files=False))
+    return pd.concat(simulated.features.values(), ignore_index=True)
 
 
 @pytest.fixture(scope="module")
@@ -151,18 +132,65 @@ def test_model_beats_seasonal_naive_with_sane_predictions(split, trained):
     assert prediction_problems(y_pred) == []
     assert isinstance(trained.model, XGBRegressor)
     assert trained.objective in FAST.objectives
-    assert len(trained.search_log) == FAST.n_trials * len(FAST.objectives)
-    assert {entry["objective"] for entry in trained.search_log} == set(FAST.objectives)
-    assert trained.validation_mae == min(e["validation_mae"] for e in trained.search_log)
-    assert 0 <= trained.best_iteration < FAST.max_rounds
+    assert [entry["trial"] for entry in trained.search_log] == list(range(FAST.n_trials))
+    best = min(trained.search_log, key=lambda entry: entry["validation_mae"])
+    assert trained.validation_mae == best["validation_mae"]
+    assert (trained.objective, trained.params) == (best["objective"], best["params"])
+    assert trained.best_iteration == best["best_iteration"] < FAST.max_rounds
+
+
+def test_search_starts_with_xgboost_defaults_under_each_objective(split, trained):
+    first = trained.search_log[: len(FAST.objectives)]
+    assert [entry["objective"] for entry in first] == list(FAST.objectives)
+    assert first[0]["params"] == XGBOOST_DEFAULTS
+    assert first[1]["params"] == {**XGBOOST_DEFAULTS, "tweedie_variance_power": 1.5}
+    sampled = trained.search_log[len(FAST.objectives) :]
+    assert sampled and all(entry["params"] != XGBOOST_DEFAULTS for entry in sampled)
+    for entry in trained.search_log:
+        has_power = "tweedie_variance_power" in entry["params"]
+        assert has_power == (entry["objective"] == "reg:tweedie")
+        assert entry["phase"] == "search" and entry["rows"] == len(split.train)
 
 
 def test_same_seed_gives_the_same_model(split, trained):
     again = train_busyness_model(split, FEATURES, FAST)
     assert again.params == trained.params
+    assert [e["params"] for e in again.search_log] == [e["params"] for e in trained.search_log]
     assert np.array_equal(
         predict(again, split.test, FEATURES), predict(trained, split.test, FEATURES)
     )
+
+
+def test_search_is_quiet_and_leaves_optuna_logging_as_it_was(split):
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("optuna")  # does not propagate, so caplog would not see it
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    logger.addHandler(handler)
+    try:
+        config = TrainingConfig(objectives=("count:poisson",), n_trials=2, max_rounds=5, n_jobs=1)
+        train_busyness_model(split, FEATURES, config)
+        assert optuna.logging.get_verbosity() == optuna.logging.INFO
+    finally:
+        logger.removeHandler(handler)
+        optuna.logging.set_verbosity(previous)
+    assert [record.getMessage() for record in records if record.levelno < logging.WARNING] == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"n_trials": 1}, r"n_trials=1 cannot try XGBoost's defaults under each of the 2"),
+        ({"objectives": ()}, "objectives must name distinct"),
+        ({"objectives": ("reg:tweedie", "reg:tweedie")}, "objectives must name distinct"),
+        ({"time_budget_s": 0}, "time_budget_s must be positive"),
+    ],
+)
+def test_training_config_rejects_a_search_that_cannot_compare_objectives(changes, message):
+    with pytest.raises(ValueError, match=message):
+        replace(FAST, **changes)
 
 
 def test_model_trained_on_shuffled_targets_does_not_beat_seasonal_naive(split):
@@ -175,7 +203,8 @@ def test_model_trained_on_shuffled_targets_does_not_beat_seasonal_naive(split):
         test=split.test,
         ranges=split.ranges,
     )
-    broken = train_busyness_model(shuffled, FEATURES, replace(FAST, n_trials=1))
+    one_fit = replace(FAST, objectives=("count:poisson",), n_trials=1)
+    broken = train_busyness_model(shuffled, FEATURES, one_fit)
     assert improvement(split.test, predict(broken, split.test, FEATURES)) < MIN_IMPROVEMENT
 
 
@@ -183,19 +212,27 @@ def test_search_stops_at_the_time_budget(split):
     rushed = train_busyness_model(
         split, FEATURES, TrainingConfig(n_trials=5, time_budget_s=0.01, n_jobs=1)
     )
-    assert [entry["trial"] for entry in rushed.search_log] == [0, 0]
-    assert {entry["stopped_by"] for entry in rushed.search_log} == {"deadline"}
+    # Only the first trial (XGBoost's defaults, first objective) runs, cut at the deadline.
+    [entry] = rushed.search_log
+    assert (entry["trial"], entry["objective"]) == (0, "count:poisson")
+    assert entry["stopped_by"] == "deadline"
     assert prediction_problems(predict(rushed, split.test, FEATURES)) == []
 
 
 def test_search_on_a_sample_refits_the_winner_on_all_train_rows(split):
     sampled = train_busyness_model(
-        split, FEATURES, TrainingConfig(n_trials=1, search_rows=2_000, time_budget_s=600, n_jobs=1)
+        split, FEATURES, TrainingConfig(n_trials=2, search_rows=2_000, time_budget_s=600, n_jobs=1)
     )
     *search, refit = sampled.search_log
     assert {entry["rows"] for entry in search} == {2_000}
     assert {entry["phase"] for entry in search} == {"search"}
     assert refit["phase"] == "refit" and refit["rows"] == len(split.train)
+    winner = min(search, key=lambda entry: entry["validation_mae"])
+    assert (refit["trial"], refit["objective"], refit["params"]) == (
+        winner["trial"],
+        winner["objective"],
+        winner["params"],
+    )
     assert sampled.validation_mae == min(e["validation_mae"] for e in sampled.search_log)
 
 
