@@ -89,6 +89,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from geo_busyness.runner import (
         dagster_home,
         day_range,
+        deploy_endpoint,
         forecast_next_day,
         format_summary,
         format_training_summary,
@@ -105,17 +106,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = _simulation_config(args)
     zone = defs.resources["landing_zone"]
     print(
-        f"1/4 simulating {config.days} days of {config.city.name} ({config.scenario}) into {zone.location('raw/')}"
+        f"1/5 simulating {config.days} days of {config.city.name} ({config.scenario}) into {zone.location('raw/')}"
     )
     simulate(config, put=zone.write, progress=True)
     days = day_range(config.start_date, config.days)
     print(
-        f"2/4 materializing the data assets for {days[0]} .. {days[-1]} on the instance in {home}"
+        f"2/5 materializing the data assets for {days[0]} .. {days[-1]} on the instance in {home}"
     )
     with dg.DagsterInstance.get() as instance:
         summary = materialize_days(days, defs, instance)
         print(format_summary(summary))
-        print("3/4 training, evaluating and promoting a model")
+        print("3/5 training, evaluating and promoting a model")
         training = train_and_promote(
             defs,
             instance,
@@ -127,17 +128,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
         forecast = {}
         if training.champion_version:
             print(
-                f"4/4 forecasting the day after {days[-1]} with champion version {training.champion_version}"
+                f"4/5 forecasting the day after {days[-1]} with champion version {training.champion_version}"
             )
             forecast = forecast_next_day(days[-1], defs, instance)
+            print("5/5 deploying the champion to the local endpoint")
+            deployment, deploy_error = deploy_endpoint(defs, instance)
         else:
-            print("4/4 no champion model yet: no forecast")
+            print("4/5 no champion model yet: no forecast, no endpoint")
+            deployment, deploy_error = {}, None
     if forecast:
         print(
             f"forecast for {forecast['forecast_day']}: {forecast['rows']} hexagon-hours over "
             f"{forecast['hexagons']} hexagons, {forecast['predicted_orders']:,.0f} orders predicted "
             f"(model version {forecast['model_version']}) in {forecast['path']}"
         )
+    if deployment:
+        print(
+            f"endpoint: model version {deployment['model_version']} serves the forecast for "
+            f"{deployment['snapshot_day']} at {deployment['address']} (keeps running; "
+            f"`uv run geo-busyness endpoint stop` ends it). Try:\n"
+            f"  {deployment['try_it'].strip().strip('`').strip()}"
+        )
+    elif deploy_error:
+        print(f"endpoint deployment failed: {deploy_error}")
     storage = defs.resources["io_manager"].base_path
     tracking = defs.resources["mlflow_tracking"]
     print(
@@ -147,7 +160,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"  MLflow         {tracking.uri}  (UI: scripts/dev mlflow-ui)\n"
         f"  Dagster UI     scripts/dev ui   (DAGSTER_HOME={home}: runs, metadata, maps and checks of this run)"
     )
-    return 1 if summary.failed_checks or training.error else 0
+    return 1 if summary.failed_checks or training.error or deploy_error else 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
@@ -161,6 +174,27 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         f"back to version {restored.version}"
     )
     return 0
+
+
+def cmd_endpoint(args: argparse.Namespace) -> int:
+    from geo_busyness.definitions import defs
+
+    endpoint = defs.resources["endpoint"]
+    if args.action == "stop":
+        stopped = endpoint.stop()
+        print("endpoint stopped" if stopped else "no endpoint was running")
+        return 0
+    status = endpoint.status()
+    if status.serving:
+        print(
+            f"{status.url}: {status.model_name} version {status.model_version} (since {status.started_at})"
+        )
+    else:
+        print(
+            f"nothing serves at {status.url}"
+            + (f": {'; '.join(status.problems)}" if status.problems else "")
+        )
+    return 0 if status.serving else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
         "rollback", help="point the champion alias back at the version it replaced"
     )
     rollback_parser.set_defaults(handler=cmd_rollback)
+    endpoint_parser = commands.add_parser(
+        "endpoint", help="status of the local endpoint, or stop it"
+    )
+    endpoint_parser.add_argument("action", choices=("status", "stop"))
+    endpoint_parser.set_defaults(handler=cmd_endpoint)
     args = parser.parse_args(argv)
     try:
         return args.handler(args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from geo_busyness.assets import deployment, features, ingestion, training
+from geo_busyness.assets.deployment import endpoint_answers_known_request
 from geo_busyness.checks import data_checks, model_checks
 from geo_busyness.resources.environment import build_resources
 
@@ -28,7 +29,7 @@ training_job = dg.define_asset_job(
 
 defs = dg.Definitions(
     assets=all_assets,
-    asset_checks=[*data_checks, *model_checks],
+    asset_checks=[*data_checks, *model_checks, endpoint_answers_known_request],
     jobs=[data_pipeline_job, training_job],
     resources=build_resources(),
 )

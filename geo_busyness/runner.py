@@ -281,6 +281,30 @@ def forecast_next_day(
     return _latest(instance, "busyness_forecast", day)
 
 
+def deploy_endpoint(
+    defs: dg.Definitions, instance: dg.DagsterInstance, log: Callable[[str], None] = print
+) -> tuple[dict, str | None]:
+    """Materialize ``endpoint_deployment`` and its smoke check; its metadata and, if the run
+    failed, why (the previous model, if any, keeps serving)."""
+    log("  endpoint deployment and smoke check")
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        selection=dg.AssetSelection.assets("endpoint_deployment"),
+        instance=instance,
+        resources=defs.resources,
+        raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+    )
+    gc.collect()
+    failures = [
+        _root_cause(event.step_failure_data.error)
+        for event in result.all_events
+        if event.is_step_failure
+    ]
+    metadata = _latest(instance, "endpoint_deployment") if result.success else {}
+    return metadata, "; ".join(failures) or None
+
+
 def day_range(start: dt.date, days: int) -> list[str]:
     return [(start + dt.timedelta(days=offset)).isoformat() for offset in range(days)]
 

@@ -1,6 +1,11 @@
-"""Deployment group: next-day batch forecasts from the champion."""
+"""Deployment group: next-day batch forecasts from the champion, and the live endpoint that
+serves them (a bundle of the champion and the latest forecast's feature snapshot)."""
+
+import json
+import urllib.request
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 
 from geo_busyness.assets.metadata import OWNER, preview
@@ -12,11 +17,16 @@ from geo_busyness.core.forecast import (
     next_day,
 )
 from geo_busyness.core.plots import hexagon_map_png, markdown_image
+from geo_busyness.deploy import DeploymentFailed, DeploymentRecord
 from geo_busyness.partitions import daily_partitions
 from geo_busyness.resources.city import CityResource
+from geo_busyness.resources.deployment import EndpointTarget
 from geo_busyness.resources.tracking import Champion, MlflowTracking
+from geo_busyness.serving.bundle import Manifest, write_bundle
 
 GROUP = "deployment"
+OBJECT_IO = "object_io_manager"
+SMOKE_ROWS = 3
 
 
 @dg.asset(
@@ -81,3 +91,163 @@ def busyness_forecast(
         metadata["forecast_map"] = dg.MetadataValue.md(markdown_image(png, "forecast map"))
     context.add_output_metadata(metadata)
     return table
+
+
+def smoke_rows(
+    snapshot: pd.DataFrame, predictions: np.ndarray, rows: int = SMOKE_ROWS
+) -> pd.DataFrame:
+    """The hexagon-hours with the highest predictions: a deployment that answers them with the
+    in-process values serves the right model on the right snapshot."""
+    ranked = snapshot[["h3_cell", "hour_start"]].assign(busyness=np.asarray(predictions, float))
+    return ranked.nlargest(rows, "busyness")
+
+
+def _instances(rows: pd.DataFrame) -> list[dict]:
+    return [
+        {"h3_cell": str(cell), "timestamp": hour.isoformat()}
+        for cell, hour in zip(rows["h3_cell"], rows["hour_start"], strict=True)
+    ]
+
+
+@dg.asset(
+    group_name=GROUP,
+    owners=[OWNER],
+    kinds={"xgboost"},
+    io_manager_key=OBJECT_IO,
+    ins={
+        "busyness_forecast": dg.AssetIn(
+            partition_mapping=dg.AllPartitionMapping(),
+            metadata={"allow_missing_partitions": True, "lazy": True},
+        )
+    },
+    automation_condition=(
+        dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
+    ),
+    description=(
+        "The champion serving live behind the `endpoint` resource (a local server on a fixed "
+        "port by default, or a SageMaker endpoint), with the feature snapshot of the latest "
+        "busyness_forecast. A new model takes traffic only after it answered a smoke request "
+        "with the in-process prediction; otherwise the previous one keeps serving."
+    ),
+)
+def endpoint_deployment(
+    context: dg.AssetExecutionContext,
+    champion_model: Champion,
+    busyness_forecast: dict,
+    endpoint: EndpointTarget,
+    mlflow_tracking: MlflowTracking,
+    city: CityResource,
+) -> DeploymentRecord:
+    if not busyness_forecast:
+        raise dg.Failure("no busyness_forecast partition is materialized: forecast a day first")
+    data_day = max(busyness_forecast)
+    snapshot = busyness_forecast[data_day]()
+    if snapshot.empty:
+        raise dg.Failure(f"busyness_forecast of {data_day} has no rows to serve")
+    model = mlflow_tracking.load_version(champion_model.version)
+    names = model.get_booster().feature_names
+    horizon_start = pd.Timestamp(next_day(data_day), tz="UTC")
+    manifest = Manifest(
+        model_name=mlflow_tracking.registered_model_name,
+        model_version=champion_model.version,
+        mlflow_run_id=champion_model.run_id,
+        feature_names=list(names),
+        h3_resolution=city.h3_resolution,
+        horizon_start=horizon_start.isoformat(),
+        horizon_end=(horizon_start + pd.Timedelta(days=1)).isoformat(),
+    )
+    bundle = write_bundle(
+        endpoint.bundles_dir() / f"v{champion_model.version}-{next_day(data_day)}",
+        model,
+        snapshot,
+        manifest,
+    )
+    expected = smoke_rows(snapshot, model.predict(snapshot[names]))
+    try:
+        record = endpoint.deploy(
+            bundle,
+            _instances(expected),
+            [
+                {"h3_cell": cell, "hour_start": hour.isoformat(), "busyness": float(value)}
+                for cell, hour, value in expected.itertuples(index=False)
+            ],
+        )
+    except DeploymentFailed as error:
+        raise dg.Failure(
+            f"deployment of version {champion_model.version} refused: {error}"
+        ) from error
+    context.add_output_metadata(
+        {
+            "target": record.target,
+            "address": dg.MetadataValue.url(record.address)
+            if record.address.startswith("http")
+            else record.address,
+            "model_version": record.model_version,
+            "previous_model_version": record.previous_model_version or "none",
+            "snapshot_day": next_day(data_day),
+            "bundle": str(bundle),
+            "details": dg.MetadataValue.json(dict(record.details)),
+            "try_it": dg.MetadataValue.md(
+                f"```\n{curl_example(record.address, _instances(expected.head(1)))}\n```"
+            ),
+        }
+    )
+    return record
+
+
+def curl_example(address: str, instances: list[dict]) -> str:
+    body = json.dumps({"instances": instances})
+    return (
+        f"curl -s -X POST {address.rstrip('/')}/invocations "
+        f"-H 'Content-Type: application/json' -d '{body}'"
+    )
+
+
+@dg.asset_check(
+    asset=endpoint_deployment,
+    blocking=True,
+    additional_ins={
+        "busyness_forecast": dg.AssetIn(
+            partition_mapping=dg.AllPartitionMapping(),
+            metadata={"allow_missing_partitions": True, "lazy": True},
+        )
+    },
+    description="The live endpoint answers a known request with the forecast's value.",
+)
+def endpoint_answers_known_request(
+    endpoint_deployment: DeploymentRecord, busyness_forecast: dict
+) -> dg.AssetCheckResult:
+    """Checked through the public address after the switch, against the stored forecast: the
+    forecast and the endpoint must agree when they were made by the same model version."""
+    forecast = busyness_forecast[max(busyness_forecast)]()
+    forecast = forecast.loc[forecast["model_version"] == endpoint_deployment.model_version]
+    if forecast.empty or not endpoint_deployment.address.startswith("http"):
+        return dg.AssetCheckResult(
+            passed=True,
+            severity=dg.AssetCheckSeverity.WARN,
+            description="no forecast by the deployed version (or no HTTP address) to compare with",
+        )
+    row = forecast.nlargest(1, FORECAST_COLUMN)
+    request = urllib.request.Request(
+        f"{endpoint_deployment.address.rstrip('/')}/invocations",
+        data=json.dumps({"instances": _instances(row)}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer = json.loads(response.read())
+    except OSError as error:
+        return dg.AssetCheckResult(passed=False, description=f"endpoint unreachable: {error}")
+    served = float(answer["predictions"][0]["busyness"])
+    expected = float(row[FORECAST_COLUMN].iloc[0])
+    return dg.AssetCheckResult(
+        passed=bool(np.isclose(served, expected, rtol=1e-5, atol=1e-4))
+        and str(answer.get("model_version")) == endpoint_deployment.model_version,
+        metadata={
+            "h3_cell": str(row["h3_cell"].iloc[0]),
+            "hour_start": str(row["hour_start"].iloc[0]),
+            "served": served,
+            "expected": expected,
+            "served_model_version": str(answer.get("model_version")),
+        },
+    )

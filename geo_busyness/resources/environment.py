@@ -8,6 +8,7 @@
 | ``GEO_BUSYNESS_S3_ENDPOINT_URL`` | S3-compatible endpoint (SeaweedFS, MinIO…) | AWS |
 | ``MLFLOW_TRACKING_URI`` | MLflow tracking + registry (``http://…`` server, ``sqlite:///…``) | ``$DATA_DIR/mlflow/mlflow.db`` |
 | ``GEO_BUSYNESS_MLFLOW_UI_URL`` | MLflow UI base URL for links in Dagster metadata | none |
+| ``GEO_BUSYNESS_ENDPOINT_PORT`` | port of the local model endpoint (127.0.0.1) | 8080 |
 
 Set variables are passed as ``dg.EnvVar`` so the UI shows the variable, never its value;
 S3 credentials come from the AWS default chain (``AWS_ACCESS_KEY_ID``… or a role).
@@ -23,6 +24,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from geo_busyness.resources.city import CityResource
+from geo_busyness.resources.deployment import LocalEndpointTarget
 from geo_busyness.resources.io_manager import ParquetIOManagerResource, PickleIOManagerResource
 from geo_busyness.resources.landing_zone import LandingZone
 from geo_busyness.resources.promotion import PromotionPolicyResource
@@ -33,6 +35,7 @@ STORAGE_ENV = "GEO_BUSYNESS_STORAGE"
 S3_ENDPOINT_ENV = "GEO_BUSYNESS_S3_ENDPOINT_URL"
 MLFLOW_TRACKING_ENV = "MLFLOW_TRACKING_URI"
 MLFLOW_UI_ENV = "GEO_BUSYNESS_MLFLOW_UI_URL"
+ENDPOINT_PORT_ENV = "GEO_BUSYNESS_ENDPOINT_PORT"
 
 
 def _from_env(name: str) -> dict[str, Any]:
@@ -58,12 +61,13 @@ def build_resources() -> dict[str, Any]:
         "object_io_manager": PickleIOManagerResource(**storage_options),
         "mlflow_tracking": MlflowTracking(**tracking, **ui),
         "promotion_policy": PromotionPolicyResource(),
+        "endpoint": LocalEndpointTarget(port=int(os.environ.get(ENDPOINT_PORT_ENV, "8080"))),
     }
 
 
-def local_resources(root: Path) -> dict[str, Any]:
-    """Every resource with all state under ``root`` (landing zone, assets, MLflow store), for
-    throw-away runs: tests, benchmarks, a second demo next to the first."""
+def local_resources(root: Path, endpoint_port: int = 8080) -> dict[str, Any]:
+    """Every resource with all state under ``root`` (landing zone, assets, MLflow store,
+    endpoint state), for throw-away runs: tests, benchmarks, a second demo next to the first."""
     (root / "mlflow").mkdir(parents=True, exist_ok=True)
     assets = str(root / "assets")
     return {
@@ -75,4 +79,5 @@ def local_resources(root: Path) -> dict[str, Any]:
             tracking_uri=f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
         ),
         "promotion_policy": PromotionPolicyResource(),
+        "endpoint": LocalEndpointTarget(port=endpoint_port, state_dir=str(root / "endpoint")),
     }

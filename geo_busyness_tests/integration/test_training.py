@@ -8,6 +8,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
+import requests
 
 from geo_busyness.core.forecast import FORECAST_COLUMN, next_day
 from geo_busyness.core.lifecycle import MODEL, SEASONAL_NAIVE, SPLIT_COLUMN
@@ -15,6 +16,7 @@ from geo_busyness.definitions import defs
 from geo_busyness.resources.environment import local_resources
 from geo_busyness.resources.tracking import CHAMPION_ALIAS
 from geo_busyness.simulate import SimulationConfig, simulated_city
+from geo_busyness_tests.services import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -60,9 +62,12 @@ def platform(tmp_path_factory):
         for day, frame in partitions.items():
             frame.to_parquet(folder / f"{day}.parquet", index=False)
     simulated.restaurant_clusters.to_parquet(root / "assets" / "restaurant_clusters.parquet")
-    resources = local_resources(root)
+    resources = local_resources(root, endpoint_port=free_port())
     with dg.instance_for_test() as instance:
-        yield root, resources, instance
+        try:
+            yield root, resources, instance
+        finally:
+            resources["endpoint"].stop()
 
 
 def run(platform, selection, raise_on_error=True, run_config=None) -> dg.ExecuteInProcessResult:
@@ -175,6 +180,28 @@ def test_forecast_of_the_next_day_comes_from_the_champion(platform, first_run):
         forecast[FORECAST_COLUMN], candidate.trained.model.predict(forecast[names]), rtol=1e-6
     )
     assert (forecast[FORECAST_COLUMN] >= 0).all()
+
+
+def test_the_champion_is_deployed_and_serves_the_forecast(platform, first_run):
+    root, _, _ = platform
+    result = run(platform, dg.AssetSelection.assets("endpoint_deployment"))
+    assert check_results(result) == {"endpoint_answers_known_request": True}
+    record = load(platform, "endpoint_deployment")
+    assert (record.target, record.model_version) == ("local", "1")
+    last_day = max(path.stem for path in (root / "assets" / "busyness_forecast").iterdir())
+    forecast = pd.read_parquet(root / "assets" / "busyness_forecast" / f"{last_day}.parquet")
+    rows = forecast.sample(50, random_state=0)
+    body = {
+        "instances": [
+            {"h3_cell": cell, "timestamp": hour.isoformat()}
+            for cell, hour in zip(rows["h3_cell"], rows["hour_start"], strict=True)
+        ]
+    }
+    answer = requests.post(f"{record.address}/invocations", json=body, timeout=10).json()
+    assert answer["model_version"] == "1"
+    np.testing.assert_allclose(
+        [p["busyness"] for p in answer["predictions"]], rows[FORECAST_COLUMN], rtol=1e-5, atol=1e-4
+    )
 
 
 def test_promoting_the_champion_again_changes_nothing(platform, first_run):
