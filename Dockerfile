@@ -1,4 +1,5 @@
-# One image: the Dagster code location (default command) and, later, the model server.
+# One image: the Dagster code location (default command) and, run as `serve`, the model server
+# with SageMaker's hosting contract (GET /ping, POST /invocations on 8080, model in /opt/ml/model).
 # Every command below is also run by geo_busyness_tests/integration/test_packaging.py outside a container.
 FROM python:3.11-slim
 
@@ -22,6 +23,7 @@ RUN uv sync --frozen --no-dev
 
 USER app
 ENV PATH="/app/.venv/bin:$PATH"
-EXPOSE 3000 4000
-# Code server for a Dagster deployment; `dagster dev -h 0.0.0.0` or `geo-busyness demo` also work.
+EXPOSE 3000 4000 8080
+# Code server for a Dagster deployment; `dagster dev -h 0.0.0.0`, `geo-busyness demo` and
+# `serve` (SageMaker inference) also work.
 CMD ["dagster", "code-server", "start", "-h", "0.0.0.0", "-p", "4000", "-m", "geo_busyness.definitions"]

@@ -29,6 +29,7 @@ EXPECTED_ASSETS = {
     "model_evaluation",
     "champion_model",
     "busyness_forecast",
+    "endpoint_deployment",
 }
 
 

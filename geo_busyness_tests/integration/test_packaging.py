@@ -1,8 +1,9 @@
 """The Dockerfile's commands, run outside a container (no Docker engine runs here).
 
 The image's dependency and project layers are built with the very `uv sync` lines of the
-Dockerfile into a fresh directory, and its CMD (the Dagster code server) must start and
-answer a gRPC health check.
+Dockerfile into a fresh directory; its CMD (the Dagster code server) must start and answer a
+gRPC health check, and `serve` (how SageMaker starts the image) must serve a model bundle
+from SageMaker's model directory variable on the port SageMaker gives it.
 """
 
 import json
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from geo_busyness_tests.services import free_port, stop_process_group
 
@@ -102,3 +104,49 @@ def test_image_commands_install_and_serve_the_code_location(tmp_path):
             time.sleep(2)
     finally:
         stop_process_group(server)
+
+    # SageMaker: `docker run <image> serve`, the model unpacked into SM_MODEL_DIR.
+    bundle = tmp_path / "opt-ml-model"
+    subprocess.run(
+        [venv_bin / "python", "-m", "geo_busyness.serving.demo", str(bundle)],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    port = free_port()
+    serve_env = {**env, "SM_MODEL_DIR": str(bundle), "SAGEMAKER_BIND_TO_PORT": str(port)}
+    model_server = subprocess.Popen(
+        [venv_bin / "serve", "--host", "127.0.0.1"],
+        cwd=app,
+        env=serve_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if model_server.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"serve did not answer /ping:\n{model_server.stdout.read()}")
+            time.sleep(0.5)
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        answer = requests.post(
+            f"http://127.0.0.1:{port}/invocations",
+            json={
+                "instances": [
+                    {"lat": 50.45, "lon": -104.61, "timestamp": manifest["horizon_start"]}
+                ]
+            },
+            timeout=10,
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model_version"] == manifest["model_version"]
+    finally:
+        stop_process_group(model_server)
