@@ -8,7 +8,9 @@
 | ``GEO_BUSYNESS_S3_ENDPOINT_URL`` | S3-compatible endpoint (SeaweedFS, MinIO…) | AWS |
 | ``MLFLOW_TRACKING_URI`` | MLflow tracking + registry (``http://…`` server, ``sqlite:///…``) | ``$DATA_DIR/mlflow/mlflow.db`` |
 | ``GEO_BUSYNESS_MLFLOW_UI_URL`` | MLflow UI base URL for links in Dagster metadata | none |
+| ``GEO_BUSYNESS_ENDPOINT_TARGET`` | where ``endpoint_deployment`` deploys: ``local`` or ``sagemaker`` | local |
 | ``GEO_BUSYNESS_ENDPOINT_PORT`` | port of the local model endpoint (127.0.0.1) | 8080 |
+| ``GEO_BUSYNESS_SAGEMAKER_*`` | ``ENDPOINT``, ``ROLE_ARN``, ``IMAGE_URI``, ``BUCKET`` of the SageMaker target | required for sagemaker |
 
 Set variables are passed as ``dg.EnvVar`` so the UI shows the variable, never its value;
 S3 credentials come from the AWS default chain (``AWS_ACCESS_KEY_ID``… or a role).
@@ -24,7 +26,11 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from geo_busyness.resources.city import CityResource
-from geo_busyness.resources.deployment import LocalEndpointTarget
+from geo_busyness.resources.deployment import (
+    EndpointTarget,
+    LocalEndpointTarget,
+    SageMakerEndpointTarget,
+)
 from geo_busyness.resources.io_manager import ParquetIOManagerResource, PickleIOManagerResource
 from geo_busyness.resources.landing_zone import LandingZone
 from geo_busyness.resources.promotion import PromotionPolicyResource
@@ -36,6 +42,13 @@ S3_ENDPOINT_ENV = "GEO_BUSYNESS_S3_ENDPOINT_URL"
 MLFLOW_TRACKING_ENV = "MLFLOW_TRACKING_URI"
 MLFLOW_UI_ENV = "GEO_BUSYNESS_MLFLOW_UI_URL"
 ENDPOINT_PORT_ENV = "GEO_BUSYNESS_ENDPOINT_PORT"
+ENDPOINT_TARGET_ENV = "GEO_BUSYNESS_ENDPOINT_TARGET"
+SAGEMAKER_ENV = {
+    "endpoint_name": "GEO_BUSYNESS_SAGEMAKER_ENDPOINT",
+    "role_arn": "GEO_BUSYNESS_SAGEMAKER_ROLE_ARN",
+    "image_uri": "GEO_BUSYNESS_SAGEMAKER_IMAGE_URI",
+    "model_bucket": "GEO_BUSYNESS_SAGEMAKER_BUCKET",
+}
 
 
 def _from_env(name: str) -> dict[str, Any]:
@@ -61,8 +74,23 @@ def build_resources() -> dict[str, Any]:
         "object_io_manager": PickleIOManagerResource(**storage_options),
         "mlflow_tracking": MlflowTracking(**tracking, **ui),
         "promotion_policy": PromotionPolicyResource(),
-        "endpoint": LocalEndpointTarget(port=int(os.environ.get(ENDPOINT_PORT_ENV, "8080"))),
+        "endpoint": endpoint_target(),
     }
+
+
+def endpoint_target() -> EndpointTarget:
+    """The local endpoint by default; SageMaker when ``GEO_BUSYNESS_ENDPOINT_TARGET=sagemaker``."""
+    kind = os.environ.get(ENDPOINT_TARGET_ENV, "local")
+    if kind == "local":
+        return LocalEndpointTarget(port=int(os.environ.get(ENDPOINT_PORT_ENV, "8080")))
+    if kind == "sagemaker":
+        missing = [name for name in SAGEMAKER_ENV.values() if not os.environ.get(name)]
+        if missing:
+            raise ValueError(f"{ENDPOINT_TARGET_ENV}=sagemaker needs {', '.join(missing)}")
+        return SageMakerEndpointTarget(
+            **{field: dg.EnvVar(name) for field, name in SAGEMAKER_ENV.items()}
+        )
+    raise ValueError(f"{ENDPOINT_TARGET_ENV} must be 'local' or 'sagemaker', got {kind!r}")
 
 
 def local_resources(root: Path, endpoint_port: int = 8080) -> dict[str, Any]:
