@@ -1,7 +1,10 @@
 """Online inference: the deployment bundle and an HTTP server for SageMaker's hosting contract.
 
-``bundle`` writes and loads the directory a deployment ships (model, feature snapshot,
-manifest); ``requests`` and ``responses`` turn request bodies into (cell, hour) keys and
-predictions into response bodies without touching HTTP; ``app`` is the ASGI layer and
-``__main__`` the ``serve`` command.
+* ``bundle``: write, pack (``model.tar.gz``) and load the directory a deployment ships;
+* ``snapshot``: the batch (cell, hour) → feature-row lookup of a loaded bundle;
+* ``requests`` / ``inference`` / ``responses``: body → validated keys → predictions → body,
+  pure functions that never see HTTP;
+* ``app``: the Starlette ASGI app (``GET /ping``, ``POST /invocations``);
+* ``__main__``: the ``serve`` command (uvicorn with uvloop and httptools);
+* ``demo``: a synthetic bundle for trying the server, its tests and its benchmark.
 """

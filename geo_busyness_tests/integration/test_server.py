@@ -244,8 +244,9 @@ def test_sagemaker_defaults_workers_and_a_clean_stop(bundle_dir, tmp_path, offli
         assert np.float32(json.loads(body)["predictions"][0]["busyness"]) == expected[5]
         stop_process_group(process, timeout=20)
         assert process.returncode == 0, log.read_text()
-    loaded = [line for line in log.read_text().splitlines() if '"bundle_loaded"' in line]
-    assert len(loaded) == 2  # each worker loads its own copy
+    loaded = [json.loads(x) for x in log.read_text().splitlines() if '"bundle_loaded"' in x]
+    # the supervisor checks the bundle before starting workers, then each loads its own copy
+    assert len({line["pid"] for line in loaded}) == 3
 
 
 def test_a_missing_bundle_fails_fast(tmp_path):
