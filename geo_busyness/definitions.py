@@ -6,6 +6,7 @@ import dagster as dg
 
 from geo_busyness.assets import deployment, features, ingestion, training
 from geo_busyness.assets.deployment import endpoint_answers_known_request
+from geo_busyness.automation import automation_sensor
 from geo_busyness.checks import data_checks, model_checks
 from geo_busyness.resources.environment import build_resources
 
@@ -31,5 +32,6 @@ defs = dg.Definitions(
     assets=all_assets,
     asset_checks=[*data_checks, *model_checks, endpoint_answers_known_request],
     jobs=[data_pipeline_job, training_job],
+    sensors=[automation_sensor],
     resources=build_resources(),
 )

@@ -3,12 +3,14 @@ serves them (a bundle of the champion and the latest forecast's feature snapshot
 
 import json
 import urllib.request
+from collections.abc import Iterator
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 
 from geo_busyness.assets.metadata import OWNER, preview
+from geo_busyness.automation import after_passed_checks, on_new_data_latest_day
 from geo_busyness.core.features import LOOKBACK_DAYS
 from geo_busyness.core.forecast import (
     FORECAST_COLUMN,
@@ -31,6 +33,8 @@ SMOKE_ROWS = 3
 
 @dg.asset(
     partitions_def=daily_partitions,
+    automation_condition=on_new_data_latest_day(),
+    output_required=False,
     group_name=GROUP,
     owners=[OWNER],
     kinds={"xgboost", "parquet"},
@@ -56,13 +60,14 @@ def busyness_forecast(
     champion_model: Champion,
     city: CityResource,
     mlflow_tracking: MlflowTracking,
-) -> pd.DataFrame:
+) -> Iterator[dg.Output[pd.DataFrame]]:
     day = context.partition_key
     if day not in hex_hourly_busyness:
-        raise dg.Failure(
-            f"hex_hourly_busyness of {day} is not materialized: the forecast of {next_day(day)} "
-            "needs that day's data"
+        # Forecasting from a day that has not landed would use a stale week: wait for it.
+        context.log.info(
+            f"hex_hourly_busyness of {day} is not materialized: no forecast of {next_day(day)} yet"
         )
+        return
     features = forecast_features(hex_hourly_busyness, day, restaurant_clusters, city.to_city())
     model = mlflow_tracking.load_version(champion_model.version)
     names = model.get_booster().feature_names
@@ -89,8 +94,7 @@ def busyness_forecast(
             "predicted orders",
         )
         metadata["forecast_map"] = dg.MetadataValue.md(markdown_image(png, "forecast map"))
-    context.add_output_metadata(metadata)
-    return table
+    yield dg.Output(table, metadata=metadata)
 
 
 def smoke_rows(
@@ -120,9 +124,7 @@ def _instances(rows: pd.DataFrame) -> list[dict]:
             metadata={"allow_missing_partitions": True, "lazy": True},
         )
     },
-    automation_condition=(
-        dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
-    ),
+    automation_condition=after_passed_checks(),
     description=(
         "The champion serving live behind the `endpoint` resource (a local server on a fixed "
         "port by default, or a SageMaker endpoint), with the feature snapshot of the latest "

@@ -1,9 +1,12 @@
 """Features group: restaurants and their neighbourhoods, hourly busyness, forecasting features."""
 
+from collections.abc import Iterator
+
 import dagster as dg
 import pandas as pd
 
 from geo_busyness.assets.metadata import OWNER, preview
+from geo_busyness.automation import on_new_data
 from geo_busyness.core.features import (
     LOOKBACK_DAYS,
     cluster_restaurants,
@@ -26,6 +29,7 @@ RESTAURANT_COLUMNS = ["restaurant_lat", "restaurant_lon"]
 
 
 @dg.asset(
+    automation_condition=on_new_data(),
     group_name=GROUP,
     owners=[OWNER],
     kinds={"pandas", "parquet"},
@@ -59,6 +63,7 @@ def restaurants(
 
 
 @dg.asset(
+    automation_condition=on_new_data(),
     group_name=GROUP,
     owners=[OWNER],
     kinds={"scikitlearn", "parquet"},
@@ -82,6 +87,7 @@ def restaurant_clusters(
 
 @dg.asset(
     partitions_def=daily_partitions,
+    automation_condition=on_new_data(),
     group_name=GROUP,
     owners=[OWNER],
     kinds={"pandas", "h3", "parquet"},
@@ -115,6 +121,8 @@ def hex_hourly_busyness(
 
 @dg.asset(
     partitions_def=daily_partitions,
+    automation_condition=on_new_data(),
+    output_required=False,
     group_name=GROUP,
     owners=[OWNER],
     kinds={"pandas", "parquet"},
@@ -138,22 +146,25 @@ def busyness_features(
     hex_hourly_busyness: dict[str, pd.DataFrame],
     restaurant_clusters: pd.DataFrame,
     city: CityResource,
-) -> pd.DataFrame:
+) -> Iterator[dg.Output[pd.DataFrame]]:
+    day = context.partition_key
+    if day not in hex_hourly_busyness:
+        # A day without data has no targets: featurizing it would teach the model zeros.
+        # Automation asks for it when an earlier day in its history window updates.
+        context.log.info(f"hex_hourly_busyness of {day} is not materialized: nothing to featurize")
+        return
     the_city = city.to_city()
-    features = build_busyness_features(
-        hex_hourly_busyness, context.partition_key, restaurant_clusters, the_city
-    )
+    features = build_busyness_features(hex_hourly_busyness, day, restaurant_clusters, the_city)
     missing_share = features[feature_columns(the_city.n_restaurant_clusters)].isna().mean()
-    context.add_output_metadata(
-        {
-            "history_days_available": len(hex_hourly_busyness)
-            - (context.partition_key in hex_hourly_busyness),
+    yield dg.Output(
+        features,
+        metadata={
+            "history_days_available": len(hex_hourly_busyness) - 1,
             "hexagons": int(features["h3_cell"].nunique()),
             "rows": len(features),
             "missing_share_by_feature": dg.MetadataValue.json(
                 {name: round(float(value), 4) for name, value in missing_share.items()}
             ),
             "preview": preview(features),
-        }
+        },
     )
-    return features

@@ -6,6 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from geo_busyness.assets.metadata import OWNER, preview
+from geo_busyness.automation import on_new_data
 from geo_busyness.core.schema import (
     QuarantineReason,
     UnparseableFileError,
@@ -76,11 +77,13 @@ def raw_courier_pings(context: dg.AssetExecutionContext, landing_zone: LandingZo
             owners=[OWNER],
             kinds={"pandas", "parquet"},
             description="Typed pings that passed every rule of the data contract (DESIGN §2).",
+            automation_condition=on_new_data(),
         ),
         "quarantined_pings": dg.AssetOut(
             owners=[OWNER],
             kinds={"pandas", "parquet"},
             description="Refused rows exactly as they arrived, with `reason` and `detail`.",
+            automation_condition=on_new_data(),
         ),
     },
 )

@@ -15,6 +15,7 @@ import xgboost as xgb
 from pydantic import Field
 
 from geo_busyness.assets.metadata import OWNER, preview
+from geo_busyness.automation import after_passed_checks
 from geo_busyness.core.city import City
 from geo_busyness.core.features import TARGET_COLUMN, feature_columns
 from geo_busyness.core.lifecycle import (
@@ -387,9 +388,7 @@ def model_evaluation(
     owners=[OWNER],
     kinds={"mlflow"},
     io_manager_key=OBJECT_IO,
-    automation_condition=(
-        dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
-    ),
+    automation_condition=after_passed_checks(),
     description=(
         "The MLflow registry's `champion` alias, moved to the candidate only when every promotion "
         "gate passed (the blocking checks on model_evaluation); the replaced version is kept "

@@ -1,0 +1,55 @@
+"""Declarative automation: when each asset refreshes by itself.
+
+``AutomationCondition.eager()`` does not fit daily partitions with history windows: it only
+looks at the latest time window (a late file for an old day would never flow through) and it
+waits while any dependency is missing (the 8-day windows reach before the first landed day, so
+the first week would never run). These conditions keep eager's "a dependency updated, nothing
+upstream still running" core and choose the window per asset.
+"""
+
+import dagster as dg
+
+# Unpartitioned inputs that change with every new day but only matter to new partitions:
+# reacting to them would recompute every historical partition each day.
+SLOWLY_CHANGING = dg.AssetSelection.assets("restaurant_clusters")
+
+
+def _updated_and_settled(updates: dg.AutomationCondition) -> dg.AutomationCondition:
+    return (
+        updates.since_last_handled()
+        & ~dg.AutomationCondition.any_deps_in_progress()
+        & ~dg.AutomationCondition.in_progress()
+    )
+
+
+def on_new_data() -> dg.AutomationCondition:
+    """Any partition whose dependencies updated, in any time window (late files re-run their
+    day and the days whose history they are)."""
+    updates = dg.AutomationCondition.any_deps_updated().ignore(SLOWLY_CHANGING)
+    return _updated_and_settled(updates).with_label("on_new_data")
+
+
+def on_new_data_latest_day() -> dg.AutomationCondition:
+    """Only the latest day: forecasts and drift reports matter for the newest data; their
+    unpartitioned inputs (the champion, the training set) would otherwise re-run every day."""
+    updates = dg.AutomationCondition.any_deps_updated().ignore(SLOWLY_CHANGING)
+    return (
+        dg.AutomationCondition.in_latest_time_window() & _updated_and_settled(updates)
+    ).with_label("on_new_data_latest_day")
+
+
+def after_passed_checks() -> dg.AutomationCondition:
+    """Promotion and deployment: a dependency updated and every blocking check upstream passed."""
+    return (
+        _updated_and_settled(dg.AutomationCondition.any_deps_updated())
+        & dg.AutomationCondition.all_deps_blocking_checks_passed()
+    ).with_label("after_passed_checks")
+
+
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "automation",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Evaluates every asset's automation condition (on by default, unlike Dagster's).",
+)
