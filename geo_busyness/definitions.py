@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 
 from geo_busyness.assets import deployment, features, ingestion, training
@@ -28,10 +30,26 @@ training_job = dg.define_asset_job(
     ),
 )
 
+EXECUTOR_ENV = "GEO_BUSYNESS_EXECUTOR"
+
+
+def executor() -> dg.ExecutorDefinition:
+    """In-process by default: a step is seconds of pandas work, and a process per step costs
+    ~8 s of imports; runs of different days still run in parallel. ``multiprocess`` for hosts
+    with many cores."""
+    kind = os.environ.get(EXECUTOR_ENV, "in_process")
+    if kind == "in_process":
+        return dg.in_process_executor
+    if kind == "multiprocess":
+        return dg.multiprocess_executor
+    raise ValueError(f"{EXECUTOR_ENV} must be 'in_process' or 'multiprocess', got {kind!r}")
+
+
 defs = dg.Definitions(
     assets=all_assets,
     asset_checks=[*data_checks, *model_checks, endpoint_answers_known_request],
     jobs=[data_pipeline_job, training_job],
     sensors=[automation_sensor],
     resources=build_resources(),
+    executor=executor(),
 )
