@@ -11,6 +11,7 @@ from geo_busyness.assets.deployment import endpoint_answers_known_request
 from geo_busyness.automation import automation_sensor
 from geo_busyness.checks import data_checks, model_checks
 from geo_busyness.resources.environment import build_resources
+from geo_busyness.sensors import landing_zone_sensor
 
 all_assets = dg.load_assets_from_modules([ingestion, features, training, deployment])
 
@@ -49,7 +50,7 @@ defs = dg.Definitions(
     assets=all_assets,
     asset_checks=[*data_checks, *model_checks, endpoint_answers_known_request],
     jobs=[data_pipeline_job, training_job],
-    sensors=[automation_sensor],
+    sensors=[automation_sensor, landing_zone_sensor],
     resources=build_resources(),
     executor=executor(),
 )

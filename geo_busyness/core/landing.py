@@ -1,0 +1,239 @@
+"""Which landing days to (re)ingest, decided from a full listing of ``raw/`` and a cursor.
+
+``dagster_aws.s3.sensor.get_objects`` filters on ``since_last_modified`` (strict ``>`` on
+one-second timestamps: a second file landing in the same second is missed) or ``since_key``
+(raises once that key is deleted), and an overwritten object simply looks new. So each tick
+lists the whole prefix and compares it with the cursor instead: one digest per day over the
+sorted ``(key, version, modified)`` of its files. A day runs again whenever its digest changes
+(new, overwritten or deleted file, late file for an old day), which is exactly once per
+version of the day whatever the timing, and the cursor grows by day (~30 bytes), not by file.
+
+Pure logic, no Dagster: the sensor in :mod:`geo_busyness.sensors` lists and logs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Protocol
+
+CURSOR_VERSION = 1
+SUPPORTED_EXTENSIONS = (".csv", ".parquet")
+_DAY_FOLDER = re.compile(r"^raw/dt=([^/]*)/(.*)$")
+_ISO_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+DAY_DIGEST_CHARS = 16  # 64 bits: run keys of one day never collide in practice
+IGNORED_KEY_HASH_CHARS = 12  # a collision only hides one log line
+
+
+class ListedFile(Protocol):
+    """What a listing gives per object (``LandingFile`` of the landing-zone resource fits).
+
+    ``version`` is the ETag on S3, ``mtime_ns-size`` locally; ``modified`` is part of the
+    digest too, so a file rewritten back to earlier content (same ETag) still counts as new.
+    """
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def modified(self) -> dt.datetime: ...
+
+
+@dataclass(frozen=True)
+class DayWindow:
+    """The partition days: ``first`` to ``last`` (the last complete UTC day), inclusive."""
+
+    first: dt.date
+    last: dt.date
+
+    @property
+    def day_in_progress(self) -> dt.date:
+        return self.last + dt.timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class IgnoredKey:
+    key: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class DayRun:
+    """One day to ingest; ``run_key`` names this version of the day, so Dagster launches it once
+    even if the cursor that recorded it were lost."""
+
+    day: str
+    digest: str
+    files: int
+    is_new_day: bool
+
+    @property
+    def run_key(self) -> str:
+        return f"{self.day}:{self.digest}"
+
+
+@dataclass(frozen=True)
+class LandingPlan:
+    runs: tuple[DayRun, ...]
+    cursor: str
+    emptied_days: tuple[str, ...]
+    """Days the previous cursor knew that have no ingestible file left (reported once)."""
+    newly_ignored: tuple[IgnoredKey, ...]
+    """Ignored keys not reported by an earlier tick."""
+    ignored_count: int
+    pending_files: int
+    """Files of the day in progress: they are ingested once that day is complete."""
+    files: int
+    days: int
+    cursor_problem: str | None
+    """Why the previous cursor was discarded, if it was."""
+
+    def summary(self) -> str:
+        """What the listing held, in one line for the sensor's messages."""
+        parts = [f"{self.files} file(s) in {self.days} day(s)"]
+        if self.pending_files:
+            parts.append(f"{self.pending_files} file(s) wait for the day in progress to end")
+        if self.ignored_count:
+            parts.append(f"{self.ignored_count} key(s) ignored")
+        if self.emptied_days:
+            parts.append(f"{len(self.emptied_days)} day(s) emptied")
+        return "; ".join(parts)
+
+
+def ignore_reason(key: str, window: DayWindow) -> str | None:
+    """Why ``key`` is not an ingestible file of a partition day, or None when it is one.
+
+    Accepts exactly what the ``raw_courier_pings`` asset reads (``day_of_key`` of the resource):
+    ``raw/dt=YYYY-MM-DD/<name>.csv|.parquet``, directly in the day folder.
+    """
+    match = _DAY_FOLDER.match(key)
+    if not match:
+        return "not in a raw/dt=YYYY-MM-DD/ folder"
+    day_text, name = match.groups()
+    if not _ISO_DAY.match(day_text):
+        return f"folder dt={day_text} is not a YYYY-MM-DD day"
+    try:
+        day = dt.date.fromisoformat(day_text)
+    except ValueError:
+        return f"folder dt={day_text} is not a calendar day"
+    if not name:
+        return "folder marker, not a file"
+    if "/" in name:
+        return "in a subfolder of the day folder (only files directly in it are read)"
+    suffix = PurePosixPath(name).suffix
+    if suffix not in SUPPORTED_EXTENSIONS:
+        return f"extension {suffix or '(none)'!r} is not one of {', '.join(SUPPORTED_EXTENSIONS)}"
+    if day < window.first:
+        return f"day before the first partition {window.first}"
+    if day > window.day_in_progress:
+        return f"day in the future (today is {window.day_in_progress} UTC)"
+    return None
+
+
+def day_digest(files: Iterable[ListedFile]) -> str:
+    """Changes whenever a file of the day is added, removed, overwritten or touched."""
+    lines = sorted(f"{f.key}\t{f.version}\t{f.modified.isoformat()}" for f in files)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:DAY_DIGEST_CHARS]
+
+
+def _ignored_key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:IGNORED_KEY_HASH_CHARS]
+
+
+@dataclass(frozen=True)
+class _Cursor:
+    days: Mapping[str, str]
+    ignored: frozenset[str]
+
+    def dumps(self) -> str:
+        return json.dumps(
+            {"v": CURSOR_VERSION, "days": dict(self.days), "ignored": sorted(self.ignored)},
+            separators=(",", ":"),
+        )
+
+
+_EMPTY_CURSOR = _Cursor(days={}, ignored=frozenset())
+
+
+def _load_cursor(cursor: str | None) -> tuple[_Cursor, str | None]:
+    """The cursor and, when it cannot be used, why (it is then treated as empty)."""
+    if not cursor:
+        return _EMPTY_CURSOR, None
+    try:
+        data = json.loads(cursor)
+    except json.JSONDecodeError as error:
+        return _EMPTY_CURSOR, f"not JSON ({error})"
+    if not isinstance(data, dict):
+        return _EMPTY_CURSOR, f"a JSON {type(data).__name__}, not an object"
+    if data.get("v") != CURSOR_VERSION:
+        return _EMPTY_CURSOR, f"format version {data.get('v')!r}, expected {CURSOR_VERSION}"
+    days, ignored = data.get("days"), data.get("ignored")
+    if not (
+        isinstance(days, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in days.items())
+        and isinstance(ignored, list)
+        and all(isinstance(h, str) for h in ignored)
+    ):
+        return _EMPTY_CURSOR, "'days' must map day to digest and 'ignored' be a list of hashes"
+    return _Cursor(days=days, ignored=frozenset(ignored)), None
+
+
+def plan_landing_runs(
+    listing: Iterable[ListedFile], cursor: str | None, window: DayWindow
+) -> LandingPlan:
+    """The days whose files changed since ``cursor`` (oldest first) and the cursor to store.
+
+    A cursor that cannot be read is treated as empty: every day is requested again, and
+    Dagster launches none that already ran because run keys derive from the days' content.
+    Days left without any ingestible file get no run (it would fail on no input); their last
+    materialization stays as it is.
+    """
+    previous, cursor_problem = _load_cursor(cursor)
+    files_by_day: dict[str, list[ListedFile]] = {}
+    ignored: list[IgnoredKey] = []
+    pending_files = 0
+    day_in_progress = window.day_in_progress.isoformat()
+    for listed in listing:
+        reason = ignore_reason(listed.key, window)
+        if reason is not None:
+            ignored.append(IgnoredKey(listed.key, reason))
+            continue
+        day = _DAY_FOLDER.match(listed.key).group(1)
+        if day == day_in_progress:
+            pending_files += 1
+        else:
+            files_by_day.setdefault(day, []).append(listed)
+
+    digests = {day: day_digest(files) for day, files in sorted(files_by_day.items())}
+    runs = tuple(
+        DayRun(
+            day=day,
+            digest=digest,
+            files=len(files_by_day[day]),
+            is_new_day=day not in previous.days,
+        )
+        for day, digest in digests.items()
+        if previous.days.get(day) != digest
+    )
+    ignored_hashes = {_ignored_key_hash(item.key): item for item in ignored}
+    return LandingPlan(
+        runs=runs,
+        cursor=_Cursor(days=digests, ignored=frozenset(ignored_hashes)).dumps(),
+        emptied_days=tuple(sorted(set(previous.days) - set(digests))),
+        newly_ignored=tuple(
+            item for key_hash, item in ignored_hashes.items() if key_hash not in previous.ignored
+        ),
+        ignored_count=len(ignored),
+        pending_files=pending_files,
+        files=sum(len(files) for files in files_by_day.values()),
+        days=len(digests),
+        cursor_problem=cursor_problem,
+    )

@@ -1,0 +1,207 @@
+import datetime as dt
+import json
+
+import pytest
+
+from geo_busyness.core.landing import DayWindow, LandingPlan, ignore_reason, plan_landing_runs
+from geo_busyness.resources.landing_zone import LandingFile, day_of_key
+
+pytestmark = pytest.mark.unit
+
+WINDOW = DayWindow(first=dt.date(2025, 1, 1), last=dt.date(2025, 3, 31))
+NOON = dt.datetime(2025, 4, 1, 12, 0, 0, tzinfo=dt.UTC)
+
+
+def listed(key: str, etag: str = "e1", modified: dt.datetime = NOON) -> LandingFile:
+    return LandingFile(key=key, size=10, modified=modified, version=etag)
+
+
+def tick(listing: list[LandingFile], cursor: str | None, window: DayWindow = WINDOW) -> LandingPlan:
+    return plan_landing_runs(listing, cursor, window)
+
+
+def run_days(plan: LandingPlan) -> list[str]:
+    return [run.day for run in plan.runs]
+
+
+def test_first_tick_requests_every_complete_day_oldest_first():
+    listing = [
+        listed("raw/dt=2025-03-02/a.csv"),
+        listed("raw/dt=2025-01-05/a.parquet"),
+        listed("raw/dt=2025-01-05/b.csv"),
+    ]
+    plan = tick(listing, None)
+    assert run_days(plan) == ["2025-01-05", "2025-03-02"]
+    assert [run.files for run in plan.runs] == [2, 1]
+    assert all(run.is_new_day for run in plan.runs)
+    assert plan.runs[0].run_key == f"2025-01-05:{plan.runs[0].digest}"
+    assert (plan.files, plan.days, plan.cursor_problem) == (3, 2, None)
+    assert json.loads(plan.cursor)["v"] == 1
+
+
+def test_restart_with_the_stored_cursor_requests_nothing_new():
+    listing = [listed("raw/dt=2025-01-05/a.csv"), listed("raw/dt=2025-01-06/a.csv")]
+    stored = tick(listing, None).cursor
+    after_restart = tick(list(reversed(listing)), stored)
+    assert after_restart.runs == ()
+    assert after_restart.cursor == stored
+
+
+def test_second_file_in_the_same_second_reruns_the_day():
+    first = [listed("raw/dt=2025-01-05/a.csv", modified=NOON)]
+    cursor = tick(first, None).cursor
+    plan = tick([*first, listed("raw/dt=2025-01-05/b.csv", modified=NOON)], cursor)
+    assert run_days(plan) == ["2025-01-05"]
+    assert not plan.runs[0].is_new_day
+    assert plan.runs[0].files == 2
+
+
+def test_overwrite_with_a_new_etag_in_the_same_second_reruns_the_day():
+    cursor = tick([listed("raw/dt=2025-01-05/a.csv", etag="e1")], None).cursor
+    plan = tick([listed("raw/dt=2025-01-05/a.csv", etag="e2")], cursor)
+    assert run_days(plan) == ["2025-01-05"]
+
+
+def test_content_restored_after_an_overwrite_gets_a_new_run_key():
+    key = "raw/dt=2025-01-05/a.csv"
+    original = tick([listed(key, "e1", NOON)], None)
+    overwritten = tick([listed(key, "e2", NOON + dt.timedelta(seconds=5))], original.cursor)
+    restored = tick([listed(key, "e1", NOON + dt.timedelta(seconds=9))], overwritten.cursor)
+    run_keys = [plan.runs[0].run_key for plan in (original, overwritten, restored)]
+    assert len(set(run_keys)) == 3
+
+
+@pytest.mark.parametrize("deleted", ["raw/dt=2025-01-05/a.csv", "raw/dt=2025-01-05/z.csv"])
+def test_deleting_one_file_reruns_its_day_only(deleted):
+    # z.csv is both the last key and the last modified: what `since_key` would point at.
+    listing = [
+        listed("raw/dt=2025-01-05/a.csv", modified=NOON),
+        listed("raw/dt=2025-01-05/z.csv", modified=NOON + dt.timedelta(minutes=1)),
+        listed("raw/dt=2025-01-06/a.csv"),
+    ]
+    cursor = tick(listing, None).cursor
+    plan = tick([f for f in listing if f.key != deleted], cursor)
+    assert run_days(plan) == ["2025-01-05"]
+    assert plan.runs[0].files == 1
+    assert plan.emptied_days == ()
+
+
+def test_day_whose_files_are_all_deleted_gets_no_run_and_is_reported_once():
+    kept = listed("raw/dt=2025-01-06/a.csv")
+    gone = listed("raw/dt=2025-01-05/a.csv")
+    cursor = tick([gone, kept], None).cursor
+    emptied = tick([kept], cursor)
+    assert emptied.runs == ()
+    assert emptied.emptied_days == ("2025-01-05",)
+    later = tick([kept], emptied.cursor)
+    assert later.emptied_days == ()
+    assert run_days(tick([gone, kept], later.cursor)) == ["2025-01-05"]
+
+
+def test_late_file_for_an_old_day_reruns_that_day_only():
+    listing = [listed(f"raw/dt=2025-01-{day:02d}/a.csv") for day in range(1, 31)]
+    cursor = tick(listing, None).cursor
+    late = listed("raw/dt=2025-01-02/late.csv", modified=NOON + dt.timedelta(days=20))
+    assert run_days(tick([*listing, late], cursor)) == ["2025-01-02"]
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        ("raw/readme.txt", "not in a raw/dt=YYYY-MM-DD/ folder"),
+        ("raw/2025-01-05/a.csv", "not in a raw/dt=YYYY-MM-DD/ folder"),
+        ("raw/dt=20250105/a.csv", "folder dt=20250105 is not a YYYY-MM-DD day"),
+        ("raw/dt=2025-02-30/a.csv", "folder dt=2025-02-30 is not a calendar day"),
+        ("raw/dt=2025-01-05/", "folder marker, not a file"),
+        ("raw/dt=2025-01-05/late/a.csv", "in a subfolder of the day folder"),
+        ("raw/dt=2025-01-05/a.json", "extension '.json' is not one of .csv, .parquet"),
+        ("raw/dt=2025-01-05/a.CSV", "extension '.CSV' is not one of .csv, .parquet"),
+        ("raw/dt=2025-01-05/README", "extension '(none)' is not one of .csv, .parquet"),
+        ("raw/dt=2024-12-31/a.csv", "day before the first partition 2025-01-01"),
+        ("raw/dt=2025-04-02/a.csv", "day in the future (today is 2025-04-01 UTC)"),
+    ],
+)
+def test_ignored_keys_come_with_their_reason(key, reason):
+    plan = tick([listed(key), listed("raw/dt=2025-01-05/a.csv")], None)
+    assert run_days(plan) == ["2025-01-05"]
+    assert [item.key for item in plan.newly_ignored] == [key]
+    assert plan.newly_ignored[0].reason.startswith(reason)
+    assert plan.ignored_count == 1
+
+
+def test_ignored_keys_are_reported_once_and_new_ones_alone():
+    junk = listed("raw/dt=2025-01-05/notes.txt")
+    cursor = tick([junk], None).cursor
+    again = tick([junk], cursor)
+    assert (again.newly_ignored, again.ignored_count) == ((), 1)
+    more_junk = listed("raw/dt=2025-01-05/more.txt")
+    plan = tick([junk, more_junk], again.cursor)
+    assert [item.key for item in plan.newly_ignored] == [more_junk.key]
+    assert plan.ignored_count == 2
+
+
+def test_files_of_the_day_in_progress_wait_and_run_once_it_is_complete():
+    today = listed("raw/dt=2025-04-01/a.csv")
+    plan = tick([today], None)
+    assert (plan.runs, plan.newly_ignored, plan.pending_files) == ((), (), 1)
+    next_day = DayWindow(first=WINDOW.first, last=dt.date(2025, 4, 1))
+    assert run_days(tick([today], plan.cursor, next_day)) == ["2025-04-01"]
+
+
+@pytest.mark.parametrize(
+    ("cursor", "problem"),
+    [
+        ("2025-01-05T00:00:00", "not JSON"),
+        ('["2025-01-05"]', "a JSON list, not an object"),
+        ("1738368000", "a JSON int, not an object"),
+        ('{"days": {}}', "format version None, expected 1"),
+        ('{"v": 2, "days": {}, "ignored": []}', "format version 2, expected 1"),
+        ('{"v": 1, "days": ["2025-01-05"], "ignored": []}', "'days' must map day to digest"),
+        ('{"v": 1, "days": {"2025-01-05": 7}, "ignored": []}', "'days' must map day to digest"),
+        ('{"v": 1, "days": {}}', "'ignored' be a list of hashes"),
+    ],
+)
+def test_unreadable_cursor_starts_over_with_the_same_run_keys(cursor, problem):
+    listing = [listed("raw/dt=2025-01-05/a.csv"), listed("raw/dt=2025-01-06/a.csv")]
+    fresh = tick(listing, None)
+    plan = tick(listing, cursor)
+    assert problem in plan.cursor_problem
+    assert [run.run_key for run in plan.runs] == [run.run_key for run in fresh.runs]
+    assert plan.cursor == fresh.cursor
+
+
+def test_cursor_grows_per_day_not_per_file():
+    year = DayWindow(first=dt.date(2025, 1, 1), last=dt.date(2025, 12, 31))
+    days = [year.first + dt.timedelta(days=offset) for offset in range(365)]
+    listing = [
+        listed(f"raw/dt={day}/courier-{n:03d}.csv", etag=f"{day}-{n}")
+        for day in days
+        for n in range(90)
+    ]
+    assert len(listing) > 30_000
+    plan = tick(listing, None, year)
+    assert len(plan.runs) == 365
+    assert len(plan.cursor) < 365 * 40
+    listing[-1] = listed(listing[-1].key, etag="rewritten")
+    assert run_days(tick(listing, plan.cursor, year)) == ["2025-12-31"]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "raw/dt=2025-01-05/a.csv",
+        "raw/dt=2025-01-05/a.b.parquet",
+        "raw/dt=2025-01-05/.hidden.csv",
+        "raw/dt=2025-01-05/.csv",
+        "raw/dt=2025-01-05/a.csv.gz",
+        "raw/dt=2025-01-05/a.PARQUET",
+        "raw/dt=2025-01-05/sub/a.csv",
+        "raw/dt=2025-1-05/a.csv",
+        "raw/dt=2025-13-05/a.csv",
+        "raw/dt=2025-01-05a/a.csv",
+        "raw/x/dt=2025-01-05/a.csv",
+        "landing/raw/dt=2025-01-05/a.csv",
+    ],
+)
+def test_accepts_exactly_the_keys_the_ingestion_asset_reads(key):
+    assert (ignore_reason(key, WINDOW) is None) == (day_of_key(key) is not None)
