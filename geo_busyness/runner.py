@@ -53,10 +53,17 @@ class RunSummary:
     seconds: float = 0.0
 
 
+LOCAL_INSTANCE_SETTINGS = Path(__file__).with_name("dagster.local.yaml")
+
+
 def dagster_home() -> Path:
-    """``$DAGSTER_HOME`` or ``<data dir>/dagster_home`` (created, and exported for this process)."""
+    """``$DAGSTER_HOME`` or ``<data dir>/dagster_home`` (created, and exported for this process),
+    with the local run-concurrency settings unless it already has a ``dagster.yaml``."""
     home = Path(os.environ.get("DAGSTER_HOME") or default_data_dir() / "dagster_home")
     home.mkdir(parents=True, exist_ok=True)
+    settings = home / "dagster.yaml"
+    if not settings.exists():
+        settings.write_text(LOCAL_INSTANCE_SETTINGS.read_text())
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 
