@@ -38,6 +38,18 @@ def on_new_data_latest_day() -> dg.AutomationCondition:
     ).with_label("on_new_data_latest_day")
 
 
+def on_new_day_of_monitoring() -> dg.AutomationCondition:
+    """Drift reports: the latest day, when its features or actuals land. Not when the training
+    set or champion changes: a retrain would otherwise re-report the same day, and a report
+    that still shows drift would request the next retrain, forever."""
+    updates = dg.AutomationCondition.any_deps_updated().ignore(
+        SLOWLY_CHANGING | dg.AssetSelection.assets("training_set")
+    )
+    return (
+        dg.AutomationCondition.in_latest_time_window() & _updated_and_settled(updates)
+    ).with_label("on_new_day_of_monitoring")
+
+
 def after_passed_checks() -> dg.AutomationCondition:
     """Promotion and deployment: a dependency updated and every blocking check upstream passed."""
     return (

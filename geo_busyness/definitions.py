@@ -6,14 +6,15 @@ import os
 
 import dagster as dg
 
-from geo_busyness.assets import deployment, features, ingestion, training
+from geo_busyness.assets import deployment, features, ingestion, monitoring, training
 from geo_busyness.assets.deployment import endpoint_answers_known_request
 from geo_busyness.automation import automation_sensor
 from geo_busyness.checks import data_checks, model_checks
 from geo_busyness.resources.environment import build_resources
+from geo_busyness.retraining import drift_retrain_sensor, retrain_job, weekly_retrain
 from geo_busyness.sensors import landing_zone_sensor
 
-all_assets = dg.load_assets_from_modules([ingestion, features, training, deployment])
+all_assets = dg.load_assets_from_modules([ingestion, features, training, deployment, monitoring])
 
 data_pipeline_job = dg.define_asset_job(
     "daily_data_job",
@@ -49,8 +50,9 @@ def executor() -> dg.ExecutorDefinition:
 defs = dg.Definitions(
     assets=all_assets,
     asset_checks=[*data_checks, *model_checks, endpoint_answers_known_request],
-    jobs=[data_pipeline_job, training_job],
-    sensors=[automation_sensor, landing_zone_sensor],
+    jobs=[data_pipeline_job, training_job, retrain_job],
+    sensors=[automation_sensor, landing_zone_sensor, drift_retrain_sensor],
+    schedules=[weekly_retrain],
     resources=build_resources(),
     executor=executor(),
 )

@@ -43,6 +43,7 @@ from geo_busyness.core.schema import (
     RAW_COLUMNS,
     TIMESTAMP_COLUMNS,
     QuarantineReason,
+    UnparseableFileError,
     read_raw_file,
     validate_pings,
 )
@@ -636,10 +637,13 @@ def simulated_city(config: SimulationConfig) -> SimulatedCity:
     days = [config.start_date + datetime.timedelta(days=k) for k in range(config.days)]
     hourly, sightings = {}, {}
     for day in days:
-        raw = pd.concat(
-            [read_raw_file(name, content) for name, content in simulate_day(config, day).items()],
-            ignore_index=True,
-        )
+        frames = []
+        for name, content in simulate_day(config, day).items():
+            try:
+                frames.append(read_raw_file(name, content))
+            except UnparseableFileError:
+                continue  # no rows: the assets quarantine such a file whole
+        raw = pd.concat(frames, ignore_index=True)
         clean = validate_pings(raw, city, day.isoformat()).clean
         hourly[day.isoformat()] = hex_hourly_busyness(clean, city.h3_resolution)
         sightings[day.isoformat()] = restaurant_sightings(clean)

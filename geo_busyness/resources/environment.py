@@ -8,6 +8,7 @@
 | ``GEO_BUSYNESS_S3_ENDPOINT_URL`` | S3-compatible endpoint (SeaweedFS, MinIO…) | AWS |
 | ``MLFLOW_TRACKING_URI`` | MLflow tracking + registry (``http://…`` server, ``sqlite:///…``) | ``$DATA_DIR/mlflow/mlflow.db`` |
 | ``GEO_BUSYNESS_MLFLOW_UI_URL`` | MLflow UI base URL for links in Dagster metadata | none |
+| ``GEO_BUSYNESS_REPORTS`` | drift reports (HTML): directory or ``s3://bucket/prefix`` | ``$DATA_DIR/reports`` |
 | ``GEO_BUSYNESS_ENDPOINT_TARGET`` | where ``endpoint_deployment`` deploys: ``local`` or ``sagemaker`` | local |
 | ``GEO_BUSYNESS_ENDPOINT_PORT`` | port of the local model endpoint (127.0.0.1) | 8080 |
 | ``GEO_BUSYNESS_SAGEMAKER_*`` | ``ENDPOINT``, ``ROLE_ARN``, ``IMAGE_URI``, ``BUCKET`` of the SageMaker target | required for sagemaker |
@@ -34,6 +35,7 @@ from geo_busyness.resources.deployment import (
 from geo_busyness.resources.io_manager import ParquetIOManagerResource, PickleIOManagerResource
 from geo_busyness.resources.landing_zone import LandingZone
 from geo_busyness.resources.promotion import PromotionPolicyResource
+from geo_busyness.resources.reports import DriftPolicy, ReportStore
 from geo_busyness.resources.tracking import MlflowTracking
 
 LANDING_ZONE_ENV = "GEO_BUSYNESS_LANDING_ZONE"
@@ -42,6 +44,7 @@ S3_ENDPOINT_ENV = "GEO_BUSYNESS_S3_ENDPOINT_URL"
 MLFLOW_TRACKING_ENV = "MLFLOW_TRACKING_URI"
 MLFLOW_UI_ENV = "GEO_BUSYNESS_MLFLOW_UI_URL"
 ENDPOINT_PORT_ENV = "GEO_BUSYNESS_ENDPOINT_PORT"
+REPORTS_ENV = "GEO_BUSYNESS_REPORTS"
 ENDPOINT_TARGET_ENV = "GEO_BUSYNESS_ENDPOINT_TARGET"
 SAGEMAKER_ENV = {
     "endpoint_name": "GEO_BUSYNESS_SAGEMAKER_ENDPOINT",
@@ -75,6 +78,11 @@ def build_resources() -> dict[str, Any]:
         "mlflow_tracking": MlflowTracking(**tracking, **ui),
         "promotion_policy": PromotionPolicyResource(),
         "endpoint": endpoint_target(),
+        "report_store": ReportStore(
+            **({"base_path": dg.EnvVar(REPORTS_ENV)} if os.environ.get(REPORTS_ENV) else {}),
+            **({"s3_endpoint_url": endpoint["value"]} if endpoint else {}),
+        ),
+        "drift_policy": DriftPolicy(),
     }
 
 
@@ -108,4 +116,6 @@ def local_resources(root: Path, endpoint_port: int = 8080) -> dict[str, Any]:
         ),
         "promotion_policy": PromotionPolicyResource(),
         "endpoint": LocalEndpointTarget(port=endpoint_port, state_dir=str(root / "endpoint")),
+        "report_store": ReportStore(base_path=str(root / "reports")),
+        "drift_policy": DriftPolicy(),
     }

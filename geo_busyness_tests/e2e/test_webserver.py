@@ -30,6 +30,7 @@ EXPECTED_ASSETS = {
     "champion_model",
     "busyness_forecast",
     "endpoint_deployment",
+    "drift_report",
 }
 
 
@@ -112,6 +113,7 @@ def test_webserver_serves_the_asset_graph_with_checks(dagster_env):
             "features",
             "training",
             "deployment",
+            "monitoring",
         }
         checks = {
             c["name"]: c["blocking"]

@@ -1,0 +1,83 @@
+"""The self-retraining loop: drift (or the weekly schedule) requests a retrain; the result
+reaches the endpoint only through the blocking promotion checks.
+
+``retrain_job`` materializes the training group. A candidate that passes the gates becomes the
+champion, and automation then refreshes the latest forecast and redeploys
+(``busyness_forecast`` and ``endpoint_deployment`` depend on ``champion_model``). A candidate
+that fails them fails its blocking check: the run fails with the check's verdict and the
+current champion keeps serving.
+"""
+
+import dagster as dg
+
+from geo_busyness.core.drift import needs_retraining
+from geo_busyness.resources.reports import DriftPolicy
+
+TRIGGER_TAG = "geo_busyness/trigger"
+
+retrain_job = dg.define_asset_job(
+    "retrain_job",
+    selection=dg.AssetSelection.groups("training"),
+    description=(
+        "Retrain: training set → candidate → evaluation → blocking checks → champion. "
+        "Requested by drift_retrain_sensor and weekly_retrain."
+    ),
+)
+
+weekly_retrain = dg.ScheduleDefinition(
+    name="weekly_retrain",
+    job=retrain_job,
+    cron_schedule="0 3 * * 1",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    tags={TRIGGER_TAG: "schedule"},
+    description="Regular retrain, Mondays 03:00 UTC, whatever the drift.",
+)
+
+
+DRIFT_REPORT = dg.AssetKey("drift_report")
+
+
+@dg.sensor(
+    job=retrain_job,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description=(
+        "Requests a retrain when a new drift report's drift share or forecast error growth "
+        "passes the drift_policy thresholds (one retrain for however many reports a tick sees)."
+    ),
+)
+def drift_retrain_sensor(context: dg.SensorEvaluationContext, drift_policy: DriftPolicy):
+    # Cursor: storage id of the last report looked at. Without one (first tick), only the
+    # newest report counts: old reports must not retrain a model trained after them.
+    after = int(context.cursor) if context.cursor else None
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=DRIFT_REPORT, after_storage_id=after),
+        limit=1 if after is None else 1000,
+        ascending=after is not None,
+    ).records
+    if not records:
+        return dg.SkipReason("no new drift report")
+    context.update_cursor(str(max(record.storage_id for record in records)))
+    verdicts = []
+    for record in records:
+        materialization = record.asset_materialization
+        metadata = {key: value.value for key, value in materialization.metadata.items()}
+        if "drift_share" not in metadata:
+            continue
+        retrain, reason = needs_retraining(
+            metadata["drift_share"], metadata.get("error_ratio"), drift_policy.to_thresholds()
+        )
+        verdicts.append((retrain, materialization.partition, reason, record.storage_id))
+    due = [verdict for verdict in verdicts if verdict[0]]
+    if not due:
+        return dg.SkipReason(
+            "; ".join(f"drift_report[{day}]: {reason}" for _, day, reason, _ in verdicts)
+            or "new drift reports carry no drift_share"
+        )
+    _, day, reason, storage_id = due[-1]
+    context.log.info(f"drift_report[{day}]: {reason}; requesting a retrain")
+    return dg.RunRequest(
+        run_key=f"drift:{storage_id}",
+        tags={TRIGGER_TAG: "drift", "geo_busyness/drift_day": str(day)},
+    )

@@ -1,0 +1,223 @@
+"""The platform runs itself, on a real Dagster daemon and webserver (`dagster dev`).
+
+History is loaded the way the README's demo does it (28 baseline days, a trained, promoted and
+deployed champion). Then, with nobody launching anything: a baseline day dropped into the
+landing zone is picked up by the landing-zone sensor and flows through automation to its
+features; a day of the `new_district` scenario (a new restaurant district takes a large share
+of demand) flows to its forecast and drift report, the drift sensor requests a retrain, and
+the retrain either passes the blocking gates (new champion, redeployed) or is refused (the
+champion keeps serving). Run and event history is read through the instance.
+"""
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import requests
+
+from geo_busyness_tests.services import free_port, stop_process_group
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+TODAY = dt.datetime.now(dt.UTC).date()
+HISTORY_DAYS = 28
+# History ends three days ago; a baseline day and a drifted day (yesterday, the latest
+# complete partition, where forecasts and drift reports are made) follow through the daemon.
+HISTORY_START = TODAY - dt.timedelta(days=HISTORY_DAYS + 2)
+BASELINE_DAY = TODAY - dt.timedelta(days=2)
+DRIFT_DAY = TODAY - dt.timedelta(days=1)
+PINGS_PER_DAY = 6000
+
+
+def wait_for(what: str, predicate, timeout: float, process: subprocess.Popen, log: Path):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if process.poll() is not None:
+            raise AssertionError(f"dagster dev exited while waiting for {what}:\n{tail(log)}")
+        time.sleep(5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}:\n{tail(log)}")
+
+
+def tail(log: Path, lines: int = 60) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def simulate(env: dict, start: dt.date, days: int, scenario: str = "baseline") -> None:
+    subprocess.run(
+        [BIN / "geo-busyness", "simulate", "--start", start.isoformat(), "--days", str(days),
+         "--pings-per-day", str(PINGS_PER_DAY), "--scenario", scenario],
+        cwd=REPO, env=env, check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loop")
+    home = root / "home"
+    home.mkdir()
+    # the demo writes the local instance settings (run concurrency) into DAGSTER_HOME
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "GEO_BUSYNESS_DATA_DIR": str(root / "data"),
+        "GEO_BUSYNESS_ENDPOINT_PORT": str(free_port()),
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    demo = subprocess.run(
+        [BIN / "geo-busyness", "demo", "--start", HISTORY_START.isoformat(),
+         "--days", str(HISTORY_DAYS), "--pings-per-day", str(PINGS_PER_DAY)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    assert "promoted in this run" in demo.stdout
+
+    log = root / "dagster-dev.log"
+    port = free_port()
+    with log.open("w") as output:
+        dagster = subprocess.Popen(
+            [BIN / "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            # A background shell starts us with SIGINT ignored, and `dagster dev` only stops
+            # cleanly on SIGINT: restore the default before exec.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+    try:
+        wait_for(
+            "the webserver", lambda: _answers(f"http://127.0.0.1:{port}/server_info"), 300,
+            dagster, log,
+        )  # fmt: skip
+        os.environ["DAGSTER_HOME"] = str(home)
+        with dg.DagsterInstance.get() as instance:
+            yield env, instance, dagster, log
+    finally:
+        os.killpg(dagster.pid, signal.SIGINT)
+        try:
+            dagster.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            stop_process_group(dagster)
+        subprocess.run([BIN / "geo-busyness", "endpoint", "stop"], cwd=REPO, env=env, timeout=120)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def materialized(instance: dg.DagsterInstance, asset: str, partition: str) -> dict | None:
+    """Tags of the run that materialized ``asset[partition]`` most recently, if any."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1
+    ).records
+    if not records:
+        return None
+    run = instance.get_run_by_id(records[0].run_id)
+    return dict(run.tags) if run else {}
+
+
+def champion_version(instance: dg.DagsterInstance) -> str | None:
+    event = instance.get_latest_materialization_event(dg.AssetKey("champion_model"))
+    return str(event.asset_materialization.metadata["version"].value) if event else None
+
+
+def test_new_days_are_processed_and_drift_retrains_through_the_gates(platform):
+    env, instance, dagster, log = platform
+    first_champion = champion_version(instance)
+    assert first_champion == "1"
+
+    # 1. A baseline day lands: sensor → ingestion run → automation → features.
+    simulate(env, BASELINE_DAY, 1)
+    day = BASELINE_DAY.isoformat()
+    tags = wait_for(
+        f"raw_courier_pings[{day}] from the sensor",
+        lambda: materialized(instance, "raw_courier_pings", day), 300, dagster, log,
+    )  # fmt: skip
+    assert tags.get("dagster/sensor_name") == "landing_zone_sensor"
+    tags = wait_for(
+        f"busyness_features[{day}] by automation",
+        lambda: materialized(instance, "busyness_features", day), 600, dagster, log,
+    )  # fmt: skip
+    assert tags.get("dagster/sensor_name") == "automation"
+
+    # 2. A drifted day lands: forecast and drift report by automation, then a retrain.
+    simulate(env, DRIFT_DAY, 1, scenario="new_district")
+    day = DRIFT_DAY.isoformat()
+    wait_for(
+        f"drift_report[{day}]", lambda: materialized(instance, "drift_report", day), 900,
+        dagster, log,
+    )  # fmt: skip
+    drift = (
+        instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("drift_report"), asset_partitions=[day]),
+            limit=1,
+        )
+        .records[0]
+        .event_log_entry.asset_materialization.metadata
+    )
+    assert drift["drift_share"].value > 0
+
+    def finished_retrain():
+        runs = instance.get_runs(
+            filters=dg.RunsFilter(
+                tags={"geo_busyness/trigger": "drift"},
+                statuses=[dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE],
+            )
+        )
+        return runs[0] if runs else None
+
+    retrain = wait_for("a drift-triggered retrain to finish", finished_retrain, 900, dagster, log)
+    assert retrain.tags["geo_busyness/drift_day"] == day
+    checks = {
+        record.event.dagster_event.event_specific_data.check_name: (
+            record.event.dagster_event.event_specific_data.passed
+        )
+        for record in instance.get_records_for_run(
+            retrain.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+        ).records
+    }
+    assert set(checks) == {
+        "candidate_beats_seasonal_naive",
+        "candidate_not_worse_than_champion",
+        "candidate_predictions_are_sane",
+    }
+    address = f"http://127.0.0.1:{env['GEO_BUSYNESS_ENDPOINT_PORT']}"
+    if all(checks.values()):
+        # promoted: automation refreshes the forecast and redeploys the new champion
+        assert retrain.status == dg.DagsterRunStatus.SUCCESS
+        new_version = champion_version(instance)
+        assert new_version != first_champion
+        wait_for(
+            f"the endpoint to serve version {new_version}",
+            lambda: requests.get(f"{address}/ping", timeout=5).ok
+            and _served_version(instance) == new_version,
+            600, dagster, log,
+        )  # fmt: skip
+    else:
+        # refused: the run failed on its blocking check and version 1 keeps serving
+        assert retrain.status == dg.DagsterRunStatus.FAILURE
+        assert champion_version(instance) == first_champion
+        assert _served_version(instance) == first_champion
+        assert requests.get(f"{address}/ping", timeout=5).ok
+
+
+def _served_version(instance: dg.DagsterInstance) -> str | None:
+    event = instance.get_latest_materialization_event(dg.AssetKey("endpoint_deployment"))
+    return str(event.asset_materialization.metadata["model_version"].value) if event else None
