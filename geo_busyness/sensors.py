@@ -1,13 +1,14 @@
 """Sensors: the landing zone starts ingestion for every day whose files changed."""
 
 import datetime as dt
+from dataclasses import replace
 
 import dagster as dg
 
 from geo_busyness.assets.ingestion import raw_courier_pings, validated_courier_pings
-from geo_busyness.core.landing import DayWindow, LandingPlan, plan_landing_runs
+from geo_busyness.core.landing import DayRun, DayWindow, LandingPlan, plan_landing_runs
 from geo_busyness.partitions import daily_partitions
-from geo_busyness.resources.landing_zone import RAW_PREFIX, LandingZone, day_prefix
+from geo_busyness.resources.landing_zone import RAW_PREFIX, LandingZone, day_of_key, day_prefix
 
 # Cleaning up or fixing the layout of a large batch should not flood the tick log.
 MAX_LOGGED_IGNORED_KEYS = 20
@@ -19,6 +20,29 @@ def partition_window() -> DayWindow:
     last_key = daily_partitions.get_last_partition_key()
     last = dt.date.fromisoformat(last_key) if last_key else first - dt.timedelta(days=1)
     return DayWindow(first=first, last=last)
+
+
+def _not_yet_ingested(
+    instance: dg.DagsterInstance, runs: tuple[DayRun, ...], listing
+) -> tuple[DayRun, ...]:
+    """Drop days new to the cursor whose ingestion already ran after their newest file landed:
+    a first tick over a loaded landing zone would otherwise re-ingest all of its history."""
+    newest: dict[str, float] = {}
+    for item in listing:
+        day = day_of_key(item.key)
+        if day is not None:
+            newest[day] = max(newest.get(day, 0.0), item.modified.timestamp())
+    kept = []
+    for run in runs:
+        if run.is_new_day and run.day in newest:
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=raw_courier_pings.key, asset_partitions=[run.day]),
+                limit=1,
+            ).records
+            if records and records[0].timestamp > newest[run.day]:
+                continue
+        kept.append(run)
+    return tuple(kept)
 
 
 def _log_findings(log, plan: LandingPlan, landing_zone: LandingZone) -> None:
@@ -52,10 +76,16 @@ def _log_findings(log, plan: LandingPlan, landing_zone: LandingZone) -> None:
 def landing_zone_sensor(
     context: dg.SensorEvaluationContext, landing_zone: LandingZone
 ) -> dg.SensorResult:
-    plan = plan_landing_runs(
-        landing_zone.list_files(RAW_PREFIX + "/"), context.cursor, partition_window()
-    )
+    listing = landing_zone.list_files(RAW_PREFIX + "/")
+    plan = plan_landing_runs(listing, context.cursor, partition_window())
     _log_findings(context.log, plan, landing_zone)
+    runs = _not_yet_ingested(context.instance, plan.runs, listing)
+    if len(runs) < len(plan.runs):
+        context.log.info(
+            f"{len(plan.runs) - len(runs)} day(s) new to the cursor were already ingested after "
+            "their newest file landed (e.g. by the demo, or before a cursor reset): not re-run"
+        )
+    plan = replace(plan, runs=runs)
     if not plan.runs:
         return dg.SensorResult(
             skip_reason=f"No landing day changed under {landing_zone.location(RAW_PREFIX)}: "

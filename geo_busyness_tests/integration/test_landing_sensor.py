@@ -63,6 +63,8 @@ class Ticks:
 
     def __init__(self, zone: LandingZone):
         self.zone = zone
+        # an instance without materializations: no day counts as already ingested
+        self.instance = dg.DagsterInstance.ephemeral()
         self.cursor: str | None = None
         self.run_keys: list[str] = []
         self.logged: list[str] = []
@@ -70,7 +72,9 @@ class Ticks:
 
     def evaluate(self, cursor: str | None) -> dg.SensorResult:
         handler = _Collect(self.logged)
-        with dg.build_sensor_context(cursor=cursor, resources={"landing_zone": self.zone}) as ctx:
+        with dg.build_sensor_context(
+            cursor=cursor, resources={"landing_zone": self.zone}, instance=self.instance
+        ) as ctx:
             ctx.log.addHandler(handler)
             return landing_zone_sensor(ctx)
 
@@ -186,7 +190,9 @@ def test_requested_run_ingests_the_day(tmp_path: Path):
             "io_manager": ParquetIOManagerResource(base_path=str(tmp_path / "assets")),
         },
     )
-    with dg.build_sensor_context(definitions=defs, resources={"landing_zone": zone}) as context:
+    with dg.build_sensor_context(
+        definitions=defs, resources={"landing_zone": zone}, instance=dg.DagsterInstance.ephemeral()
+    ) as context:
         [request] = landing_zone_sensor.evaluate_tick(context).run_requests
 
     assert (request.partition_key, request.tags["dagster/partition"]) == (day, day)
@@ -206,3 +212,34 @@ def test_requested_run_ingests_the_day(tmp_path: Path):
         "rows_are_conserved",
     }
     assert (tmp_path / "assets" / "clean_courier_pings" / f"{day}.parquet").exists()
+
+
+def test_days_already_ingested_are_not_rerun_on_a_first_tick(tmp_path: Path):
+    """A landing zone loaded before the sensor ran (e.g. by the demo) is not re-ingested; a
+    file that changes afterwards is."""
+    day = daily_partitions.get_last_partition_key()
+    zone = LandingZone(root=str(tmp_path / "landing"))
+    zone.write(file_key(day, "a.csv"), CSV)
+    assets = [raw_courier_pings, validated_courier_pings]
+    resources = {
+        "landing_zone": zone,
+        "city": CityResource(),
+        "io_manager": ParquetIOManagerResource(base_path=str(tmp_path / "assets")),
+    }
+    with dg.instance_for_test() as instance:
+        dg.materialize(assets, partition_key=day, instance=instance, resources=resources)
+        with dg.build_sensor_context(instance=instance, resources={"landing_zone": zone}) as ctx:
+            first = landing_zone_sensor.evaluate_tick(ctx)
+        assert first.run_requests == []
+        zone.write(file_key(day, "b.csv"), CSV)  # a file landing later
+        definitions = dg.Definitions(
+            assets=assets, sensors=[landing_zone_sensor], resources=resources
+        )
+        with dg.build_sensor_context(
+            instance=instance,
+            cursor=first.cursor,
+            resources={"landing_zone": zone},
+            definitions=definitions,
+        ) as ctx:
+            second = landing_zone_sensor.evaluate_tick(ctx)
+        assert [request.partition_key for request in second.run_requests] == [day]
