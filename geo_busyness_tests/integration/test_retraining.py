@@ -55,11 +55,11 @@ def test_error_growth_alone_requests_a_retrain():
 def test_small_drift_is_skipped_with_the_reason():
     with dg.instance_for_test() as instance:
         dg.materialize(
-            [report_with(0.2, error_ratio=1.1)], instance=instance, partition_key="2026-11-01"
+            [report_with(0.15, error_ratio=1.1)], instance=instance, partition_key="2026-11-01"
         )
         result, _ = tick(instance)
         assert isinstance(result, dg.SkipReason)
-        assert "20% of the features drifted (limit 30%)" in result.skip_message
+        assert "15% of the features drifted (limit 20%)" in result.skip_message
 
 
 def test_only_the_newest_report_counts_on_the_first_tick():
