@@ -185,14 +185,13 @@ def test_new_days_are_processed_and_drift_retrains_through_the_gates(platform):
 
     retrain = wait_for("a drift-triggered retrain to finish", finished_retrain, 900, dagster, log)
     assert retrain.tags["geo_busyness/drift_day"] == day
-    checks = {
-        record.event.dagster_event.event_specific_data.check_name: (
-            record.event.dagster_event.event_specific_data.passed
-        )
+    evaluations = [
+        record.event_log_entry.dagster_event.event_specific_data
         for record in instance.get_records_for_run(
             retrain.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
         ).records
-    }
+    ]
+    checks = {evaluation.check_name: evaluation.passed for evaluation in evaluations}
     assert set(checks) == {
         "candidate_beats_seasonal_naive",
         "candidate_not_worse_than_champion",
@@ -213,6 +212,13 @@ def test_new_days_are_processed_and_drift_retrains_through_the_gates(platform):
     else:
         # refused: the run failed on its blocking check and version 1 keeps serving
         assert retrain.status == dg.DagsterRunStatus.FAILURE
+        failures = {
+            record.event_log_entry.dagster_event.event_specific_data.error.cls_name
+            for record in instance.get_records_for_run(
+                retrain.run_id, of_type=dg.DagsterEventType.STEP_FAILURE
+            ).records
+        }
+        assert failures == {"DagsterAssetCheckFailedError"}
         assert champion_version(instance) == first_champion
         assert _served_version(instance) == first_champion
         assert requests.get(f"{address}/ping", timeout=5).ok
