@@ -18,6 +18,20 @@ from upath import UPath
 from geo_busyness.resources.settings import default_data_dir
 
 
+def storage_path(
+    base_path: str, s3_endpoint_url: str | None = None, s3_region: str | None = None
+) -> UPath:
+    """A local directory, or ``s3://bucket/prefix`` on any S3-compatible endpoint."""
+    if not base_path.startswith("s3://"):
+        return UPath(base_path)
+    client_kwargs = {}
+    if s3_endpoint_url:
+        client_kwargs["endpoint_url"] = s3_endpoint_url
+    if s3_region:
+        client_kwargs["region_name"] = s3_region
+    return UPath(base_path, client_kwargs=client_kwargs)
+
+
 def write_atomically(path: UPath, write: Callable[[IO[bytes]], None]) -> None:
     """Local files are written to a temporary name and renamed into place, so a crash never
     leaves a truncated file; an S3 PUT is atomic by itself."""
@@ -105,15 +119,7 @@ class _StorageConfig(dg.ConfigurableIOManagerFactory):
     s3_region: str | None = None
 
     def _base(self) -> UPath:
-        options: dict[str, Any] = {}
-        if self.base_path.startswith("s3://"):
-            client_kwargs = {}
-            if self.s3_endpoint_url:
-                client_kwargs["endpoint_url"] = self.s3_endpoint_url
-            if self.s3_region:
-                client_kwargs["region_name"] = self.s3_region
-            options["client_kwargs"] = client_kwargs
-        return UPath(self.base_path, **options)
+        return storage_path(self.base_path, self.s3_endpoint_url, self.s3_region)
 
 
 class ParquetIOManagerResource(_StorageConfig):

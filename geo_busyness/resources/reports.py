@@ -8,14 +8,13 @@ disk or S3 like the IO managers, and linked from the asset metadata.
 from __future__ import annotations
 
 from pathlib import PurePosixPath
-from typing import Any
 
 import dagster as dg
 from pydantic import Field
 from upath import UPath
 
 from geo_busyness.core.drift import DriftThresholds
-from geo_busyness.resources.io_manager import write_atomically
+from geo_busyness.resources.io_manager import storage_path, write_atomically
 from geo_busyness.resources.settings import default_data_dir
 
 _THRESHOLDS = DriftThresholds()
@@ -39,15 +38,7 @@ class ReportStore(dg.ConfigurableResource):
         return self.base_path.startswith("s3://")
 
     def _base(self) -> UPath:
-        options: dict[str, Any] = {}
-        if self.is_s3:
-            client_kwargs = {}
-            if self.s3_endpoint_url:
-                client_kwargs["endpoint_url"] = self.s3_endpoint_url
-            if self.s3_region:
-                client_kwargs["region_name"] = self.s3_region
-            options["client_kwargs"] = client_kwargs
-        return UPath(self.base_path, **options)
+        return storage_path(self.base_path, self.s3_endpoint_url, self.s3_region)
 
     def save(self, relative_path: str, content: bytes, content_type: str) -> str:
         """Write ``content`` at ``relative_path`` under ``base_path``, replacing any previous
