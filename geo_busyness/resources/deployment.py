@@ -8,6 +8,7 @@ SageMaker endpoint) is resource configuration. A failed deployment raises
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,12 @@ from geo_busyness.deploy.sagemaker import EndpointSnapshot
 from geo_busyness.resources.settings import default_data_dir
 
 
-class EndpointTarget(dg.ConfigurableResource):
+class EndpointTarget(dg.ConfigurableResource, ABC):
     """Common base: what an asset needs from any deployment target."""
 
+    @abstractmethod
     def target(self) -> DeploymentTarget:
-        raise NotImplementedError(f"{type(self).__name__} does not define target()")
+        """The deployment logic this resource configures."""
 
     def bundles_dir(self) -> Path:
         """Where the deployment bundles this target serves are written."""

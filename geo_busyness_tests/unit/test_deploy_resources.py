@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from geo_busyness.deploy import DEFAULT_SERVER_COMMAND, DeploymentRecord, SmokeTest
@@ -73,6 +71,6 @@ class IncompleteTarget(EndpointTarget):
     name: str = "forgot target()"
 
 
-def test_a_target_without_target_method_fails_clearly(tmp_path):
-    with pytest.raises(NotImplementedError, match="IncompleteTarget does not define target"):
-        IncompleteTarget().deploy(Path(tmp_path), [{"h3_cell": "c", "timestamp": "t"}])
+def test_a_target_without_target_method_cannot_be_built():
+    with pytest.raises(TypeError, match=r"IncompleteTarget.*target"):
+        IncompleteTarget()
