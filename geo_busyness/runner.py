@@ -220,22 +220,25 @@ def train_and_promote(
     champion = _latest(instance, "champion_model")
     summary.promoted = "champion_model" in materialized and bool(champion.get("changed"))
     summary.champion_version = champion.get("version")
-    failures = [
-        f"{event.step_key}: {_root_cause(event.step_failure_data.error)}"
-        for event in result.all_events
-        if event.is_step_failure
-    ]
+    failures = _step_failures(result)
     if failures and not any(not passed for passed, _ in summary.gates.values()):
         summary.error = "; ".join(failures)
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _root_cause(error) -> str:
-    """The innermost error message, not Dagster's wrapping 'Error occurred while executing'."""
-    while error is not None and error.cause is not None:
-        error = error.cause
-    return error.message.strip() if error is not None else "unknown error"
+def _step_failures(result: dg.ExecuteInProcessResult) -> list[str]:
+    """``step: message`` per failed step, with the innermost error rather than Dagster's
+    wrapping 'Error occurred while executing'."""
+    failures = []
+    for event in result.all_events:
+        if event.is_step_failure:
+            error = event.step_failure_data.error
+            while error is not None and error.cause is not None:
+                error = error.cause
+            message = error.message.strip() if error is not None else "unknown error"
+            failures.append(f"{event.step_key}: {message}")
+    return failures
 
 
 def format_training_summary(summary: TrainingSummary) -> str:
@@ -303,11 +306,7 @@ def deploy_endpoint(
         run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
     )
     gc.collect()
-    failures = [
-        _root_cause(event.step_failure_data.error)
-        for event in result.all_events
-        if event.is_step_failure
-    ]
+    failures = _step_failures(result)
     metadata = _latest(instance, "endpoint_deployment") if result.success else {}
     return metadata, "; ".join(failures) or None
 
