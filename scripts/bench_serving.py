@@ -44,7 +44,7 @@ import xgboost as xgb
 
 from geo_busyness.serving.bundle import FEATURES_FILE, MODEL_FILE, load_bundle
 from geo_busyness.serving.demo import write_demo_bundle
-from geo_busyness_tests.services import free_port, stop_process_group
+from geo_busyness.stack.services import free_port, stop_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"

@@ -22,7 +22,7 @@ import dagster as dg
 import pytest
 import requests
 
-from geo_busyness_tests.services import free_port, stop_process_group
+from geo_busyness.stack.services import free_port, stop_process_group
 
 pytestmark = pytest.mark.e2e
 

