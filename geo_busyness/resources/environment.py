@@ -1,15 +1,27 @@
 """Resources built from environment variables, with defaults that need no setup.
 
+``GEO_BUSYNESS_ENV`` picks one of three environments; the variables below override its defaults.
+
+* ``local`` (default): everything under the data directory: landing zone, asset storage and
+  reports as directories, a SQLite MLflow store, the local model endpoint.
+* ``stack``: the production shape on one machine (``geo-busyness stack up`` sets it): landing
+  zone, assets and reports in ``s3://$GEO_BUSYNESS_BUCKET`` on an S3-compatible server
+  (``GEO_BUSYNESS_S3_ENDPOINT_URL``, SeaweedFS), an ``mlflow server`` (``MLFLOW_TRACKING_URI``)
+  keeping its artifacts in that bucket, the local model endpoint.
+* ``aws``: S3 (``GEO_BUSYNESS_BUCKET``), an MLflow tracking server, a SageMaker endpoint.
+
 | variable | meaning | default |
 | --- | --- | --- |
+| ``GEO_BUSYNESS_ENV`` | ``local``, ``stack`` or ``aws`` | ``local`` |
+| ``GEO_BUSYNESS_BUCKET`` | bucket of the landing zone, assets and reports (``stack``, ``aws``) | ``geo-busyness`` in ``stack``; required in ``aws`` |
 | ``GEO_BUSYNESS_DATA_DIR`` | root of every local default below | ``data/`` in a checkout |
 | ``GEO_BUSYNESS_LANDING_ZONE`` | landing zone: directory or ``s3://bucket/prefix`` | ``$DATA_DIR/landing`` |
 | ``GEO_BUSYNESS_STORAGE`` | asset storage: directory or ``s3://bucket/prefix`` | ``$DATA_DIR/assets`` |
-| ``GEO_BUSYNESS_S3_ENDPOINT_URL`` | S3-compatible endpoint (SeaweedFS, MinIO…) | AWS |
-| ``MLFLOW_TRACKING_URI`` | MLflow tracking + registry (``http://…`` server, ``sqlite:///…``) | ``$DATA_DIR/mlflow/mlflow.db`` |
+| ``GEO_BUSYNESS_S3_ENDPOINT_URL`` | S3-compatible endpoint (SeaweedFS, MinIO…) | AWS; required in ``stack`` |
+| ``MLFLOW_TRACKING_URI`` | MLflow tracking + registry (``http://…`` server, ``sqlite:///…``) | ``$DATA_DIR/mlflow/mlflow.db``; required in ``stack``, ``aws`` |
 | ``GEO_BUSYNESS_MLFLOW_UI_URL`` | MLflow UI base URL for links in Dagster metadata | none |
 | ``GEO_BUSYNESS_REPORTS`` | drift reports (HTML): directory or ``s3://bucket/prefix`` | ``$DATA_DIR/reports`` |
-| ``GEO_BUSYNESS_ENDPOINT_TARGET`` | where ``endpoint_deployment`` deploys: ``local`` or ``sagemaker`` | local |
+| ``GEO_BUSYNESS_ENDPOINT_TARGET`` | where ``endpoint_deployment`` deploys: ``local`` or ``sagemaker`` | ``sagemaker`` in ``aws``, else ``local`` |
 | ``GEO_BUSYNESS_ENDPOINT_PORT`` | port of the local model endpoint (127.0.0.1) | 8080 |
 | ``GEO_BUSYNESS_SAGEMAKER_*`` | ``ENDPOINT``, ``ROLE_ARN``, ``IMAGE_URI``, ``BUCKET`` of the SageMaker target | required for sagemaker |
 
@@ -38,6 +50,10 @@ from geo_busyness.resources.promotion import PromotionPolicyResource
 from geo_busyness.resources.reports import DriftPolicy, ReportStore
 from geo_busyness.resources.tracking import MlflowTracking
 
+ENVIRONMENT_ENV = "GEO_BUSYNESS_ENV"
+BUCKET_ENV = "GEO_BUSYNESS_BUCKET"
+ENVIRONMENTS = ("local", "stack", "aws")
+STACK_BUCKET = "geo-busyness"
 LANDING_ZONE_ENV = "GEO_BUSYNESS_LANDING_ZONE"
 STORAGE_ENV = "GEO_BUSYNESS_STORAGE"
 S3_ENDPOINT_ENV = "GEO_BUSYNESS_S3_ENDPOINT_URL"
@@ -54,16 +70,55 @@ SAGEMAKER_ENV = {
 }
 
 
+def environment() -> str:
+    """The selected environment, ``local`` unless ``GEO_BUSYNESS_ENV`` says otherwise."""
+    name = os.environ.get(ENVIRONMENT_ENV, "local")
+    if name not in ENVIRONMENTS:
+        raise ValueError(f"{ENVIRONMENT_ENV} must be one of {', '.join(ENVIRONMENTS)}, got {name!r}")
+    return name
+
+
+def _required(name: str) -> list[str]:
+    """Variables the environment cannot do without, missing from this process's environment."""
+    needs = {
+        "local": [],
+        "stack": [S3_ENDPOINT_ENV, MLFLOW_TRACKING_ENV],
+        "aws": [BUCKET_ENV, MLFLOW_TRACKING_ENV],
+    }[name]
+    return [variable for variable in needs if not os.environ.get(variable)]
+
+
+def _location(variable: str, bucket: str | None, prefix: str) -> dict[str, Any]:
+    """A storage location: the variable when set (shown as its name in the UI), else
+    ``s3://<bucket>/<prefix>`` when the environment has a bucket, else the field's default."""
+    if os.environ.get(variable):
+        return {"value": dg.EnvVar(variable)}
+    if bucket:
+        return {"value": f"s3://{bucket}/{prefix}"}
+    return {}
+
+
 def _from_env(name: str) -> dict[str, Any]:
     return {"value": dg.EnvVar(name)} if os.environ.get(name) else {}
 
 
 def build_resources() -> dict[str, Any]:
+    """Every resource for the environment ``GEO_BUSYNESS_ENV`` names (see the module doc)."""
+    name = environment()
+    missing = _required(name)
+    if missing:
+        raise ValueError(
+            f"{ENVIRONMENT_ENV}={name} needs {', '.join(missing)} "
+            "(README, section 'Environments'; `geo-busyness stack up` sets them for `stack`)"
+        )
+    bucket = os.environ.get(BUCKET_ENV) or (STACK_BUCKET if name == "stack" else None)
     endpoint = _from_env(S3_ENDPOINT_ENV)
-    landing = {"root": dg.EnvVar(LANDING_ZONE_ENV)} if os.environ.get(LANDING_ZONE_ENV) else {}
-    storage = {"base_path": dg.EnvVar(STORAGE_ENV)} if os.environ.get(STORAGE_ENV) else {}
+    landing = _location(LANDING_ZONE_ENV, bucket, "landing")
+    storage = _location(STORAGE_ENV, bucket, "assets")
+    reports = _location(REPORTS_ENV, bucket, "reports")
     s3 = S3Resource(endpoint_url=endpoint["value"]) if endpoint else S3Resource()
-    storage_options = {**storage, **({"s3_endpoint_url": endpoint["value"]} if endpoint else {})}
+    on_endpoint = {"s3_endpoint_url": endpoint["value"]} if endpoint else {}
+    storage_options = {**({"base_path": storage["value"]} if storage else {}), **on_endpoint}
     tracking = (
         {"tracking_uri": dg.EnvVar(MLFLOW_TRACKING_ENV)}
         if os.environ.get(MLFLOW_TRACKING_ENV)
@@ -72,23 +127,22 @@ def build_resources() -> dict[str, Any]:
     ui = {"ui_url": dg.EnvVar(MLFLOW_UI_ENV)} if os.environ.get(MLFLOW_UI_ENV) else {}
     return {
         "city": CityResource(),
-        "landing_zone": LandingZone(s3=s3, **landing),
+        "landing_zone": LandingZone(s3=s3, **({"root": landing["value"]} if landing else {})),
         "io_manager": ParquetIOManagerResource(**storage_options),
         "object_io_manager": PickleIOManagerResource(**storage_options),
         "mlflow_tracking": MlflowTracking(**tracking, **ui),
         "promotion_policy": PromotionPolicyResource(),
-        "endpoint": endpoint_target(),
+        "endpoint": endpoint_target("sagemaker" if name == "aws" else "local"),
         "report_store": ReportStore(
-            **({"base_path": dg.EnvVar(REPORTS_ENV)} if os.environ.get(REPORTS_ENV) else {}),
-            **({"s3_endpoint_url": endpoint["value"]} if endpoint else {}),
+            **({"base_path": reports["value"]} if reports else {}), **on_endpoint
         ),
         "drift_policy": DriftPolicy(),
     }
 
 
-def endpoint_target() -> EndpointTarget:
-    """The local endpoint by default; SageMaker when ``GEO_BUSYNESS_ENDPOINT_TARGET=sagemaker``."""
-    kind = os.environ.get(ENDPOINT_TARGET_ENV, "local")
+def endpoint_target(default: str = "local") -> EndpointTarget:
+    """The environment's endpoint, unless ``GEO_BUSYNESS_ENDPOINT_TARGET`` names another."""
+    kind = os.environ.get(ENDPOINT_TARGET_ENV, default)
     if kind == "local":
         return LocalEndpointTarget(port=int(os.environ.get(ENDPOINT_PORT_ENV, "8080")))
     if kind == "sagemaker":

@@ -20,6 +20,12 @@ def clean_env(monkeypatch):
         "GEO_BUSYNESS_ENDPOINT_TARGET",
         "GEO_BUSYNESS_ENDPOINT_PORT",
         "MLFLOW_TRACKING_URI",
+        "GEO_BUSYNESS_ENV",
+        "GEO_BUSYNESS_BUCKET",
+        "GEO_BUSYNESS_S3_ENDPOINT_URL",
+        "GEO_BUSYNESS_LANDING_ZONE",
+        "GEO_BUSYNESS_STORAGE",
+        "GEO_BUSYNESS_REPORTS",
         *SAGEMAKER_ENV.values(),
     ]:
         monkeypatch.delenv(name, raising=False)
@@ -65,3 +71,65 @@ def test_an_unknown_target_is_refused(clean_env):
     clean_env.setenv("GEO_BUSYNESS_ENDPOINT_TARGET", "kubernetes")
     with pytest.raises(ValueError, match="must be 'local' or 'sagemaker'"):
         endpoint_target()
+
+
+def _stack_env(env):
+    env.setenv("GEO_BUSYNESS_ENV", "stack")
+    env.setenv("GEO_BUSYNESS_S3_ENDPOINT_URL", "http://127.0.0.1:8333")
+    env.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+
+
+def test_local_keeps_everything_in_directories(clean_env):
+    clean_env.setenv("GEO_BUSYNESS_ENV", "local")
+    resources = build_resources()
+    assert not resources["landing_zone"].location("raw/").startswith("s3://")
+    assert not resources["io_manager"].base_path.startswith("s3://")
+    assert not resources["report_store"].base_path.startswith("s3://")
+
+
+def test_stack_puts_landing_assets_and_reports_in_one_bucket_on_the_s3_endpoint(clean_env):
+    _stack_env(clean_env)
+    resources = build_resources()
+    assert resources["landing_zone"].location("raw/") == "s3://geo-busyness/landing/raw/"
+    for key in ("io_manager", "object_io_manager"):
+        assert resources[key].base_path == "s3://geo-busyness/assets"
+        assert resources[key].s3_endpoint_url == dg.EnvVar("GEO_BUSYNESS_S3_ENDPOINT_URL")
+    assert resources["report_store"].base_path == "s3://geo-busyness/reports"
+    assert resources["landing_zone"].s3.endpoint_url == dg.EnvVar("GEO_BUSYNESS_S3_ENDPOINT_URL")
+    assert resources["mlflow_tracking"].tracking_uri == dg.EnvVar("MLFLOW_TRACKING_URI")
+    assert isinstance(resources["endpoint"], LocalEndpointTarget)
+
+
+def test_a_set_variable_overrides_the_environment_default(clean_env):
+    _stack_env(clean_env)
+    clean_env.setenv("GEO_BUSYNESS_BUCKET", "other")
+    clean_env.setenv("GEO_BUSYNESS_LANDING_ZONE", "s3://drop-zone/couriers")
+    resources = build_resources()
+    assert resources["landing_zone"].root == dg.EnvVar("GEO_BUSYNESS_LANDING_ZONE")
+    assert resources["io_manager"].base_path == "s3://other/assets"
+
+
+def test_stack_names_what_it_misses(clean_env):
+    clean_env.setenv("GEO_BUSYNESS_ENV", "stack")
+    with pytest.raises(ValueError, match=r"GEO_BUSYNESS_S3_ENDPOINT_URL, MLFLOW_TRACKING_URI"):
+        build_resources()
+
+
+def test_aws_deploys_to_sagemaker_and_needs_a_bucket_and_a_tracking_server(clean_env):
+    clean_env.setenv("GEO_BUSYNESS_ENV", "aws")
+    with pytest.raises(ValueError, match=r"GEO_BUSYNESS_BUCKET, MLFLOW_TRACKING_URI"):
+        build_resources()
+    clean_env.setenv("GEO_BUSYNESS_BUCKET", "busyness-prod")
+    clean_env.setenv("MLFLOW_TRACKING_URI", "https://mlflow.example.internal")
+    for name in SAGEMAKER_ENV.values():
+        clean_env.setenv(name, f"value-of-{name}")
+    resources = build_resources()
+    assert isinstance(resources["endpoint"], SageMakerEndpointTarget)
+    assert resources["io_manager"].base_path == "s3://busyness-prod/assets"
+    assert resources["io_manager"].s3_endpoint_url is None  # AWS's own endpoint
+
+
+def test_an_unknown_environment_is_refused(clean_env):
+    clean_env.setenv("GEO_BUSYNESS_ENV", "production")
+    with pytest.raises(ValueError, match="local, stack, aws"):
+        build_resources()
