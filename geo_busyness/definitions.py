@@ -11,7 +11,12 @@ from geo_busyness.assets.deployment import endpoint_answers_known_request
 from geo_busyness.automation import automation_sensor
 from geo_busyness.checks import data_checks, model_checks
 from geo_busyness.resources.environment import build_resources
-from geo_busyness.retraining import drift_retrain_sensor, retrain_job, weekly_retrain
+from geo_busyness.retraining import (
+    drift_retrain_sensor,
+    first_model_sensor,
+    retrain_job,
+    weekly_retrain,
+)
 from geo_busyness.sensors import landing_zone_sensor
 
 all_assets = dg.load_assets_from_modules([ingestion, features, training, deployment, monitoring])
@@ -51,7 +56,7 @@ defs = dg.Definitions(
     assets=all_assets,
     asset_checks=[*data_checks, *model_checks, endpoint_answers_known_request],
     jobs=[data_pipeline_job, training_job, retrain_job],
-    sensors=[automation_sensor, landing_zone_sensor, drift_retrain_sensor],
+    sensors=[automation_sensor, landing_zone_sensor, drift_retrain_sensor, first_model_sensor],
     schedules=[weekly_retrain],
     resources=build_resources(),
     executor=executor(),

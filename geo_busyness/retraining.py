@@ -1,5 +1,6 @@
 """The self-retraining loop: drift (or the weekly schedule) requests a retrain; the result
-reaches the endpoint only through the blocking promotion checks.
+reaches the endpoint only through the blocking promotion checks. Before any model exists,
+``first_model_sensor`` trains the first one once enough days are featurized.
 
 ``retrain_job`` materializes the training group. A candidate that passes the gates becomes the
 champion, and automation then refreshes the latest forecast and redeploys
@@ -10,8 +11,10 @@ current champion keeps serving.
 
 import dagster as dg
 
+from geo_busyness.assets.training import TrainingSetConfig
 from geo_busyness.core.drift import needs_retraining
 from geo_busyness.resources.reports import DriftPolicy
+from geo_busyness.resources.tracking import MlflowTracking
 
 TRIGGER_TAG = "geo_busyness/trigger"
 
@@ -80,4 +83,45 @@ def drift_retrain_sensor(context: dg.SensorEvaluationContext, drift_policy: Drif
     return dg.RunRequest(
         run_key=f"drift:{storage_id}",
         tags={TRIGGER_TAG: "drift", "geo_busyness/drift_day": str(day)},
+    )
+
+
+FEATURES = dg.AssetKey("busyness_features")
+# A first model is trained on a full default training window, never on a few days of backlog.
+FIRST_MODEL_MIN_DAYS = TrainingSetConfig().window_days
+_ACTIVE_RUNS = dg.RunsFilter(
+    statuses=[
+        dg.DagsterRunStatus.QUEUED,
+        dg.DagsterRunStatus.NOT_STARTED,
+        dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.STARTED,
+    ]
+)
+
+
+@dg.sensor(
+    job=retrain_job,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description=(
+        "Cold start: while the registry has no champion, trains the first model once "
+        f"{FIRST_MODEL_MIN_DAYS} days are featurized and no run is queued or running (the "
+        "landing backlog is done). A refused first candidate is retried when features change."
+    ),
+)
+def first_model_sensor(context: dg.SensorEvaluationContext, mlflow_tracking: MlflowTracking):
+    days = context.instance.get_materialized_partitions(FEATURES)
+    if len(days) < FIRST_MODEL_MIN_DAYS:
+        return dg.SkipReason(
+            f"{len(days)} of {FIRST_MODEL_MIN_DAYS} days of busyness_features materialized"
+        )
+    if context.instance.get_runs_count(filters=_ACTIVE_RUNS):
+        return dg.SkipReason("runs are queued or in progress; waiting for the backlog to settle")
+    champion = mlflow_tracking.champion()
+    if champion is not None:
+        return dg.SkipReason(f"a champion exists (version {champion.version})")
+    newest = context.instance.fetch_materializations(FEATURES, limit=1).records
+    return dg.RunRequest(
+        run_key=f"first-model:{newest[0].storage_id}",
+        tags={TRIGGER_TAG: "first_model"},
     )

@@ -4,7 +4,15 @@ import dagster as dg
 import pytest
 
 from geo_busyness.resources.reports import DriftPolicy
-from geo_busyness.retraining import TRIGGER_TAG, drift_retrain_sensor, retrain_job, weekly_retrain
+from geo_busyness.resources.tracking import Champion, MlflowTracking
+from geo_busyness.retraining import (
+    FIRST_MODEL_MIN_DAYS,
+    TRIGGER_TAG,
+    drift_retrain_sensor,
+    first_model_sensor,
+    retrain_job,
+    weekly_retrain,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -73,3 +81,74 @@ def test_only_the_newest_report_counts_on_the_first_tick():
 def test_retraining_is_also_weekly():
     assert weekly_retrain.job_name == retrain_job.name
     assert weekly_retrain.cron_schedule == "0 3 * * 1"
+
+
+FEATURE_DAYS = dg.DailyPartitionsDefinition(start_date="2026-10-01", end_date="2026-11-15")
+
+
+def featurize(instance, days: int) -> None:
+    """Record busyness_features materializations of the first ``days`` days (the sensor only
+    counts materialized days and looks at the newest one)."""
+    for key in FEATURE_DAYS.get_partition_keys()[:days]:
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(asset_key="busyness_features", partition=key)
+        )
+
+
+class RegistryWithChampion(MlflowTracking):
+    def champion(self) -> Champion | None:
+        return Champion(
+            version="3", run_id="run", model_uri="models:/m@champion", previous_version=None
+        )
+
+
+def first_model_tick(instance, tracking: MlflowTracking):
+    with dg.build_sensor_context(
+        instance=instance, resources={"mlflow_tracking": tracking}
+    ) as context:
+        return first_model_sensor(context)
+
+
+@pytest.fixture
+def empty_registry(tmp_path) -> MlflowTracking:
+    return MlflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def test_first_model_waits_for_a_full_training_window(empty_registry):
+    with dg.instance_for_test() as instance:
+        featurize(instance, FIRST_MODEL_MIN_DAYS - 1)
+        result = first_model_tick(instance, empty_registry)
+        assert isinstance(result, dg.SkipReason)
+        assert f"{FIRST_MODEL_MIN_DAYS - 1} of {FIRST_MODEL_MIN_DAYS} days" in result.skip_message
+
+
+def test_first_model_is_requested_once_the_backlog_is_featurized(empty_registry):
+    with dg.instance_for_test() as instance:
+        featurize(instance, FIRST_MODEL_MIN_DAYS)
+        result = first_model_tick(instance, empty_registry)
+        assert isinstance(result, dg.RunRequest)
+        assert result.tags[TRIGGER_TAG] == "first_model"
+        again = first_model_tick(instance, empty_registry)
+        assert again.run_key == result.run_key  # same features: deduplicated by the run key
+        featurize(instance, 1)  # a day re-featurized: a refused first model may be retried
+        assert first_model_tick(instance, empty_registry).run_key != result.run_key
+
+
+def test_first_model_waits_while_runs_are_in_progress(empty_registry):
+    with dg.instance_for_test() as instance:
+        featurize(instance, FIRST_MODEL_MIN_DAYS)
+        instance.add_run(
+            dg.DagsterRun(job_name="daily_data_job", status=dg.DagsterRunStatus.STARTED)
+        )
+        result = first_model_tick(instance, empty_registry)
+        assert isinstance(result, dg.SkipReason)
+        assert "backlog" in result.skip_message
+
+
+def test_no_first_model_once_a_champion_exists(tmp_path):
+    with dg.instance_for_test() as instance:
+        featurize(instance, FIRST_MODEL_MIN_DAYS)
+        registry = RegistryWithChampion(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+        result = first_model_tick(instance, registry)
+        assert isinstance(result, dg.SkipReason)
+        assert "version 3" in result.skip_message
