@@ -1,5 +1,7 @@
-# One image: the Dagster code location (default command) and, run as `serve`, the model server
-# with SageMaker's hosting contract (GET /ping, POST /invocations on 8080, model in /opt/ml/model).
+# One image: the Dagster code location (default command); run as `serve`, the model server
+# with SageMaker's hosting contract (GET /ping, POST /invocations on 8080, model in /opt/ml/model);
+# run as `train`, a SageMaker training job (training set in /opt/ml/input/data/training, model
+# written to /opt/ml/model, reason of a failure to /opt/ml/output/failure).
 # Every command below is also run by geo_busyness_tests/integration/test_packaging.py outside a container.
 FROM python:3.11-slim
 
@@ -24,6 +26,6 @@ RUN uv sync --frozen --no-dev
 USER app
 ENV PATH="/app/.venv/bin:$PATH"
 EXPOSE 3000 4000 8080
-# Code server for a Dagster deployment; `dagster dev -h 0.0.0.0`, `geo-busyness demo` and
-# `serve` (SageMaker inference) also work.
+# Code server for a Dagster deployment; `dagster dev -h 0.0.0.0`, `geo-busyness demo`,
+# `serve` (SageMaker inference) and `train` (SageMaker training) also work.
 CMD ["dagster", "code-server", "start", "-h", "0.0.0.0", "-p", "4000", "-m", "geo_busyness.definitions"]

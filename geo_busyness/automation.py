@@ -15,10 +15,17 @@ SLOWLY_CHANGING = dg.AssetSelection.assets("restaurant_clusters")
 
 
 def _updated_and_settled(updates: dg.AutomationCondition) -> dg.AutomationCondition:
+    """``updates`` happened since the last request, nothing upstream runs, and the slowly
+    changing inputs exist (on a fresh deployment the first days land before the restaurant
+    clusters are computed: their features wait instead of failing on a missing input)."""
+    slow_input_missing = dg.AutomationCondition.any_deps_match(
+        dg.AutomationCondition.missing()
+    ).allow(SLOWLY_CHANGING)
     return (
         updates.since_last_handled()
         & ~dg.AutomationCondition.any_deps_in_progress()
         & ~dg.AutomationCondition.in_progress()
+        & ~slow_input_missing
     )
 
 

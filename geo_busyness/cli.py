@@ -4,8 +4,11 @@ the champion model back."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 from geo_busyness.resources.settings import default_data_dir
 
@@ -67,18 +70,28 @@ def _simulation_config(args: argparse.Namespace):
     )
 
 
-def _landing_zone():
+@contextlib.contextmanager
+def _resource(key: str) -> Iterator[Any]:
+    """The code location's resource ``key``, initialized as in a run: ``dg.EnvVar`` fields
+    (set in the ``stack`` and ``aws`` environments) resolved."""
+    import dagster as dg
+
     from geo_busyness.definitions import defs
 
-    return defs.resources["landing_zone"]
+    with dg.build_resources({key: defs.resources[key]}) as resources:
+        yield getattr(resources, key)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from geo_busyness.simulate import simulate
 
     config = _simulation_config(args)
-    zone = _landing_zone()
-    summary = simulate(config, put=zone.write, progress=True)
+    with _resource("landing_zone") as zone:
+        existing = zone.list_files() if args.if_empty else []
+        if existing:
+            print(f"{zone.location('raw/')} already holds {len(existing)} files; nothing written")
+            return 0
+        summary = simulate(config, put=zone.write, progress=not args.quiet)
     print(
         f"wrote {summary.files} files, {summary.rows:,} rows ({summary.dirty_rows:,} dirty) to {zone.location('raw/')}"
     )
@@ -164,11 +177,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from geo_busyness.definitions import defs
-
-    tracking = defs.resources["mlflow_tracking"]
-    before = tracking.champion()
-    restored = tracking.rollback()
+    with _resource("mlflow_tracking") as tracking:
+        before = tracking.champion()
+        restored = tracking.rollback()
     print(
         f"{tracking.registered_model_name}: champion moved from version {before.version} "
         f"back to version {restored.version}"
@@ -177,14 +188,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_endpoint(args: argparse.Namespace) -> int:
-    from geo_busyness.definitions import defs
-
-    endpoint = defs.resources["endpoint"]
-    if args.action == "stop":
-        stopped = endpoint.stop()
-        print("endpoint stopped" if stopped else "no endpoint was running")
-        return 0
-    status = endpoint.status()
+    with _resource("endpoint") as endpoint:
+        if args.action == "stop":
+            stopped = endpoint.stop()
+            print("endpoint stopped" if stopped else "no endpoint was running")
+            return 0
+        status = endpoint.status()
     if status.serving:
         print(
             f"{status.url}: {status.model_name} version {status.model_version} (since {status.started_at})"
@@ -197,6 +206,88 @@ def cmd_endpoint(args: argparse.Namespace) -> int:
     return 0 if status.serving else 1
 
 
+def _stack_root(args: argparse.Namespace):
+    from pathlib import Path
+
+    return Path(args.root) if args.root else default_data_dir() / "stack"
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    from geo_busyness.stack.local_stack import (
+        StackConfig,
+        StackError,
+        down,
+        env_script,
+        running_state,
+        up,
+    )
+
+    root = _stack_root(args)
+    if args.action == "down":
+        down(root)
+        return 0
+    if args.action == "status":
+        state = running_state(root)
+        if state is None:
+            print(f"no stack runs from {root}")
+            return 1
+        for name, url in state.urls.items():
+            print(f"{name:9} {url}")
+        return 0
+    ports = {
+        "dagster": args.dagster_port,
+        "mlflow": args.mlflow_port,
+        "s3": args.s3_port,
+        "endpoint": args.endpoint_port,
+    }
+    config = StackConfig(
+        root=root,
+        ports=ports,
+        seed_days=args.seed_days,
+        pings_per_day=args.pings_per_day,
+        fresh=args.fresh,
+    )
+    print(f"starting the stack in {root} (logs in {root / 'logs'})")
+    try:
+        state = up(config)
+    except StackError as error:
+        print(f"geo-busyness: stack: {error}", file=sys.stderr)
+        return 1
+    env_file = root / "env.sh"
+    env_file.write_text(env_script(state))
+    print(
+        f"\nThe sensors ingest the seeded days, automation featurizes them, the first model is\n"
+        f"trained once {args.seed_days} days are featurized, then promoted and deployed\n"
+        f"(about 10 minutes; watch Runs and Asset checks in {state.urls['dagster']}).\n"
+        f"Drop a new day:  source {env_file} && geo-busyness simulate --days 1\n"
+        f"Stop everything: geo-busyness stack down"
+        + ("" if args.detach else "   (or Ctrl-C here)")
+    )
+    if args.detach:
+        return 0
+    return _serve_until_interrupted(root, state, down)
+
+
+def _serve_until_interrupted(root, state, down) -> int:
+    """Keep the stack up until Ctrl-C / SIGTERM or until one of its services dies; then stop."""
+    import signal
+    import time
+
+    from geo_busyness.stack.local_stack import process_alive
+
+    stop = []
+    signal.signal(signal.SIGINT, lambda *_: stop.append(True))
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    dead = []
+    while not stop and not dead:
+        time.sleep(1)
+        dead = [name for name, pid in state.process_groups.items() if not process_alive(pid)]
+    if dead:
+        print(f"stack: {', '.join(dead)} stopped unexpectedly; see {root / 'logs'}")
+    down(root)
+    return 1 if dead else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="geo-busyness", description=__doc__)
     parser.add_argument("--version", action="version", version="geo-busyness 0.1.0")
@@ -205,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         "simulate", help="write simulated days into the landing zone"
     )
     _add_simulation_arguments(simulate_parser, default_days=14)
+    simulate_parser.add_argument(
+        "--if-empty", action="store_true", help="write nothing if the landing zone holds files"
+    )
+    simulate_parser.add_argument("--quiet", action="store_true", help="no progress bar")
     simulate_parser.set_defaults(handler=cmd_simulate)
     demo_parser = commands.add_parser(
         "demo", help=f"simulate days and materialize every asset (data under {default_data_dir()})"
@@ -229,6 +324,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     endpoint_parser.add_argument("action", choices=("status", "stop"))
     endpoint_parser.set_defaults(handler=cmd_endpoint)
+    stack_parser = commands.add_parser(
+        "stack",
+        help="SeaweedFS (S3), an MLflow server and Dagster on loopback: the production shape",
+    )
+    stack_parser.add_argument("action", choices=("up", "down", "status"))
+    stack_parser.add_argument("--root", help="state directory (default: <data dir>/stack)")
+    stack_parser.add_argument(
+        "--detach", action="store_true", help="return once started (`stack down` stops it)"
+    )
+    stack_parser.add_argument("--fresh", action="store_true", help="wipe the state first")
+    stack_parser.add_argument("--seed-days", type=int, default=28)
+    stack_parser.add_argument("--pings-per-day", type=int, default=10_000)
+    for service, port in (("dagster", 3000), ("mlflow", 5000), ("s3", 8333), ("endpoint", 8080)):
+        stack_parser.add_argument(
+            f"--{service}-port", type=int, default=port, help="0 picks a free port"
+        )
+    stack_parser.set_defaults(handler=cmd_stack)
     args = parser.parse_args(argv)
     try:
         return args.handler(args)

@@ -43,13 +43,21 @@ EXECUTOR_ENV = "GEO_BUSYNESS_EXECUTOR"
 def executor() -> dg.ExecutorDefinition:
     """In-process by default: a step is seconds of pandas work, and a process per step costs
     ~8 s of imports; runs of different days still run in parallel. ``multiprocess`` for hosts
-    with many cores."""
+    with many cores. ``k8s`` runs every step as its own Kubernetes Job (next to the
+    K8sRunLauncher, deploy/k8s/values.yaml), so a step gets a pod sized for it (training)."""
     kind = os.environ.get(EXECUTOR_ENV, "in_process")
     if kind == "in_process":
         return dg.in_process_executor
     if kind == "multiprocess":
         return dg.multiprocess_executor
-    raise ValueError(f"{EXECUTOR_ENV} must be 'in_process' or 'multiprocess', got {kind!r}")
+    if kind == "k8s":
+        # Imported only here: dagster_k8s pulls in the Kubernetes client.
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    raise ValueError(
+        f"{EXECUTOR_ENV} must be one of 'in_process', 'multiprocess', 'k8s', got {kind!r}"
+    )
 
 
 defs = dg.Definitions(

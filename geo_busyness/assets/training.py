@@ -38,13 +38,13 @@ from geo_busyness.core.model import (
     metrics_table,
     predict,
     seasonal_naive_predict,
-    train_busyness_model,
     train_poc_baseline,
 )
 from geo_busyness.core.plots import hexagon_map_png, markdown_image, predicted_vs_actual_png
 from geo_busyness.resources.city import CityResource
 from geo_busyness.resources.promotion import PromotionPolicyResource
 from geo_busyness.resources.tracking import Champion, MlflowTracking
+from geo_busyness.resources.training_backend import TrainingBackend
 
 GROUP = "training"
 OBJECT_IO = "object_io_manager"
@@ -177,6 +177,7 @@ def busyness_model(
     training_set: pd.DataFrame,
     city: CityResource,
     mlflow_tracking: MlflowTracking,
+    training_backend: TrainingBackend,
 ) -> CandidateModel:
     import mlflow
     import mlflow.xgboost
@@ -185,7 +186,9 @@ def busyness_model(
     split = split_from_training_set(training_set)
     names = _features(city.to_city(), training_set)
     with mlflow_tracking.start_run(context, "busyness_model") as run:
-        trained = train_busyness_model(split, names, config.training_config())
+        # Where the candidate trains is the resource's business; baselines stay in-process.
+        outcome = training_backend.train(context, split, names, config.training_config())
+        trained = outcome.trained
         poc, poc_seconds = (
             train_poc_baseline(split, names, seed=config.seed, cv=config.poc_cv_folds)
             if config.train_poc_baseline
@@ -206,6 +209,8 @@ def busyness_model(
         mlflow.log_params(
             {
                 **config.model_dump(),
+                "training_backend": outcome.backend,
+                **outcome.details,
                 "chosen_objective": trained.objective,
                 **{f"chosen_{key}": value for key, value in trained.params.items()},
                 "best_iteration": trained.best_iteration,
@@ -255,6 +260,8 @@ def busyness_model(
     )
     context.add_output_metadata(
         {
+            "training_backend": outcome.backend,
+            **outcome.details,
             "objective": trained.objective,
             "params": dg.MetadataValue.json(trained.params),
             "best_iteration": trained.best_iteration,

@@ -24,6 +24,8 @@
 | ``GEO_BUSYNESS_ENDPOINT_TARGET`` | where ``endpoint_deployment`` deploys: ``local`` or ``sagemaker`` | ``sagemaker`` in ``aws``, else ``local`` |
 | ``GEO_BUSYNESS_ENDPOINT_PORT`` | port of the local model endpoint (127.0.0.1) | 8080 |
 | ``GEO_BUSYNESS_SAGEMAKER_*`` | ``ENDPOINT``, ``ROLE_ARN``, ``IMAGE_URI``, ``BUCKET`` of the SageMaker target | required for sagemaker |
+| ``GEO_BUSYNESS_TRAINING_BACKEND`` | where ``busyness_model`` trains: ``local`` (in the step) or ``sagemaker`` (a training job of this image) | ``local`` |
+| ``GEO_BUSYNESS_SAGEMAKER_TRAINING_INSTANCE_TYPE`` | instance of the SageMaker training job | ``ml.m5.4xlarge`` |
 
 Set variables are passed as ``dg.EnvVar`` so the UI shows the variable, never its value;
 S3 credentials come from the AWS default chain (``AWS_ACCESS_KEY_ID``… or a role).
@@ -49,6 +51,11 @@ from geo_busyness.resources.landing_zone import LandingZone
 from geo_busyness.resources.promotion import PromotionPolicyResource
 from geo_busyness.resources.reports import DriftPolicy, ReportStore
 from geo_busyness.resources.tracking import MlflowTracking
+from geo_busyness.resources.training_backend import (
+    LocalTrainingBackend,
+    SageMakerTrainingBackend,
+    TrainingBackend,
+)
 
 ENVIRONMENT_ENV = "GEO_BUSYNESS_ENV"
 BUCKET_ENV = "GEO_BUSYNESS_BUCKET"
@@ -62,6 +69,8 @@ MLFLOW_UI_ENV = "GEO_BUSYNESS_MLFLOW_UI_URL"
 ENDPOINT_PORT_ENV = "GEO_BUSYNESS_ENDPOINT_PORT"
 REPORTS_ENV = "GEO_BUSYNESS_REPORTS"
 ENDPOINT_TARGET_ENV = "GEO_BUSYNESS_ENDPOINT_TARGET"
+TRAINING_BACKEND_ENV = "GEO_BUSYNESS_TRAINING_BACKEND"
+TRAINING_INSTANCE_ENV = "GEO_BUSYNESS_SAGEMAKER_TRAINING_INSTANCE_TYPE"
 SAGEMAKER_ENV = {
     "endpoint_name": "GEO_BUSYNESS_SAGEMAKER_ENDPOINT",
     "role_arn": "GEO_BUSYNESS_SAGEMAKER_ROLE_ARN",
@@ -133,6 +142,7 @@ def build_resources() -> dict[str, Any]:
         "mlflow_tracking": MlflowTracking(**tracking, **ui),
         "promotion_policy": PromotionPolicyResource(),
         "endpoint": endpoint_target("sagemaker" if name == "aws" else "local"),
+        "training_backend": training_backend(),
         "report_store": ReportStore(
             **({"base_path": reports["value"]} if reports else {}), **on_endpoint
         ),
@@ -155,6 +165,33 @@ def endpoint_target(default: str = "local") -> EndpointTarget:
     raise ValueError(f"{ENDPOINT_TARGET_ENV} must be 'local' or 'sagemaker', got {kind!r}")
 
 
+def training_backend() -> TrainingBackend:
+    """In the step by default; a SageMaker training job of this image when
+    ``GEO_BUSYNESS_TRAINING_BACKEND=sagemaker`` (role, image and bucket as for the endpoint)."""
+    kind = os.environ.get(TRAINING_BACKEND_ENV, "local")
+    if kind == "local":
+        return LocalTrainingBackend()
+    if kind == "sagemaker":
+        needed = {
+            field: SAGEMAKER_ENV[field] for field in ("role_arn", "image_uri", "model_bucket")
+        }
+        missing = [name for name in needed.values() if not os.environ.get(name)]
+        if missing:
+            raise ValueError(f"{TRAINING_BACKEND_ENV}=sagemaker needs {', '.join(missing)}")
+        instance = (
+            {"instance_type": dg.EnvVar(TRAINING_INSTANCE_ENV)}
+            if os.environ.get(TRAINING_INSTANCE_ENV)
+            else {}
+        )
+        return SageMakerTrainingBackend(
+            role_arn=dg.EnvVar(needed["role_arn"]),
+            image_uri=dg.EnvVar(needed["image_uri"]),
+            bucket=dg.EnvVar(needed["model_bucket"]),
+            **instance,
+        )
+    raise ValueError(f"{TRAINING_BACKEND_ENV} must be 'local' or 'sagemaker', got {kind!r}")
+
+
 def local_resources(root: Path, endpoint_port: int = 8080) -> dict[str, Any]:
     """Every resource with all state under ``root`` (landing zone, assets, MLflow store,
     endpoint state), for throw-away runs: tests, benchmarks, a second demo next to the first."""
@@ -170,6 +207,7 @@ def local_resources(root: Path, endpoint_port: int = 8080) -> dict[str, Any]:
         ),
         "promotion_policy": PromotionPolicyResource(),
         "endpoint": LocalEndpointTarget(port=endpoint_port, state_dir=str(root / "endpoint")),
+        "training_backend": LocalTrainingBackend(),
         "report_store": ReportStore(base_path=str(root / "reports")),
         "drift_policy": DriftPolicy(),
     }

@@ -62,14 +62,24 @@ def test_new_days_flow_to_features_but_not_to_training(platform):
     result = dg.evaluate_automation_conditions(defs=test_defs, instance=instance, cursor=cursor)
 
     assert requested(result, "hex_hourly_busyness") == set(DAYS)
-    # each day's features and those of the 8 days whose history it is (existing partitions)
-    assert requested(result, "busyness_features") == set(day_range(START, 3 + 8))
     assert result.get_num_requested(dg.AssetKey("restaurants")) == 1
     assert result.get_num_requested(dg.AssetKey("restaurant_clusters")) == 1
+    # features wait for the first restaurant clusters (a separate run) instead of racing them
+    assert requested(result, "busyness_features") == set()
     for asset in ("training_set", "busyness_model", "champion_model", "endpoint_deployment"):
         assert result.get_num_requested(dg.AssetKey(asset)) == 0, asset
     # forecasts only follow the latest day, which has not landed
     assert requested(result, "busyness_forecast") == set()
+
+    for day in DAYS:
+        materialize(platform, dg.AssetSelection.assets("hex_hourly_busyness"), day)
+    materialize(platform, dg.AssetSelection.assets("restaurants", "restaurant_clusters"))
+    next_tick = dg.evaluate_automation_conditions(
+        defs=test_defs, instance=instance, cursor=result.cursor
+    )
+    # each day's features and those of the 8 days whose history it is (existing partitions)
+    assert requested(next_tick, "busyness_features") == set(day_range(START, 3 + 8))
+    assert requested(next_tick, "hex_hourly_busyness") == set()
 
 
 def test_a_late_file_for_an_old_day_reruns_that_day(platform):

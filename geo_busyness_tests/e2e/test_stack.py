@@ -1,0 +1,117 @@
+"""``geo-busyness stack``, as a user runs it: ``up`` starts SeaweedFS, the MLflow server and
+Dagster (webserver + daemon) on loopback and seeds the landing zone; the landing sensor ingests
+a seeded day into the bucket; ``status`` reports it; ``down`` stops every process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import boto3
+import dagster as dg
+import pytest
+from botocore.config import Config
+
+from geo_busyness.stack.local_stack import BUCKET, process_alive
+
+pytestmark = pytest.mark.e2e
+
+CLI = str(Path(sys.executable).parent / "geo-busyness")
+FREE_PORTS = [f"--{name}-port=0" for name in ("dagster", "mlflow", "s3", "endpoint")]
+INGESTED_WITHIN_S = 300
+
+
+def stack(root: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [CLI, "stack", *args, "--root", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.status == 200
+
+
+@pytest.fixture(scope="module")
+def running_stack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stack")
+    started = stack(root, "up", "--detach", "--seed-days=2", "--pings-per-day=2000", *FREE_PORTS)
+    state = json.loads((root / "stack.json").read_text()) if started.returncode == 0 else None
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield root, state, started.stdout
+    finally:
+        stopped = stack(root, "down", timeout=120)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+
+
+def s3_client(state: dict):
+    env = state["env"]
+    return boto3.session.Session(
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    ).client(
+        "s3",
+        endpoint_url=env["GEO_BUSYNESS_S3_ENDPOINT_URL"],
+        config=Config(s3={"addressing_style": "path"}),
+    )
+
+
+def keys(state: dict, prefix: str) -> list[str]:
+    listing = s3_client(state).list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+    return [item["Key"] for item in listing.get("Contents", [])]
+
+
+def test_up_prints_where_everything_is_and_every_service_answers(running_stack):
+    _, state, output = running_stack
+    for name in ("dagster", "mlflow"):
+        assert state["urls"][name] in output
+    assert http_ok(f"{state['urls']['dagster']}/server_info")
+    assert http_ok(f"{state['urls']['mlflow']}/health")
+    assert all(process_alive(pid) for pid in state["process_groups"].values())
+    assert all(url.startswith("http://127.0.0.1:") for url in state["urls"].values())
+
+
+def test_landing_zone_is_seeded_in_the_bucket(running_stack):
+    _, state, _ = running_stack
+    days = {key.split("/")[2] for key in keys(state, "landing/raw/")}
+    assert len(days) == 2
+
+
+def test_a_second_up_is_refused_while_the_stack_runs(running_stack):
+    root, _, _ = running_stack
+    again = stack(root, "up", "--detach", *FREE_PORTS, timeout=60)
+    assert again.returncode == 1
+    assert "already running" in again.stderr
+    status = stack(root, "status", timeout=60)
+    assert status.returncode == 0 and "dagster" in status.stdout
+
+
+def test_the_daemon_ingests_a_seeded_day_into_the_bucket(running_stack):
+    _, state, _ = running_stack
+    deadline = time.monotonic() + INGESTED_WITHIN_S
+    with dg.DagsterInstance.from_config(state["env"]["DAGSTER_HOME"]) as instance:
+        while time.monotonic() < deadline:
+            done = instance.get_materialized_partitions(dg.AssetKey("raw_courier_pings"))
+            if done:
+                break
+            time.sleep(5)
+        assert done, f"no day ingested within {INGESTED_WITHIN_S} s; logs in {state['logs']}"
+    assert any(key.startswith("assets/raw_courier_pings/") for key in keys(state, "assets/"))
+
+
+def test_down_stops_every_process(running_stack):
+    root, state, _ = running_stack
+    stopped = stack(root, "down", timeout=120)
+    assert stopped.returncode == 0
+    assert not any(process_alive(pid) for pid in state["process_groups"].values())
+    assert stack(root, "status", timeout=60).returncode == 1

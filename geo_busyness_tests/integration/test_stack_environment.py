@@ -1,0 +1,163 @@
+"""The ``stack`` environment end to end: every asset of the graph materializes with the landing
+zone, the asset storage and the drift reports in a SeaweedFS bucket and MLflow behind a real
+``mlflow server`` whose artifacts go to the same bucket; afterwards each of them is listed in
+the bucket through boto3, not taken on the platform's word."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import dagster as dg
+import pytest
+
+from geo_busyness.definitions import defs
+from geo_busyness.resources.environment import build_resources
+from geo_busyness.runner import (
+    day_range,
+    deploy_endpoint,
+    forecast_next_day,
+    materialize_days,
+    train_and_promote,
+)
+from geo_busyness.simulate import SimulationConfig, simulate
+from geo_busyness.stack.local_stack import stack_env, start_mlflow_server, wait_http
+from geo_busyness.stack.services import free_port, stop_process_group
+
+pytestmark = pytest.mark.integration
+
+# As in test_training.py: enough history for a candidate that passes the promotion gates.
+DAYS = 21
+START = dt.date(2026, 9, 1)
+TRAINING_RUN_CONFIG = {
+    "ops": {
+        "busyness_model": {
+            "config": {"n_trials": 3, "time_budget_s": 120, "train_poc_baseline": False}
+        }
+    }
+}
+
+
+@pytest.fixture(scope="module")
+def stack(seaweedfs, tmp_path_factory):
+    """A bucket on the session's SeaweedFS, an ``mlflow server`` storing artifacts in it, and
+    the environment ``geo-busyness stack up`` gives Dagster (with that bucket)."""
+    root = tmp_path_factory.mktemp("stack")
+    bucket = seaweedfs.make_bucket(f"stack-{root.name.lower().replace('_', '-')}"[:63])
+    ports = {"mlflow": free_port(), "endpoint": free_port()}
+    log = root / "mlflow.log"
+    server = start_mlflow_server(root / "mlflow", ports["mlflow"], seaweedfs, bucket, log)
+    try:
+        env = {**stack_env(root, ports, seaweedfs), "GEO_BUSYNESS_BUCKET": bucket}
+        wait_http(f"{env['MLFLOW_TRACKING_URI']}/health", server, "mlflow server", log)
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in env.items():
+                patch.setenv(name, value)
+            patch.delenv("GEO_BUSYNESS_ENDPOINT_TARGET", raising=False)
+            yield seaweedfs, bucket
+    finally:
+        stop_process_group(server)
+
+
+@pytest.fixture(scope="module")
+def graph(stack):
+    """Simulated days landed in S3, then every asset materialized through the code location's
+    own assets and checks with the resources the ``stack`` environment builds."""
+    stack_defs = dg.Definitions(
+        assets=list(defs.assets), asset_checks=list(defs.asset_checks), resources=build_resources()
+    )
+    with dg.build_resources({"landing_zone": stack_defs.resources["landing_zone"]}) as built:
+        simulate(
+            SimulationConfig(start_date=START, days=DAYS, pings_per_day=6_000),
+            put=built.landing_zone.write,
+        )
+    days = day_range(START, DAYS)
+    with dg.instance_for_test() as instance:
+        data = materialize_days(days, stack_defs, instance, log=lambda _: None)
+        training = train_and_promote(
+            stack_defs, instance, run_config=TRAINING_RUN_CONFIG, log=lambda _: None
+        )
+        forecast = forecast_next_day(days[-1], stack_defs, instance, log=lambda _: None)
+        deployment, deploy_error = deploy_endpoint(stack_defs, instance, log=lambda _: None)
+        drift = dg.materialize(
+            [*stack_defs.assets, *stack_defs.asset_checks],
+            selection=dg.AssetSelection.assets("drift_report"),
+            partition_key=days[-1],
+            instance=instance,
+            resources=stack_defs.resources,
+        )
+        tracking = dg.build_resources({"mlflow_tracking": stack_defs.resources["mlflow_tracking"]})
+        with tracking as built:
+            yield {
+                "data": data,
+                "training": training,
+                "forecast": forecast,
+                "deployment": deployment,
+                "deploy_error": deploy_error,
+                "drift_success": drift.success,
+                "days": days,
+                "tracking": built.mlflow_tracking,
+            }
+    with dg.build_resources({"endpoint": stack_defs.resources["endpoint"]}) as built:
+        built.endpoint.stop()
+
+
+def keys(stack, prefix: str) -> list[str]:
+    server, bucket = stack
+    pages = server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+def test_every_asset_materializes_and_the_model_is_promoted_and_deployed(graph):
+    assert not graph["data"].failed_checks
+    assert graph["training"].error is None
+    assert graph["training"].champion_version == "1"
+    assert graph["forecast"]["rows"] > 0
+    assert graph["deploy_error"] is None
+    assert graph["deployment"]["model_version"] == "1"
+    assert graph["drift_success"]
+
+
+def test_landing_zone_is_in_the_bucket(stack, graph):
+    landed = keys(stack, "landing/raw/")
+    assert {key.split("/")[2] for key in landed} == {f"dt={day}" for day in graph["days"]}
+
+
+def test_io_manager_writes_every_asset_to_the_bucket(stack, graph):
+    # assets/<asset>/<day>.<ext> for daily assets, assets/<asset>.<ext> for the others
+    stored = {key.split("/")[1].split(".")[0] for key in keys(stack, "assets/")}
+    expected = {
+        "raw_courier_pings",
+        "clean_courier_pings",
+        "quarantined_pings",
+        "hex_hourly_busyness",
+        "busyness_features",
+        "restaurants",
+        "restaurant_clusters",
+        "training_set",
+        "busyness_model",
+        "model_evaluation",
+        "champion_model",
+        "busyness_forecast",
+        "drift_report",
+    }
+    assert expected <= stored, f"missing in the bucket: {sorted(expected - stored)}"
+    last_day = graph["days"][-1]
+    assert any(last_day in key for key in keys(stack, "assets/busyness_features/"))
+
+
+def test_drift_report_html_is_in_the_bucket(stack, graph):
+    assert any(key.endswith(".html") for key in keys(stack, "reports/"))
+
+
+def test_mlflow_artifacts_are_in_the_bucket_through_the_server(stack, graph):
+    tracking = graph["tracking"]
+    champion = tracking.champion()
+    run = tracking.client().get_run(champion.run_id)
+    # The server proxies artifacts: clients only ever see mlflow-artifacts:/ URIs ...
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
+    # ... and the server keeps them in the bucket, the model among them.
+    artifacts = keys(stack, "mlflow/")
+    run_artifacts = [key for key in artifacts if champion.run_id in key]
+    assert any(key.endswith("MLmodel") for key in run_artifacts), artifacts[:20]
+    model, version = tracking.load_champion()
+    assert version == "1" and model is not None
