@@ -12,6 +12,7 @@ from geo_busyness.automation import automation_sensor
 from geo_busyness.checks import data_checks, model_checks
 from geo_busyness.resources.environment import build_resources
 from geo_busyness.retraining import (
+    TRAINING_RUN_TAGS,
     drift_retrain_sensor,
     first_model_sensor,
     retrain_job,
@@ -31,6 +32,7 @@ data_pipeline_job = dg.define_asset_job(
 training_job = dg.define_asset_job(
     "training_job",
     selection=dg.AssetSelection.groups("training"),
+    tags=TRAINING_RUN_TAGS,
     description=(
         "Assemble the training set, train and evaluate a candidate, and promote it to champion "
         "if every blocking check passes."

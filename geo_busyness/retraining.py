@@ -17,10 +17,14 @@ from geo_busyness.resources.reports import DriftPolicy
 from geo_busyness.resources.tracking import MlflowTracking
 
 TRIGGER_TAG = "geo_busyness/trigger"
+# Training runs get a bigger task under the ECS run launcher (ignored elsewhere): 4 vCPU for the
+# search, 16 GB for ~1M feature rows with headroom (BENCHMARKS.md "Model": 3.2 GB peak).
+TRAINING_RUN_TAGS = {"ecs/cpu": "4096", "ecs/memory": "16384"}
 
 retrain_job = dg.define_asset_job(
     "retrain_job",
     selection=dg.AssetSelection.groups("training"),
+    tags=TRAINING_RUN_TAGS,
     description=(
         "Retrain: training set → candidate → evaluation → blocking checks → champion. "
         "Requested by drift_retrain_sensor and weekly_retrain."

@@ -165,6 +165,18 @@ def training_set(
     owners=[OWNER],
     kinds={"xgboost", "mlflow"},
     io_manager_key=OBJECT_IO,
+    # Sizes this step's pod under the k8s executor (ignored by the other executors): the search
+    # uses every core it gets, and 1M feature rows peak at ~3.2 GB (BENCHMARKS.md "Model").
+    op_tags={
+        "dagster-k8s/config": {
+            "container_config": {
+                "resources": {
+                    "requests": {"cpu": "4", "memory": "8Gi"},
+                    "limits": {"memory": "8Gi"},
+                }
+            }
+        }
+    },
     description=(
         "Candidate XGBoost count model (Poisson vs Tweedie, early-stopped, time-boxed search) "
         "plus the PoC's RandomForest baseline on the same split; logged to MLflow with params, "

@@ -155,9 +155,11 @@ def test_mlflow_artifacts_are_in_the_bucket_through_the_server(stack, graph):
     run = tracking.client().get_run(champion.run_id)
     # The server proxies artifacts: clients only ever see mlflow-artifacts:/ URIs ...
     assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
-    # ... and the server keeps them in the bucket, the model among them.
+    # ... and the server keeps them in the bucket: the run's own artifacts (search log,
+    # evaluation plots) and the logged model (MLflow 3 stores models apart from their run).
     artifacts = keys(stack, "mlflow/")
-    run_artifacts = [key for key in artifacts if champion.run_id in key]
-    assert any(key.endswith("MLmodel") for key in run_artifacts), artifacts[:20]
+    assert any(champion.run_id in key for key in artifacts), artifacts[:20]
+    assert any(key.endswith("/MLmodel") for key in artifacts), artifacts[:20]
+    assert any(key.endswith(".ubj") for key in artifacts), artifacts[:20]
     model, version = tracking.load_champion()
     assert version == "1" and model is not None
