@@ -197,7 +197,7 @@ class MlflowTracking(dg.ConfigurableResource):
         )
 
     def load_champion(self):
-        """The champion as an ``xgboost.XGBRegressor`` and its version, or (None, None)."""
+        """The champion as an ``xgboost.XGBRegressor`` and its :class:`Champion`, or (None, None)."""
         champion = self.champion()
         if champion is None:
             return None, None

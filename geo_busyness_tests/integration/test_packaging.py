@@ -150,3 +150,27 @@ def test_image_commands_install_and_serve_the_code_location(tmp_path):
         assert answer.json()["model_version"] == manifest["model_version"]
     finally:
         stop_process_group(model_server)
+
+    # SageMaker training: `docker run <image> train`. An empty channel must fail the way
+    # SageMaker reports it (exit 1, the reason in /opt/ml/output/failure); training itself is
+    # covered by unit/test_training_container.py.
+    sm = tmp_path / "opt-ml"
+    for folder in ("input/data/training", "input/config", "model", "output"):
+        (sm / folder).mkdir(parents=True)
+    (sm / "input/config/hyperparameters.json").write_text('{"feature_names": "lag_24h"}')
+    trained = subprocess.run(
+        [venv_bin / "train"],
+        cwd=app,
+        env={
+            **env,
+            "SM_CHANNEL_TRAINING": str(sm / "input/data/training"),
+            "SM_INPUT_CONFIG_DIR": str(sm / "input/config"),
+            "SM_MODEL_DIR": str(sm / "model"),
+            "SM_OUTPUT_DIR": str(sm / "output"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert trained.returncode == 1, trained.stdout + trained.stderr
+    assert "holds no .parquet file" in (sm / "output" / "failure").read_text()
