@@ -191,3 +191,30 @@ def slug(text: str, limit: int) -> str:
     """Letters, digits and single dashes only (valid in SageMaker names and file names)."""
     cleaned = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")
     return cleaned[:limit].strip("-") or "x"
+
+
+class AwsClients:
+    """boto3 clients created on first use (one per service, in ``region``, with per-service
+    endpoint overrides for tests or VPC endpoints); clients passed in (stubs) are used as is."""
+
+    def __init__(
+        self,
+        region: str | None,
+        endpoints: Mapping[str, str | None],
+        injected: Mapping[str, Any],
+    ) -> None:
+        self._region = region
+        self._endpoints = dict(endpoints)
+        self._clients = {
+            service: client for service, client in injected.items() if client is not None
+        }
+
+    def __getitem__(self, service: str) -> Any:
+        if service not in self._clients:
+            import boto3
+
+            session = boto3.session.Session(region_name=self._region)
+            self._clients[service] = session.client(
+                service, endpoint_url=self._endpoints.get(service)
+            )
+        return self._clients[service]

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from geo_busyness.deploy.common import (
+    AwsClients,
     BundleManifest,
     DeploymentFailed,
     DeploymentRecord,
@@ -132,35 +133,28 @@ class SageMakerEndpoint:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.config = config
-        self._sagemaker = sagemaker_client
-        self._runtime = runtime_client
-        self._s3 = s3_client
+        self._clients = AwsClients(
+            config.region,
+            {
+                "sagemaker": config.endpoint_url,
+                "sagemaker-runtime": config.endpoint_url,
+                "s3": config.s3_endpoint_url,
+            },
+            {"sagemaker": sagemaker_client, "sagemaker-runtime": runtime_client, "s3": s3_client},
+        )
         self._sleep = sleep
-
-    # ------------------------------------------------------------------ clients
-    def _client(self, service: str, endpoint_url: str | None) -> Any:
-        import boto3
-
-        session = boto3.session.Session(region_name=self.config.region)
-        return session.client(service, endpoint_url=endpoint_url)
 
     @property
     def sagemaker(self) -> Any:
-        if self._sagemaker is None:
-            self._sagemaker = self._client("sagemaker", self.config.endpoint_url)
-        return self._sagemaker
+        return self._clients["sagemaker"]
 
     @property
     def runtime(self) -> Any:
-        if self._runtime is None:
-            self._runtime = self._client("sagemaker-runtime", self.config.endpoint_url)
-        return self._runtime
+        return self._clients["sagemaker-runtime"]
 
     @property
     def s3(self) -> Any:
-        if self._s3 is None:
-            self._s3 = self._client("s3", self.config.s3_endpoint_url)
-        return self._s3
+        return self._clients["s3"]
 
     # ------------------------------------------------------------------ public API
     def status(self) -> EndpointSnapshot | None:

@@ -34,7 +34,7 @@ import pandas as pd
 
 from geo_busyness.core.lifecycle import SPLIT_COLUMN, SPLITS
 from geo_busyness.core.model import Split, TrainedModel, TrainingConfig
-from geo_busyness.deploy.common import compact_stamp
+from geo_busyness.deploy.common import AwsClients, compact_stamp
 from geo_busyness.training_container import read_model, to_hyperparameters
 
 JOB_PREFIX = "busyness-model"
@@ -135,29 +135,21 @@ class SageMakerTraining:
         log: Callable[[str], None] = LOG.info,
     ) -> None:
         self.config = config
-        self._sagemaker = sagemaker_client
-        self._s3 = s3_client
+        self._clients = AwsClients(
+            config.region,
+            {"sagemaker": config.endpoint_url, "s3": config.s3_endpoint_url},
+            {"sagemaker": sagemaker_client, "s3": s3_client},
+        )
         self._sleep = sleep
         self._log = log
 
-    # ------------------------------------------------------------------ clients
-    def _client(self, service: str, endpoint_url: str | None) -> Any:
-        import boto3
-
-        session = boto3.session.Session(region_name=self.config.region)
-        return session.client(service, endpoint_url=endpoint_url)
-
     @property
     def sagemaker(self) -> Any:
-        if self._sagemaker is None:
-            self._sagemaker = self._client("sagemaker", self.config.endpoint_url)
-        return self._sagemaker
+        return self._clients["sagemaker"]
 
     @property
     def s3(self) -> Any:
-        if self._s3 is None:
-            self._s3 = self._client("s3", self.config.s3_endpoint_url)
-        return self._s3
+        return self._clients["s3"]
 
     # ------------------------------------------------------------------ public API
     def train(

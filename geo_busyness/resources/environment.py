@@ -83,7 +83,9 @@ def environment() -> str:
     """The selected environment, ``local`` unless ``GEO_BUSYNESS_ENV`` says otherwise."""
     name = os.environ.get(ENVIRONMENT_ENV, "local")
     if name not in ENVIRONMENTS:
-        raise ValueError(f"{ENVIRONMENT_ENV} must be one of {', '.join(ENVIRONMENTS)}, got {name!r}")
+        raise ValueError(
+            f"{ENVIRONMENT_ENV} must be one of {', '.join(ENVIRONMENTS)}, got {name!r}"
+        )
     return name
 
 

@@ -3,6 +3,8 @@
 * ``seaweedfs`` (session): a running :class:`~geo_busyness.stack.services.SeaweedFS` S3 server
   on loopback. A missing ``weed`` binary or a server that does not come up FAILS the tests
   (never skips them): the integration suite must prove S3 works.
+* ``moto_server`` (module): moto's AWS APIs (S3, SageMaker, ECS, …) on 127.0.0.1, a free port;
+  only for the AWS control planes that cannot run here.
 * ``s3_env`` (function): AWS variables pointing at that server set for the test (credentials,
   ``us-east-1``, no EC2 metadata lookups) and a fresh bucket of its own, as an :class:`S3Bucket`.
 """
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from geo_busyness.stack.services import SeaweedFS, SeaweedFSError
+from geo_busyness.stack.services import SeaweedFS, SeaweedFSError, free_port
 
 # A throw-away server: no need to wait for the filer's ~15 s graceful gRPC shutdown.
 STOP_TIMEOUT_SECONDS = 2.0
@@ -67,3 +69,17 @@ def s3_env(seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> S3Bucket:
         monkeypatch.delenv(name, raising=False)
     bucket = seaweedfs.make_bucket(f"test-{uuid.uuid4().hex[:16]}")
     return S3Bucket(name=bucket, server=seaweedfs)
+
+
+@pytest.fixture(scope="module")
+def moto_server() -> Iterator[str]:
+    """The URL of a ``moto.server.ThreadedMotoServer`` on 127.0.0.1, stopped after the module."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()

@@ -449,20 +449,6 @@ ROLE_ARN = "arn:aws:iam::123456789012:role/geo-busyness-sagemaker"
 IMAGE_URI = "123456789012.dkr.ecr.us-east-1.amazonaws.com/geo-busyness:test"
 
 
-@pytest.fixture(scope="module")
-def moto_server():
-    """moto's S3 + SageMaker API on 127.0.0.1, a free port; stopped after the module."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def aws(moto_server, monkeypatch):
     """Fake credentials through the default chain, a fresh bucket, a unique endpoint name."""

@@ -34,8 +34,6 @@ from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
 from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import deserialize_value
 
-from geo_busyness.stack.services import free_port
-
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,19 +76,6 @@ class Ecs:
         arns = self.ecs.list_tasks(cluster=CLUSTER)["taskArns"]
         tasks = self.ecs.describe_tasks(cluster=CLUSTER, tasks=arns, include=["TAGS"])["tasks"]
         return [task for task in tasks if task["taskArn"] != self.daemon_task_arn]
-
-
-@pytest.fixture(scope="module")
-def moto_server() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture

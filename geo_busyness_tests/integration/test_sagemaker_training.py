@@ -169,20 +169,6 @@ class SageMakerStandIn:
         job.training_job_status = job.secondary_status = "Completed"
 
 
-@pytest.fixture(scope="module")
-def moto_server():
-    """moto's S3 + SageMaker API on 127.0.0.1, a free port; stopped after the module."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def aws(moto_server, monkeypatch, tmp_path):
     """Fake credentials through the default chain, a fresh bucket, the SageMaker stand-in."""
