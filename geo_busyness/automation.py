@@ -12,20 +12,23 @@ import dagster as dg
 # Unpartitioned inputs that change with every new day but only matter to new partitions:
 # reacting to them would recompute every historical partition each day.
 SLOWLY_CHANGING = dg.AssetSelection.assets("restaurant_clusters")
+# Unpartitioned inputs a daily partition cannot do without. Missing history days are fine (the
+# features treat them as unknown); a missing one of these is waited for, not failed on.
+REQUIRED_SINGLETONS = SLOWLY_CHANGING | dg.AssetSelection.assets("champion_model", "training_set")
 
 
 def _updated_and_settled(updates: dg.AutomationCondition) -> dg.AutomationCondition:
-    """``updates`` happened since the last request, nothing upstream runs, and the slowly
-    changing inputs exist (on a fresh deployment the first days land before the restaurant
-    clusters are computed: their features wait instead of failing on a missing input)."""
-    slow_input_missing = dg.AutomationCondition.any_deps_match(
+    """``updates`` happened since the last request, nothing upstream runs, and the required
+    unpartitioned inputs exist (on a fresh deployment days land before the first restaurant
+    clusters or the first champion: their features and forecasts wait instead of failing)."""
+    required_input_missing = dg.AutomationCondition.any_deps_match(
         dg.AutomationCondition.missing()
-    ).allow(SLOWLY_CHANGING)
+    ).allow(REQUIRED_SINGLETONS)
     return (
         updates.since_last_handled()
         & ~dg.AutomationCondition.any_deps_in_progress()
         & ~dg.AutomationCondition.in_progress()
-        & ~slow_input_missing
+        & ~required_input_missing
     )
 
 
@@ -58,10 +61,13 @@ def on_new_day_of_monitoring() -> dg.AutomationCondition:
 
 
 def after_passed_checks() -> dg.AutomationCondition:
-    """Promotion and deployment: a dependency updated and every blocking check upstream passed."""
+    """Promotion and deployment: a dependency updated, every blocking check upstream passed,
+    and every input exists (a first champion appears before any forecast: the deployment waits
+    for the forecast instead of failing; requested together they would race in two runs)."""
     return (
         _updated_and_settled(dg.AutomationCondition.any_deps_updated())
         & dg.AutomationCondition.all_deps_blocking_checks_passed()
+        & ~dg.AutomationCondition.any_deps_match(dg.AutomationCondition.missing())
     ).with_label("after_passed_checks")
 
 

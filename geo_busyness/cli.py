@@ -259,7 +259,8 @@ def cmd_stack(args: argparse.Namespace) -> int:
         f"\nThe sensors ingest the seeded days, automation featurizes them, the first model is\n"
         f"trained once {args.seed_days} days are featurized, then promoted and deployed\n"
         f"(about 10 minutes; watch Runs and Asset checks in {state.urls['dagster']}).\n"
-        f"Drop a new day:  source {env_file} && geo-busyness simulate --days 1\n"
+        f"Drift yesterday: source {env_file} && geo-busyness simulate --days 1 "
+        f"--scenario new_district\n"
         f"Stop everything: geo-busyness stack down" + ("" if args.detach else "   (or Ctrl-C here)")
     )
     if args.detach:

@@ -57,7 +57,7 @@ class StackConfig:
     ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
     seed_days: int = 28
     pings_per_day: int = 10_000
-    seed_end: dt.date | None = None  # default: the day before yesterday (UTC)
+    seed_end: dt.date | None = None  # default: yesterday (UTC), the latest complete day
     fresh: bool = False
 
 
@@ -325,7 +325,7 @@ def _seed(config: StackConfig, env: dict[str, str], say: Callable[[str], None]) 
     (``geo-busyness simulate``); a landing zone that already holds files is kept."""
     if config.seed_days <= 0:
         return "none"
-    end = config.seed_end or dt.datetime.now(dt.UTC).date() - dt.timedelta(days=2)
+    end = config.seed_end or dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
     start = end - dt.timedelta(days=config.seed_days - 1)
     seeded = subprocess.run(
         [
