@@ -61,14 +61,21 @@ def on_new_day_of_monitoring() -> dg.AutomationCondition:
 
 
 def after_passed_checks() -> dg.AutomationCondition:
-    """Promotion and deployment: a dependency updated, every blocking check upstream passed,
-    and every input exists (a first champion appears before any forecast: the deployment waits
-    for the forecast instead of failing; requested together they would race in two runs)."""
+    """Promotion and deployment: a dependency updated and every blocking check upstream passed."""
     return (
         _updated_and_settled(dg.AutomationCondition.any_deps_updated())
         & dg.AutomationCondition.all_deps_blocking_checks_passed()
-        & ~dg.AutomationCondition.any_deps_match(dg.AutomationCondition.missing())
     ).with_label("after_passed_checks")
+
+
+def ready_to_deploy() -> dg.AutomationCondition:
+    """Deployment: after passed checks, once some forecast exists. A first champion is promoted
+    before any forecast; deploying then would fail (nothing to serve) until the forecast that
+    the promotion triggers lands, so the deployment waits for it."""
+    some_forecast = dg.AutomationCondition.any_deps_match(
+        ~dg.AutomationCondition.missing()
+    ).allow(dg.AssetSelection.assets("busyness_forecast"))
+    return (after_passed_checks() & some_forecast).with_label("ready_to_deploy")
 
 
 automation_sensor = dg.AutomationConditionSensorDefinition(

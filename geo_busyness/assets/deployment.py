@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from geo_busyness.assets.metadata import OWNER, preview
-from geo_busyness.automation import after_passed_checks, on_new_data_latest_day
+from geo_busyness.automation import on_new_data_latest_day, ready_to_deploy
 from geo_busyness.core.features import LOOKBACK_DAYS
 from geo_busyness.core.forecast import (
     FORECAST_COLUMN,
@@ -124,7 +124,7 @@ def _instances(rows: pd.DataFrame) -> list[dict]:
             metadata={"allow_missing_partitions": True, "lazy": True},
         )
     },
-    automation_condition=after_passed_checks(),
+    automation_condition=ready_to_deploy(),
     description=(
         "The champion serving live behind the `endpoint` resource (a local server on a fixed "
         "port by default, or a SageMaker endpoint), with the feature snapshot of the latest "

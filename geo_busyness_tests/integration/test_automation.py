@@ -6,6 +6,7 @@ import datetime as dt
 import dagster as dg
 import pytest
 
+from geo_busyness.automation import after_passed_checks, on_new_data_latest_day, ready_to_deploy
 from geo_busyness.definitions import defs
 from geo_busyness.resources.environment import local_resources
 from geo_busyness.runner import day_range
@@ -108,3 +109,76 @@ def test_features_of_a_day_without_data_are_skipped_not_zeros(platform):
     assert empty_day not in materialized
     materialize(platform, dg.AssetSelection.assets("busyness_features"), DAYS[-1])
     assert DAYS[-1] in instance.get_materialized_partitions(dg.AssetKey("busyness_features"))
+
+
+# Stand-ins with the real assets' names and dependencies: the conditions under test select
+# their inputs by name.
+STAND_IN_DAYS = dg.DailyPartitionsDefinition(start_date="2026-10-01", end_date="2026-10-04")
+
+
+@dg.asset(name="champion_model", automation_condition=after_passed_checks())
+def champion_stand_in() -> None: ...
+
+
+@dg.asset(name="busyness_features", partitions_def=STAND_IN_DAYS)
+def features_stand_in() -> None: ...
+
+
+@dg.asset(
+    name="busyness_forecast",
+    partitions_def=STAND_IN_DAYS,
+    deps=[champion_stand_in, features_stand_in],
+    automation_condition=on_new_data_latest_day(),
+)
+def forecast_stand_in() -> None: ...
+
+
+@dg.asset(
+    name="endpoint_deployment",
+    deps=[
+        champion_stand_in,
+        dg.AssetDep(forecast_stand_in, partition_mapping=dg.AllPartitionMapping()),
+    ],
+    automation_condition=ready_to_deploy(),
+)
+def deployment_stand_in() -> None: ...
+
+
+def test_a_first_champion_is_forecast_before_it_is_deployed():
+    stand_ins = [champion_stand_in, features_stand_in, forecast_stand_in, deployment_stand_in]
+    latest = STAND_IN_DAYS.get_last_partition_key()
+    with dg.instance_for_test() as instance:
+        cursor = dg.evaluate_automation_conditions(defs=stand_ins, instance=instance).cursor
+        dg.materialize([champion_stand_in], instance=instance)  # the first promotion
+        promoted = dg.evaluate_automation_conditions(
+            defs=stand_ins, instance=instance, cursor=cursor
+        )
+        assert requested(promoted, "busyness_forecast") == {latest}
+        assert promoted.get_num_requested(dg.AssetKey("endpoint_deployment")) == 0
+
+        dg.materialize(
+            stand_ins, selection=[forecast_stand_in.key], instance=instance, partition_key=latest
+        )
+        forecast = dg.evaluate_automation_conditions(
+            defs=stand_ins, instance=instance, cursor=promoted.cursor
+        )
+        assert forecast.get_num_requested(dg.AssetKey("endpoint_deployment")) == 1
+
+
+def test_new_features_wait_for_the_first_champion_before_a_forecast():
+    stand_ins = [champion_stand_in, features_stand_in, forecast_stand_in, deployment_stand_in]
+    latest = STAND_IN_DAYS.get_last_partition_key()
+    with dg.instance_for_test() as instance:
+        cursor = dg.evaluate_automation_conditions(defs=stand_ins, instance=instance).cursor
+        dg.materialize(
+            stand_ins, selection=[features_stand_in.key], instance=instance, partition_key=latest
+        )
+        waiting = dg.evaluate_automation_conditions(
+            defs=stand_ins, instance=instance, cursor=cursor
+        )
+        assert requested(waiting, "busyness_forecast") == set()  # no champion yet
+        dg.materialize([champion_stand_in], instance=instance)
+        ready = dg.evaluate_automation_conditions(
+            defs=stand_ins, instance=instance, cursor=waiting.cursor
+        )
+        assert requested(ready, "busyness_forecast") == {latest}
