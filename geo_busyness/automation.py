@@ -69,13 +69,19 @@ def after_passed_checks() -> dg.AutomationCondition:
 
 
 def ready_to_deploy() -> dg.AutomationCondition:
-    """Deployment: after passed checks, once some forecast exists. A first champion is promoted
-    before any forecast; deploying then would fail (nothing to serve) until the forecast that
-    the promotion triggers lands, so the deployment waits for it."""
-    some_forecast = dg.AutomationCondition.any_deps_match(
-        ~dg.AutomationCondition.missing()
-    ).allow(dg.AssetSelection.assets("busyness_forecast"))
-    return (after_passed_checks() & some_forecast).with_label("ready_to_deploy")
+    """Deployment: after passed checks, once some forecast exists and none is about to be
+    rewritten. A promotion also re-forecasts the latest day; deploying in the same tick would
+    run beside that rewrite (measured: a read of the half-replaced Parquet object failed on
+    S3) and ship the old model's forecast, so the deployment waits for the new forecast. A
+    first champion has no forecast at all until then."""
+    forecast = dg.AssetSelection.assets("busyness_forecast")
+    some_forecast = dg.AutomationCondition.any_deps_match(~dg.AutomationCondition.missing()).allow(
+        forecast
+    )
+    forecast_coming = dg.AutomationCondition.any_deps_match(
+        dg.AutomationCondition.will_be_requested()
+    ).allow(forecast)
+    return (after_passed_checks() & some_forecast & ~forecast_coming).with_label("ready_to_deploy")
 
 
 automation_sensor = dg.AutomationConditionSensorDefinition(

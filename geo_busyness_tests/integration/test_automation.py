@@ -163,6 +163,22 @@ def test_a_first_champion_is_forecast_before_it_is_deployed():
             defs=stand_ins, instance=instance, cursor=promoted.cursor
         )
         assert forecast.get_num_requested(dg.AssetKey("endpoint_deployment")) == 1
+        dg.materialize(stand_ins, selection=[deployment_stand_in.key], instance=instance)
+
+        # A retrain promotes a second champion: re-forecast first, deploy after.
+        dg.materialize([champion_stand_in], instance=instance)
+        promoted_again = dg.evaluate_automation_conditions(
+            defs=stand_ins, instance=instance, cursor=forecast.cursor
+        )
+        assert requested(promoted_again, "busyness_forecast") == {latest}
+        assert promoted_again.get_num_requested(dg.AssetKey("endpoint_deployment")) == 0
+        dg.materialize(
+            stand_ins, selection=[forecast_stand_in.key], instance=instance, partition_key=latest
+        )
+        reforecast = dg.evaluate_automation_conditions(
+            defs=stand_ins, instance=instance, cursor=promoted_again.cursor
+        )
+        assert reforecast.get_num_requested(dg.AssetKey("endpoint_deployment")) == 1
 
 
 def test_new_features_wait_for_the_first_champion_before_a_forecast():
