@@ -69,19 +69,16 @@ def after_passed_checks() -> dg.AutomationCondition:
 
 
 def ready_to_deploy() -> dg.AutomationCondition:
-    """Deployment: after passed checks, once some forecast exists and none is about to be
-    rewritten. A promotion also re-forecasts the latest day; deploying in the same tick would
-    run beside that rewrite (measured: a read of the half-replaced Parquet object failed on
-    S3) and ship the old model's forecast, so the deployment waits for the new forecast. A
-    first champion has no forecast at all until then."""
-    forecast = dg.AssetSelection.assets("busyness_forecast")
-    some_forecast = dg.AutomationCondition.any_deps_match(~dg.AutomationCondition.missing()).allow(
-        forecast
+    """Deployment: when a forecast lands and every blocking check upstream passed. Not on a
+    promotion itself: the promotion re-forecasts the latest day, and deploying beside that
+    rewrite would ship the old model's forecast (measured on the stack: the deployment read a
+    half-replaced Parquet object on S3 and failed). The new forecast then triggers the deploy."""
+    updates = dg.AutomationCondition.any_deps_updated().ignore(
+        dg.AssetSelection.assets("champion_model")
     )
-    forecast_coming = dg.AutomationCondition.any_deps_match(
-        dg.AutomationCondition.will_be_requested()
-    ).allow(forecast)
-    return (after_passed_checks() & some_forecast & ~forecast_coming).with_label("ready_to_deploy")
+    return (
+        _updated_and_settled(updates) & dg.AutomationCondition.all_deps_blocking_checks_passed()
+    ).with_label("ready_to_deploy")
 
 
 automation_sensor = dg.AutomationConditionSensorDefinition(

@@ -164,11 +164,14 @@ def test_a_first_champion_is_forecast_before_it_is_deployed():
         )
         assert forecast.get_num_requested(dg.AssetKey("endpoint_deployment")) == 1
         dg.materialize(stand_ins, selection=[deployment_stand_in.key], instance=instance)
+        deployed = dg.evaluate_automation_conditions(
+            defs=stand_ins, instance=instance, cursor=forecast.cursor
+        )
 
         # A retrain promotes a second champion: re-forecast first, deploy after.
         dg.materialize([champion_stand_in], instance=instance)
         promoted_again = dg.evaluate_automation_conditions(
-            defs=stand_ins, instance=instance, cursor=forecast.cursor
+            defs=stand_ins, instance=instance, cursor=deployed.cursor
         )
         assert requested(promoted_again, "busyness_forecast") == {latest}
         assert promoted_again.get_num_requested(dg.AssetKey("endpoint_deployment")) == 0
