@@ -214,11 +214,12 @@ def _stack_root(args: argparse.Namespace):
 
 def cmd_stack(args: argparse.Namespace) -> int:
     from geo_busyness.stack.local_stack import (
+        ENV_FILE,
         StackConfig,
         StackError,
         down,
-        env_script,
         running_state,
+        serve_until_interrupted,
         up,
     )
 
@@ -253,8 +254,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
     except StackError as error:
         print(f"geo-busyness: stack: {error}", file=sys.stderr)
         return 1
-    env_file = root / "env.sh"
-    env_file.write_text(env_script(state))
+    env_file = root / ENV_FILE
     print(
         f"\nThe sensors ingest the seeded days, automation featurizes them, the first model is\n"
         f"trained once {args.seed_days} days are featurized, then promoted and deployed\n"
@@ -265,27 +265,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
     )
     if args.detach:
         return 0
-    return _serve_until_interrupted(root, state, down)
-
-
-def _serve_until_interrupted(root, state, down) -> int:
-    """Keep the stack up until Ctrl-C / SIGTERM or until one of its services dies; then stop."""
-    import signal
-    import time
-
-    from geo_busyness.stack.local_stack import process_alive
-
-    stop = []
-    signal.signal(signal.SIGINT, lambda *_: stop.append(True))
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
-    dead = []
-    while not stop and not dead:
-        time.sleep(1)
-        dead = [name for name, pid in state.process_groups.items() if not process_alive(pid)]
-    if dead:
-        print(f"stack: {', '.join(dead)} stopped unexpectedly; see {root / 'logs'}")
-    down(root)
-    return 1 if dead else 0
+    return serve_until_interrupted(state)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,14 +56,22 @@ class RunSummary:
 LOCAL_INSTANCE_SETTINGS = Path(__file__).with_name("dagster.local.yaml")
 
 
-def dagster_home() -> Path:
-    """``$DAGSTER_HOME`` or ``<data dir>/dagster_home`` (created, and exported for this process),
-    with the local run-concurrency settings unless it already has a ``dagster.yaml``."""
-    home = Path(os.environ.get("DAGSTER_HOME") or default_data_dir() / "dagster_home")
+def prepare_instance_dir(home: Path) -> Path:
+    """``home`` created, with the local run-concurrency settings unless it already has a
+    ``dagster.yaml``."""
     home.mkdir(parents=True, exist_ok=True)
     settings = home / "dagster.yaml"
     if not settings.exists():
         settings.write_text(LOCAL_INSTANCE_SETTINGS.read_text())
+    return home
+
+
+def dagster_home() -> Path:
+    """``$DAGSTER_HOME`` or ``<data dir>/dagster_home``, prepared (:func:`prepare_instance_dir`)
+    and exported for this process."""
+    home = prepare_instance_dir(
+        Path(os.environ.get("DAGSTER_HOME") or default_data_dir() / "dagster_home")
+    )
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 

@@ -99,18 +99,12 @@ def _required(name: str) -> list[str]:
     return [variable for variable in needs if not os.environ.get(variable)]
 
 
-def _location(variable: str, bucket: str | None, prefix: str) -> dict[str, Any]:
-    """A storage location: the variable when set (shown as its name in the UI), else
-    ``s3://<bucket>/<prefix>`` when the environment has a bucket, else the field's default."""
+def _field(field: str, variable: str, default: str | None = None) -> dict[str, Any]:
+    """``{field: dg.EnvVar(variable)}`` when the variable is set (the UI shows its name, never
+    its value), else ``{field: default}``, else nothing (the resource's own default)."""
     if os.environ.get(variable):
-        return {"value": dg.EnvVar(variable)}
-    if bucket:
-        return {"value": f"s3://{bucket}/{prefix}"}
-    return {}
-
-
-def _from_env(name: str) -> dict[str, Any]:
-    return {"value": dg.EnvVar(name)} if os.environ.get(name) else {}
+        return {field: dg.EnvVar(variable)}
+    return {field: default} if default else {}
 
 
 def build_resources() -> dict[str, Any]:
@@ -123,30 +117,28 @@ def build_resources() -> dict[str, Any]:
             "(README, section 'Environments'; `geo-busyness stack up` sets them for `stack`)"
         )
     bucket = os.environ.get(BUCKET_ENV) or (STACK_BUCKET if name == "stack" else None)
-    endpoint = _from_env(S3_ENDPOINT_ENV)
-    landing = _location(LANDING_ZONE_ENV, bucket, "landing")
-    storage = _location(STORAGE_ENV, bucket, "assets")
-    reports = _location(REPORTS_ENV, bucket, "reports")
-    s3 = S3Resource(endpoint_url=endpoint["value"]) if endpoint else S3Resource()
-    on_endpoint = {"s3_endpoint_url": endpoint["value"]} if endpoint else {}
-    storage_options = {**({"base_path": storage["value"]} if storage else {}), **on_endpoint}
-    tracking = (
-        {"tracking_uri": dg.EnvVar(MLFLOW_TRACKING_ENV)}
-        if os.environ.get(MLFLOW_TRACKING_ENV)
-        else {}
-    )
-    ui = {"ui_url": dg.EnvVar(MLFLOW_UI_ENV)} if os.environ.get(MLFLOW_UI_ENV) else {}
+
+    def in_bucket(prefix: str) -> str | None:
+        return f"s3://{bucket}/{prefix}" if bucket else None
+
+    on_endpoint = _field("s3_endpoint_url", S3_ENDPOINT_ENV)
+    storage_options = {**_field("base_path", STORAGE_ENV, in_bucket("assets")), **on_endpoint}
     return {
         "city": CityResource(),
-        "landing_zone": LandingZone(s3=s3, **({"root": landing["value"]} if landing else {})),
+        "landing_zone": LandingZone(
+            s3=S3Resource(**_field("endpoint_url", S3_ENDPOINT_ENV)),
+            **_field("root", LANDING_ZONE_ENV, in_bucket("landing")),
+        ),
         "io_manager": ParquetIOManagerResource(**storage_options),
         "object_io_manager": PickleIOManagerResource(**storage_options),
-        "mlflow_tracking": MlflowTracking(**tracking, **ui),
+        "mlflow_tracking": MlflowTracking(
+            **_field("tracking_uri", MLFLOW_TRACKING_ENV), **_field("ui_url", MLFLOW_UI_ENV)
+        ),
         "promotion_policy": PromotionPolicyResource(),
         "endpoint": endpoint_target("sagemaker" if name == "aws" else "local"),
         "training_backend": training_backend(),
         "report_store": ReportStore(
-            **({"base_path": reports["value"]} if reports else {}), **on_endpoint
+            **_field("base_path", REPORTS_ENV, in_bucket("reports")), **on_endpoint
         ),
         "drift_policy": DriftPolicy(),
     }
@@ -180,16 +172,11 @@ def training_backend() -> TrainingBackend:
         missing = [name for name in needed.values() if not os.environ.get(name)]
         if missing:
             raise ValueError(f"{TRAINING_BACKEND_ENV}=sagemaker needs {', '.join(missing)}")
-        instance = (
-            {"instance_type": dg.EnvVar(TRAINING_INSTANCE_ENV)}
-            if os.environ.get(TRAINING_INSTANCE_ENV)
-            else {}
-        )
         return SageMakerTrainingBackend(
             role_arn=dg.EnvVar(needed["role_arn"]),
             image_uri=dg.EnvVar(needed["image_uri"]),
             bucket=dg.EnvVar(needed["model_bucket"]),
-            **instance,
+            **_field("instance_type", TRAINING_INSTANCE_ENV),
         )
     raise ValueError(f"{TRAINING_BACKEND_ENV} must be 'local' or 'sagemaker', got {kind!r}")
 

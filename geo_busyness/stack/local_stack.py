@@ -37,6 +37,7 @@ from pathlib import Path
 from geo_busyness.stack.services import LOOPBACK, SeaweedFS, SeaweedFSError, free_port
 
 STATE_FILE = "stack.json"
+ENV_FILE = "env.sh"  # `source` it to point a shell's geo-busyness commands at the stack
 BUCKET = "geo-busyness"
 DEFAULT_PORTS = {"dagster": 3000, "mlflow": 5000, "s3": 8333, "endpoint": 8080}
 # Stopped in this order: Dagster first (no run may start against a stopped store), S3 last.
@@ -218,7 +219,7 @@ def up(config: StackConfig, say: Callable[[str], None] = print) -> StackState:
         )
     if config.fresh and root.exists():
         shutil.rmtree(root)
-    for directory in ("logs", "mlflow", "dagster_home", "local"):
+    for directory in ("logs", "local"):
         (root / directory).mkdir(parents=True, exist_ok=True)
     ports = _resolve_ports(config.ports)
     logs = {name: str(root / "logs" / f"{name}.log") for name in ("mlflow", "dagster")}
@@ -239,7 +240,9 @@ def up(config: StackConfig, say: Callable[[str], None] = print) -> StackState:
         say(f"  S3 (SeaweedFS)  {s3.endpoint_url}  bucket {BUCKET}")
         env = stack_env(root, ports, s3)
         state.env = env
-        _write_dagster_instance(Path(env["DAGSTER_HOME"]))
+        from geo_busyness.runner import prepare_instance_dir
+
+        prepare_instance_dir(Path(env["DAGSTER_HOME"]))
 
         mlflow = start_mlflow_server(
             root / "mlflow", ports["mlflow"], s3, BUCKET, Path(logs["mlflow"])
@@ -276,6 +279,9 @@ def up(config: StackConfig, say: Callable[[str], None] = print) -> StackState:
         state.urls["dagster"] = dagster_url
         state.urls["endpoint"] = f"http://{LOOPBACK}:{ports['endpoint']}"
         state.save()
+        (root / ENV_FILE).write_text(
+            "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env.items())
+        )
         say(f"  Dagster         {dagster_url}  (webserver + daemon, sensors on)")
         say(f"  model endpoint  {state.urls['endpoint']}  (once the first model is deployed)")
         return state
@@ -310,14 +316,6 @@ def start_mlflow_server(
         log,
         store_dir,
     )
-
-
-def _write_dagster_instance(home: Path) -> None:
-    from geo_busyness.runner import LOCAL_INSTANCE_SETTINGS
-
-    settings = home / "dagster.yaml"
-    if not settings.exists():
-        settings.write_text(LOCAL_INSTANCE_SETTINGS.read_text())
 
 
 def _seed(config: StackConfig, env: dict[str, str], say: Callable[[str], None]) -> str:
@@ -394,6 +392,17 @@ def down(root: Path, say: Callable[[str], None] = print) -> list[str]:
     return stopped
 
 
-def env_script(state: StackState) -> str:
-    """``source``-able lines that point a shell's ``geo-busyness`` commands at the stack."""
-    return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in state.env.items())
+def serve_until_interrupted(state: StackState, say: Callable[[str], None] = print) -> int:
+    """Keep the stack up until SIGINT / SIGTERM or until one of its services dies; then
+    :func:`down`. Exit status 1 if a service died."""
+    stop: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, _: stop.append(signum))
+    signal.signal(signal.SIGTERM, lambda signum, _: stop.append(signum))
+    dead: list[str] = []
+    while not stop and not dead:
+        time.sleep(1)
+        dead = [name for name, pid in state.process_groups.items() if not process_alive(pid)]
+    if dead:
+        say(f"stack: {', '.join(dead)} stopped unexpectedly; see {Path(state.root) / 'logs'}")
+    down(Path(state.root), say)
+    return 1 if dead else 0
