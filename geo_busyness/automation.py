@@ -9,6 +9,8 @@ upstream still running" core and choose the window per asset.
 
 import dagster as dg
 
+from geo_busyness.resources.settings import sensor_interval_seconds
+
 # Unpartitioned inputs that change with every new day but only matter to new partitions:
 # reacting to them would recompute every historical partition each day.
 SLOWLY_CHANGING = dg.AssetSelection.assets("restaurant_clusters")
@@ -85,6 +87,6 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     "automation",
     target=dg.AssetSelection.all(),
     default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=sensor_interval_seconds(),
     description="Evaluates every asset's automation condition (on by default, unlike Dagster's).",
 )

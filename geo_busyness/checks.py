@@ -23,7 +23,7 @@ from geo_busyness.core.lifecycle import (
     predictions_are_sane,
 )
 from geo_busyness.core.schema import schema_problems
-from geo_busyness.partitions import daily_partitions
+from geo_busyness.partitions import daily_partitions, latest_complete_day
 from geo_busyness.resources.promotion import PromotionPolicyResource
 
 
@@ -88,12 +88,14 @@ MAX_DATA_LAG_DAYS = 2
 @dg.asset_check(
     asset=raw_courier_pings,
     description=(
-        f"The newest ingested day is at most {MAX_DATA_LAG_DAYS} days old (UTC); warns, does not block."
+        f"The newest ingested day is at most {MAX_DATA_LAG_DAYS} days older than the day in "
+        "progress (UTC, or the day after GEO_BUSYNESS_END_DATE); warns, does not block."
     ),
 )
 def raw_pings_are_fresh(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
     materialized = context.instance.get_materialized_partitions(raw_courier_pings.key)
-    today = datetime.datetime.now(datetime.UTC).date()
+    latest = latest_complete_day()
+    today = latest + datetime.timedelta(days=1) if latest else daily_partitions.start.date()
     if not materialized:
         return dg.AssetCheckResult(
             passed=False, severity=dg.AssetCheckSeverity.WARN, metadata={"newest_day": "none"}

@@ -11,6 +11,7 @@ from geo_busyness.assets.deployment import endpoint_answers_known_request
 from geo_busyness.automation import automation_sensor
 from geo_busyness.checks import data_checks, model_checks
 from geo_busyness.resources.environment import build_resources
+from geo_busyness.resources.settings import EXECUTOR_ENV
 from geo_busyness.retraining import (
     TRAINING_RUN_TAGS,
     drift_retrain_sensor,
@@ -38,8 +39,6 @@ training_job = dg.define_asset_job(
         "if every blocking check passes."
     ),
 )
-
-EXECUTOR_ENV = "GEO_BUSYNESS_EXECUTOR"
 
 
 def executor() -> dg.ExecutorDefinition:

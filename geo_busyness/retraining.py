@@ -14,6 +14,7 @@ import dagster as dg
 from geo_busyness.assets.training import TrainingSetConfig
 from geo_busyness.core.drift import needs_retraining
 from geo_busyness.resources.reports import DriftPolicy
+from geo_busyness.resources.settings import sensor_interval_seconds
 from geo_busyness.resources.tracking import MlflowTracking
 
 TRIGGER_TAG = "geo_busyness/trigger"
@@ -48,7 +49,7 @@ DRIFT_REPORT = dg.AssetKey("drift_report")
 @dg.sensor(
     job=retrain_job,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=sensor_interval_seconds(),
     description=(
         "Requests a retrain when a new drift report's drift share or forecast error growth "
         "passes the drift_policy thresholds (one retrain for however many reports a tick sees)."
@@ -106,7 +107,7 @@ _ACTIVE_RUNS = dg.RunsFilter(
 @dg.sensor(
     job=retrain_job,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=sensor_interval_seconds(),
     description=(
         "Cold start: while the registry has no champion, trains the first model once "
         f"{FIRST_MODEL_MIN_DAYS} days are featurized and no run is queued or running (the "

@@ -7,8 +7,9 @@ import dagster as dg
 
 from geo_busyness.assets.ingestion import raw_courier_pings, validated_courier_pings
 from geo_busyness.core.landing import DayRun, DayWindow, LandingPlan, plan_landing_runs
-from geo_busyness.partitions import daily_partitions
+from geo_busyness.partitions import daily_partitions, latest_complete_day
 from geo_busyness.resources.landing_zone import RAW_PREFIX, LandingZone, day_of_key, day_prefix
+from geo_busyness.resources.settings import sensor_interval_seconds
 
 # Cleaning up or fixing the layout of a large batch should not flood the tick log.
 MAX_LOGGED_IGNORED_KEYS = 20
@@ -17,8 +18,7 @@ MAX_LOGGED_IGNORED_KEYS = 20
 def partition_window() -> DayWindow:
     """Days of ``daily_partitions`` as of now; before the first day ends, none is complete."""
     first = daily_partitions.start.date()
-    last_key = daily_partitions.get_last_partition_key()
-    last = dt.date.fromisoformat(last_key) if last_key else first - dt.timedelta(days=1)
+    last = latest_complete_day() or first - dt.timedelta(days=1)
     return DayWindow(first=first, last=last)
 
 
@@ -66,7 +66,7 @@ def _log_findings(log, plan: LandingPlan, landing_zone: LandingZone) -> None:
 @dg.sensor(
     target=[raw_courier_pings, validated_courier_pings],
     default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=sensor_interval_seconds(),
     description=(
         "Lists the landing zone's `raw/` each tick and ingests (raw, clean and quarantined pings) "
         "every complete day whose files were added, overwritten or deleted since the last tick, "

@@ -89,6 +89,7 @@ NEW_DISTRICT_SHARE = 0.35
 NEW_DISTRICT_VOLUME = 1.25
 GLITCH_SHARE = 0.30  # of pings, split evenly: null island, swapped signs, jitter >= 1 km
 FILE_DIRT_PROBABILITY = 1 / 3
+FILE_DIRT_KINDS = ("empty", "legacy", "redelivered")
 LEGACY_ROWS = 100
 EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
 
@@ -109,6 +110,9 @@ class SimulationConfig:
     pings_per_day: int = 20_000
     dirty_share: float = 0.02
     dirty_files: bool = True
+    # Which file dirt lands: None = each kind of FILE_DIRT_KINDS on about a third of days (the
+    # day decides); a set = exactly those kinds on every day (a test chooses what a day holds).
+    file_dirt: frozenset[str] | None = None
     scenario: str = "baseline"
     scenario_start: datetime.date | None = None
     seed: int = 7
@@ -151,6 +155,10 @@ class SimulationConfig:
         if self.pings_per_day > MAX_PINGS_PER_DAY:
             raise ValueError(
                 f"pings_per_day must be at most {MAX_PINGS_PER_DAY:,}; simulate more days instead"
+            )
+        if self.file_dirt is not None and not set(self.file_dirt) <= set(FILE_DIRT_KINDS):
+            raise ValueError(
+                f"file_dirt must be a subset of {FILE_DIRT_KINDS}, got {sorted(self.file_dirt)}"
             )
         if not 0 <= self.dirty_share < 0.5:
             raise ValueError(f"dirty_share must be in [0, 0.5), got {self.dirty_share!r}")
@@ -340,10 +348,13 @@ def _file_dirt(
     bounds: np.ndarray,
     table: pa.Table,
 ) -> tuple[dict[str, bytes], int]:
-    """Empty file, wrong-header file and a re-delivered part, each on about a third of days."""
+    """Empty file, wrong-header file and a re-delivered part: each on about a third of days, or
+    exactly those of ``config.file_dirt``."""
     rng = _rng(_FILES, config, day.toordinal(), scenario_index)
     empty, legacy, redeliver = rng.random(3) < FILE_DIRT_PROBABILITY
     part = int(rng.integers(config.files_per_day))
+    if config.file_dirt is not None:
+        empty, legacy, redeliver = (kind in config.file_dirt for kind in FILE_DIRT_KINDS)
     files: dict[str, bytes] = {}
     rows = 0
     if empty:
@@ -642,7 +653,7 @@ def simulated_city(config: SimulationConfig) -> SimulatedCity:
             try:
                 frames.append(read_raw_file(name, content))
             except UnparseableFileError:
-                continue  # no rows: the assets quarantine such a file whole
+                continue  # no clean rows: the assets quarantine all rows of such a file
         raw = pd.concat(frames, ignore_index=True)
         clean = validate_pings(raw, city, day.isoformat()).clean
         hourly[day.isoformat()] = hex_hourly_busyness(clean, city.h3_resolution)

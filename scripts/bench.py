@@ -55,7 +55,7 @@ from geo_busyness.core.model import (
 from geo_busyness.core.schema import (
     UnparseableFileError,
     read_raw_file,
-    unparseable_file_record,
+    unparseable_file_rows,
     validate_pings,
 )
 from geo_busyness.definitions import defs
@@ -159,7 +159,7 @@ def ingest(files: dict[str, bytes]) -> pd.DataFrame:
         try:
             frames.append(read_raw_file(name, content))
         except UnparseableFileError as error:
-            frames.append(unparseable_file_record(name, str(error)))
+            frames.append(unparseable_file_rows(name, content, str(error)))
     return pd.concat(frames, ignore_index=True)
 
 

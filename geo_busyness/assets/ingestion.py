@@ -11,7 +11,7 @@ from geo_busyness.core.schema import (
     QuarantineReason,
     UnparseableFileError,
     read_raw_file,
-    unparseable_file_record,
+    unparseable_file_rows,
     validate_pings,
 )
 from geo_busyness.partitions import daily_partitions
@@ -31,7 +31,8 @@ GROUP = "ingestion"
     ),
     description=(
         "Every file of the day from the landing zone (`raw/dt=YYYY-MM-DD/`), as text columns with "
-        "the source file and row. A file that cannot be parsed becomes one record carrying its error."
+        "the source file and row. A file that cannot be read as the contract keeps one record per "
+        "source row, each carrying the file's error, so that all its rows are quarantined."
     ),
 )
 def raw_courier_pings(context: dg.AssetExecutionContext, landing_zone: LandingZone) -> pd.DataFrame:
@@ -44,12 +45,13 @@ def raw_courier_pings(context: dg.AssetExecutionContext, landing_zone: LandingZo
         )
     frames, unreadable = [], {}
     for landing_file in files:
+        content = landing_zone.read(landing_file.key)
         try:
-            frames.append(read_raw_file(landing_file.key, landing_zone.read(landing_file.key)))
+            frames.append(read_raw_file(landing_file.key, content))
         except UnparseableFileError as error:
             context.log.warning(str(error))
             unreadable[landing_file.key] = str(error)
-            frames.append(unparseable_file_record(landing_file.key, str(error)))
+            frames.append(unparseable_file_rows(landing_file.key, content, str(error)))
     raw = pd.concat(frames, ignore_index=True)
     rows_per_file = raw.groupby("source_file").size()
     context.add_output_metadata(
@@ -112,5 +114,13 @@ def validated_courier_pings(
             "preview": preview(result.quarantined),
         },
     )
-    if counts[QuarantineReason.UNPARSEABLE_FILE.value]:
-        context.log.warning(f"{counts['unparseable_file']} landing file(s) could not be parsed")
+    unparseable_rows = counts[QuarantineReason.UNPARSEABLE_FILE.value]
+    if unparseable_rows:
+        quarantined = result.quarantined
+        files = quarantined.loc[
+            quarantined["reason"] == QuarantineReason.UNPARSEABLE_FILE.value, "source_file"
+        ].nunique()
+        context.log.warning(
+            f"{files} landing file(s) could not be parsed; their {unparseable_rows} row(s) "
+            "are quarantined"
+        )

@@ -3,8 +3,8 @@
 Raw files are read with every column as text so that a quarantined row keeps exactly what
 arrived. Validation is column-wise (Arrow/numpy, with pandas' parsing semantics), never row by
 row. Every input row ends in
-exactly one of *clean* or *quarantine*; a file that cannot be parsed at all becomes one
-quarantine record naming the file and the problem.
+exactly one of *clean* or *quarantine*; a file that cannot be read as the contract is
+quarantined whole, one record per source row, each naming the file and the problem.
 """
 
 from __future__ import annotations
@@ -127,6 +127,17 @@ def _blank(content: bytes) -> bool:
 
 def _read_with_pandas(name: str, content: bytes) -> pd.DataFrame:
     """The reference reader: pandas, every column as text, headers normalized and checked."""
+    table = _pandas_table(name, content)
+    missing = [column for column in RAW_COLUMNS if column not in table.columns]
+    if missing:
+        raise UnparseableFileError(
+            f"{name}: missing required columns {missing}; found columns {list(table.columns)}"
+        )
+    return table
+
+
+def _pandas_table(name: str, content: bytes) -> pd.DataFrame:
+    """Any table pandas reads from the file, every column as text, header names normalized."""
     try:
         if name.endswith(".parquet"):
             table = pd.read_parquet(io.BytesIO(content))
@@ -144,11 +155,6 @@ def _read_with_pandas(name: str, content: bytes) -> pd.DataFrame:
             f"{name}: cannot be parsed ({type(error).__name__}: {error})"
         ) from error
     table.columns = [str(column).strip().lower() for column in table.columns]
-    missing = [column for column in RAW_COLUMNS if column not in table.columns]
-    if missing:
-        raise UnparseableFileError(
-            f"{name}: missing required columns {missing}; found columns {list(table.columns)}"
-        )
     return table
 
 
@@ -206,23 +212,76 @@ def _pandas_text(column: pa.ChunkedArray) -> pd.api.extensions.ExtensionArray:
     return pd.StringDtype().__from_arrow__(column)
 
 
-def unparseable_file_record(name: str, error: str) -> pd.DataFrame:
-    """One raw record standing for a whole unreadable file, so it reaches quarantine."""
-    frame = _empty_raw_frame(rows=1)
-    frame["source_file"] = pd.array([name], dtype="string")
-    frame["source_row"] = np.array([-1], dtype="int64")
-    frame["file_error"] = pd.array([error], dtype="string")
+def unparseable_file_rows(name: str, content: bytes, error: str) -> pd.DataFrame:
+    """Raw records standing for a whole file that cannot be read as the contract, one per source
+    row, each carrying ``error`` in ``file_error``, so that every row of the file is quarantined
+    (``unparseable_file``) and counted.
+
+    A file that is still a table (a wrong or missing header column, say) gives one record per
+    table row, keeping the contract columns it has (header names normalized as by
+    :func:`read_raw_file`, missing columns NA) and ``source_row`` as a readable file would. Text
+    that is no table at all gives one record per non-blank line after the header line, without
+    values. Bytes that are not text give at least one record (exactly one when they hold NUL
+    bytes, whose lines mean nothing). A blank file gives none.
+    """
+    if _blank(content):
+        return _empty_raw_frame()
+    text = _is_text(content)
+    try:
+        table = _pandas_table(name, content)
+    except UnparseableFileError:
+        rows = 1 if b"\x00" in content else _data_lines(content)
+        frame = _empty_raw_frame(rows if text else max(rows, 1))
+    else:
+        parquet = name.endswith(".parquet")
+        frame = _empty_raw_frame(len(table) if text or parquet else max(len(table), 1))
+        names = list(table.columns)
+        for column in RAW_COLUMNS:
+            if column in names and len(table):  # the first column of that name, as text
+                frame[column] = table.iloc[:, names.index(column)].astype("string").array
+    frame["source_file"] = _repeated_text(name, len(frame))
+    frame["file_error"] = _repeated_text(error, len(frame))
     return frame
 
 
+def _is_text(content: bytes) -> bool:
+    """UTF-8 without NUL bytes."""
+    if b"\x00" in content:
+        return False
+    try:
+        content.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+_WHITESPACE = np.frombuffer(b" \t\n\r\x0b\x0c", dtype=np.uint8)  # what bytes.strip() strips
+
+
+def _data_lines(content: bytes) -> int:
+    """Non-blank lines after the first non-blank (header) line."""
+    data = np.frombuffer(content, dtype=np.uint8)
+    if not len(data):
+        return 0
+    starts = np.concatenate(([0], np.flatnonzero(data == ord("\n")) + 1))
+    starts = starts[starts < len(data)]  # every line [start, next start) is non-empty
+    inked = np.logical_or.reduceat(~np.isin(data, _WHITESPACE), starts)
+    return max(int(np.count_nonzero(inked)) - 1, 0)
+
+
+def _repeated_text(value: str, rows: int) -> pd.api.extensions.ExtensionArray:
+    return pd.array(np.full(rows, value, dtype=object), dtype="string")
+
+
 def _empty_raw_frame(rows: int = 0) -> pd.DataFrame:
+    """``rows`` raw records without values (all NA), ``source_row`` 0..rows-1."""
     frame = pd.DataFrame(
         {
-            column: pd.array([pd.NA] * rows, dtype="string")
+            column: pd.array(np.full(rows, pd.NA, dtype=object), dtype="string")
             for column in (*RAW_COLUMNS, "source_file", "file_error")
         }
     )
-    frame["source_row"] = np.zeros(rows, dtype="int64")
+    frame["source_row"] = np.arange(rows, dtype="int64")
     return frame.loc[:, [*RAW_COLUMNS, *SOURCE_COLUMNS]]
 
 

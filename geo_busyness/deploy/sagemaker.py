@@ -42,11 +42,10 @@ from geo_busyness.deploy.common import (
     slug,
     utc_now,
 )
+from geo_busyness.resources.settings import MODEL_NAME_ENV, MODEL_VERSION_ENV
 
 NAME_MAX = 63  # SageMaker: ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}
 SETTLED = frozenset({"InService", "Failed", "OutOfService", "UpdateRollbackFailed"})
-MODEL_VERSION_ENV = "GEO_BUSYNESS_MODEL_VERSION"
-MODEL_NAME_ENV = "GEO_BUSYNESS_MODEL_NAME"
 
 
 @dataclass(frozen=True)

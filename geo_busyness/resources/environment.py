@@ -50,6 +50,21 @@ from geo_busyness.resources.io_manager import ParquetIOManagerResource, PickleIO
 from geo_busyness.resources.landing_zone import LandingZone
 from geo_busyness.resources.promotion import PromotionPolicyResource
 from geo_busyness.resources.reports import DriftPolicy, ReportStore
+from geo_busyness.resources.settings import (
+    BUCKET_ENV,
+    ENDPOINT_PORT_ENV,
+    ENDPOINT_TARGET_ENV,
+    ENVIRONMENT_ENV,
+    LANDING_ZONE_ENV,
+    MLFLOW_TRACKING_ENV,
+    MLFLOW_UI_ENV,
+    REPORTS_ENV,
+    S3_ENDPOINT_ENV,
+    SAGEMAKER_ENV,
+    STORAGE_ENV,
+    TRAINING_BACKEND_ENV,
+    TRAINING_INSTANCE_ENV,
+)
 from geo_busyness.resources.tracking import MlflowTracking
 from geo_busyness.resources.training_backend import (
     LocalTrainingBackend,
@@ -57,26 +72,8 @@ from geo_busyness.resources.training_backend import (
     TrainingBackend,
 )
 
-ENVIRONMENT_ENV = "GEO_BUSYNESS_ENV"
-BUCKET_ENV = "GEO_BUSYNESS_BUCKET"
 ENVIRONMENTS = ("local", "stack", "aws")
 STACK_BUCKET = "geo-busyness"
-LANDING_ZONE_ENV = "GEO_BUSYNESS_LANDING_ZONE"
-STORAGE_ENV = "GEO_BUSYNESS_STORAGE"
-S3_ENDPOINT_ENV = "GEO_BUSYNESS_S3_ENDPOINT_URL"
-MLFLOW_TRACKING_ENV = "MLFLOW_TRACKING_URI"
-MLFLOW_UI_ENV = "GEO_BUSYNESS_MLFLOW_UI_URL"
-ENDPOINT_PORT_ENV = "GEO_BUSYNESS_ENDPOINT_PORT"
-REPORTS_ENV = "GEO_BUSYNESS_REPORTS"
-ENDPOINT_TARGET_ENV = "GEO_BUSYNESS_ENDPOINT_TARGET"
-TRAINING_BACKEND_ENV = "GEO_BUSYNESS_TRAINING_BACKEND"
-TRAINING_INSTANCE_ENV = "GEO_BUSYNESS_SAGEMAKER_TRAINING_INSTANCE_TYPE"
-SAGEMAKER_ENV = {
-    "endpoint_name": "GEO_BUSYNESS_SAGEMAKER_ENDPOINT",
-    "role_arn": "GEO_BUSYNESS_SAGEMAKER_ROLE_ARN",
-    "image_uri": "GEO_BUSYNESS_SAGEMAKER_IMAGE_URI",
-    "model_bucket": "GEO_BUSYNESS_SAGEMAKER_BUCKET",
-}
 
 
 def environment() -> str:

@@ -10,10 +10,12 @@ import sys
 
 import uvicorn
 
+from geo_busyness.resources.settings import (
+    SERVING_MAX_BODY_ENV,
+    SERVING_MAX_INSTANCES_ENV,
+    SERVING_MODEL_DIR_ENV,
+)
 from geo_busyness.serving.app import (
-    MAX_BODY_ENV,
-    MAX_INSTANCES_ENV,
-    MODEL_DIR_ENV,
     app_from_environment,
     configure_logging,
 )
@@ -75,9 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Load the bundle (failing fast with its error), then serve until SIGTERM/SIGINT."""
     args = parse_args(argv)
-    os.environ[MODEL_DIR_ENV] = os.path.abspath(args.model_dir)
-    os.environ[MAX_BODY_ENV] = str(args.max_body_bytes)
-    os.environ[MAX_INSTANCES_ENV] = str(args.max_instances)
+    os.environ[SERVING_MODEL_DIR_ENV] = os.path.abspath(args.model_dir)
+    os.environ[SERVING_MAX_BODY_ENV] = str(args.max_body_bytes)
+    os.environ[SERVING_MAX_INSTANCES_ENV] = str(args.max_instances)
     configure_logging(getattr(logging, args.log_level.upper()))
     options = {
         "host": args.host,

@@ -22,6 +22,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from geo_busyness.resources.settings import (
+    SERVING_MAX_BODY_ENV,
+    SERVING_MAX_INSTANCES_ENV,
+    SERVING_MODEL_DIR_ENV,
+)
 from geo_busyness.serving.bundle import LoadedBundle, load_bundle
 from geo_busyness.serving.inference import forecast
 from geo_busyness.serving.requests import (
@@ -36,9 +41,6 @@ from geo_busyness.serving.responses import csv_body, error_body, json_body, nego
 LOGGER = logging.getLogger("geo_busyness.serving")
 INFERENCE_ID_HEADER = "x-amzn-sagemaker-inference-id"
 # Read by ``app_from_environment`` in each worker process ``serve --workers N`` starts.
-MODEL_DIR_ENV = "GEO_BUSYNESS_SERVING_MODEL_DIR"
-MAX_BODY_ENV = "GEO_BUSYNESS_SERVING_MAX_BODY_BYTES"
-MAX_INSTANCES_ENV = "GEO_BUSYNESS_SERVING_MAX_INSTANCES"
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -170,8 +172,8 @@ def create_app(bundle: LoadedBundle, limits: RequestLimits | None = None) -> Sta
 def limits_from_environment() -> RequestLimits:
     defaults = RequestLimits()
     return RequestLimits(
-        max_body_bytes=int(os.environ.get(MAX_BODY_ENV, defaults.max_body_bytes)),
-        max_instances=int(os.environ.get(MAX_INSTANCES_ENV, defaults.max_instances)),
+        max_body_bytes=int(os.environ.get(SERVING_MAX_BODY_ENV, defaults.max_body_bytes)),
+        max_instances=int(os.environ.get(SERVING_MAX_INSTANCES_ENV, defaults.max_instances)),
     )
 
 
@@ -183,7 +185,7 @@ def app_from_environment() -> Starlette:
     requests that showed up as the open-loop p99 of the benchmark.
     """
     configure_logging()
-    directory = os.environ[MODEL_DIR_ENV]
+    directory = os.environ[SERVING_MODEL_DIR_ENV]
     bundle = load_bundle(directory)
     log_loaded(bundle, directory)
     app = create_app(bundle, limits_from_environment())

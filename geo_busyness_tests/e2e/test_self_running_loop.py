@@ -24,18 +24,22 @@ import requests
 
 from geo_busyness.stack.services import free_port, stop_process_group
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500), pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-TODAY = dt.datetime.now(dt.UTC).date()
 HISTORY_DAYS = 28
-# History ends three days ago; a baseline day and a drifted day (yesterday, the latest
-# complete partition, where forecasts and drift reports are made) follow through the daemon.
-HISTORY_START = TODAY - dt.timedelta(days=HISTORY_DAYS + 2)
-BASELINE_DAY = TODAY - dt.timedelta(days=2)
-DRIFT_DAY = TODAY - dt.timedelta(days=1)
+# Fixed days, whatever the date the suite runs on: the partitions end on DRIFT_DAY
+# (GEO_BUSYNESS_END_DATE), which is then the latest partition, where forecasts and drift reports
+# are made, as yesterday would be. History ends two days before it; a baseline day and the
+# drifted day follow through the daemon.
+DRIFT_DAY = dt.date(2026, 3, 31)
+BASELINE_DAY = DRIFT_DAY - dt.timedelta(days=1)
+HISTORY_START = DRIFT_DAY - dt.timedelta(days=HISTORY_DAYS + 1)
 PINGS_PER_DAY = 6000
+# The daemon ticks our sensors every few seconds instead of every 30 s.
+SENSOR_INTERVAL_SECONDS = 3
+POLL_SECONDS = 1
 
 
 def wait_for(what: str, predicate, timeout: float, process: subprocess.Popen, log: Path):
@@ -46,7 +50,7 @@ def wait_for(what: str, predicate, timeout: float, process: subprocess.Popen, lo
             return value
         if process.poll() is not None:
             raise AssertionError(f"dagster dev exited while waiting for {what}:\n{tail(log)}")
-        time.sleep(5)
+        time.sleep(POLL_SECONDS)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}:\n{tail(log)}")
 
 
@@ -73,6 +77,8 @@ def platform(tmp_path_factory):
         "DAGSTER_HOME": str(home),
         "GEO_BUSYNESS_DATA_DIR": str(root / "data"),
         "GEO_BUSYNESS_ENDPOINT_PORT": str(free_port()),
+        "GEO_BUSYNESS_END_DATE": DRIFT_DAY.isoformat(),
+        "GEO_BUSYNESS_SENSOR_INTERVAL_SECONDS": str(SENSOR_INTERVAL_SECONDS),
     }
     env.pop("MLFLOW_TRACKING_URI", None)
     demo = subprocess.run(
@@ -102,8 +108,7 @@ def platform(tmp_path_factory):
             "the webserver", lambda: _answers(f"http://127.0.0.1:{port}/server_info"), 300,
             dagster, log,
         )  # fmt: skip
-        os.environ["DAGSTER_HOME"] = str(home)
-        with dg.DagsterInstance.get() as instance:
+        with dg.DagsterInstance.from_config(str(home)) as instance:
             yield env, instance, dagster, log
     finally:
         os.killpg(dagster.pid, signal.SIGINT)

@@ -5,6 +5,7 @@ a seeded day into the bucket; ``status`` reports it; ``down`` stops every proces
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from botocore.config import Config
 
 from geo_busyness.stack.local_stack import BUCKET, process_alive
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900), pytest.mark.slow]
 
 CLI = str(Path(sys.executable).parent / "geo-busyness")
 FREE_PORTS = [f"--{name}-port=0" for name in ("dagster", "mlflow", "s3", "endpoint")]
@@ -28,6 +29,8 @@ INGESTED_WITHIN_S = 300
 def stack(root: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [CLI, "stack", *args, "--root", str(root)],
+        # the daemon ticks the sensors every few seconds instead of every 30 s
+        env={**os.environ, "GEO_BUSYNESS_SENSOR_INTERVAL_SECONDS": "3"},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -104,7 +107,7 @@ def test_the_daemon_ingests_a_seeded_day_into_the_bucket(running_stack):
             done = instance.get_materialized_partitions(dg.AssetKey("raw_courier_pings"))
             if done:
                 break
-            time.sleep(5)
+            time.sleep(1)
         assert done, f"no day ingested within {INGESTED_WITHIN_S} s; logs in {state['logs']}"
     assert any(key.startswith("assets/raw_courier_pings/") for key in keys(state, "assets/"))
 

@@ -12,7 +12,7 @@ import pytest
 
 from geo_busyness.stack.services import free_port, stop_process_group
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300), pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

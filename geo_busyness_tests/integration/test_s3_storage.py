@@ -13,6 +13,7 @@ import io
 import dagster as dg
 import pandas as pd
 import pytest
+import time_machine
 from dagster_aws.s3 import S3Resource
 
 from geo_busyness.assets.features import (
@@ -26,7 +27,7 @@ from geo_busyness.checks import data_checks
 from geo_busyness.resources.city import CityResource
 from geo_busyness.resources.io_manager import ParquetIOManagerResource
 from geo_busyness.resources.landing_zone import LandingZone
-from geo_busyness.simulate import SimulationConfig, simulate
+from geo_busyness.simulate import FILE_DIRT_KINDS, SimulationConfig, simulate
 from geo_busyness_tests.integration.conftest import S3Bucket
 
 pytestmark = pytest.mark.integration
@@ -134,15 +135,32 @@ def test_landing_zone_day_files_follow_layout(s3_env: S3Bucket) -> None:
     assert "elsewhere/raw/dt=2026-10-01/f.csv" not in [f.key for f in zone.list_files()]
 
 
+# Days fixed by the test; the clock is frozen on the day after them, so the freshness check has
+# something fresh to pass whatever date the suite runs on.
+FIRST_DAY, SECOND_DAY = datetime.date(2026, 3, 7), datetime.date(2026, 3, 8)
+FROZEN_NOW = datetime.datetime(2026, 3, 9, 6, 30, tzinfo=datetime.UTC)
+
+
 def test_data_assets_materialize_to_s3(s3_env: S3Bucket) -> None:
-    # The two most recent complete UTC days, so the freshness check has something fresh to pass.
-    today = datetime.datetime.now(datetime.UTC).date()
-    first, second = (today - datetime.timedelta(days=n) for n in (2, 1))
-    days = [first.isoformat(), second.isoformat()]
+    with time_machine.travel(FROZEN_NOW, tick=True):
+        materialize_data_assets_to_s3(s3_env)
+
+
+def materialize_data_assets_to_s3(s3_env: S3Bucket) -> None:
+    first = FIRST_DAY
+    days = [FIRST_DAY.isoformat(), SECOND_DAY.isoformat()]
 
     zone = s3_landing_zone(s3_env)
     summary = simulate(
-        SimulationConfig(start_date=first, days=2, pings_per_day=3000, seed=11),
+        # every kind of file dirt on both days: an empty file, a wrong-header export quarantined
+        # whole, a re-delivered part (chosen here, not by the calendar)
+        SimulationConfig(
+            start_date=first,
+            days=2,
+            pings_per_day=3000,
+            seed=11,
+            file_dirt=frozenset(FILE_DIRT_KINDS),
+        ),
         put=zone.write,
         progress=False,
     )
@@ -202,9 +220,11 @@ def test_data_assets_materialize_to_s3(s3_env: S3Bucket) -> None:
         totals["clean"] += len(clean)
         totals["quarantined"] += len(quarantined)
 
-    # The simulator's own bookkeeping: exactly the rows it made dirty are refused.
+    # The simulator's own bookkeeping, in source rows: every row it wrote is read (a file
+    # quarantined whole counts each of its rows), exactly the rows it made dirty are refused.
+    assert totals["raw"] == summary.rows
     assert totals["clean"] == summary.rows - summary.dirty_rows
-    assert totals["quarantined"] >= summary.dirty_rows
+    assert totals["quarantined"] == summary.dirty_rows
 
     result = run([restaurants, restaurant_clusters])
     assert check_outcomes(result) == {}
@@ -219,8 +239,12 @@ def test_data_assets_materialize_to_s3(s3_env: S3Bucket) -> None:
     features = read_parquet(s3_env, f"assets/busyness_features/{days[1]}.parquet")
     assert len(features) > 0
     assert row_counts(result) == {"busyness_features": len(features)}
-    second_day = read_parquet(s3_env, f"assets/hex_hourly_busyness/{days[1]}.parquet")
-    assert set(second_day["h3_cell"]) <= set(features["h3_cell"])
+    # Features know only the past: the cells active the day before, and the restaurants'
+    # cells (a cell first active on the second day has no features yet).
+    first_day = read_parquet(s3_env, f"assets/hex_hourly_busyness/{days[0]}.parquet")
+    featured = set(features["h3_cell"])
+    assert set(first_day["h3_cell"]) <= featured
+    assert featured <= set(first_day["h3_cell"]) | set(clusters["h3_cell"])
 
     expected = {f"assets/{name}/{day}.parquet" for name in DAILY_OUTPUTS for day in days} | {
         "assets/restaurants.parquet",

@@ -23,7 +23,7 @@ from geo_busyness.simulate import SimulationConfig, simulate
 from geo_busyness.stack.local_stack import stack_env, start_mlflow_server, wait_http
 from geo_busyness.stack.services import free_port, stop_process_group
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600), pytest.mark.slow]
 
 # As in test_training.py: enough history for a candidate that passes the promotion gates.
 DAYS = 21

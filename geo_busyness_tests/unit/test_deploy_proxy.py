@@ -68,6 +68,15 @@ def json_response(payload: dict, extra: bytes = b"") -> bytes:
     )
 
 
+async def until(condition, what: str, timeout: float = 10.0) -> None:
+    """Poll ``condition`` on the event loop until it holds; fail naming ``what`` after ``timeout``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting until {what}")
+        await asyncio.sleep(0.01)
+
+
 async def read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     """(head, body) of one Content-Length or chunked response."""
     head = await reader.readuntil(b"\r\n\r\n")
@@ -204,8 +213,7 @@ def test_switch_sends_new_requests_to_the_new_upstream_and_drain_waits_for_the_o
 
         slow_reader, slow_writer = await asyncio.open_connection("127.0.0.1", port)
         slow_writer.write(POST)
-        while proxy.upstreams[old_address].in_flight == 0:
-            await asyncio.sleep(0.01)
+        await until(lambda: proxy.upstreams[old_address].in_flight == 1, "the slow request runs")
 
         assert proxy.switch(new_address) == old_address
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -214,12 +222,15 @@ def test_switch_sends_new_requests_to_the_new_upstream_and_drain_waits_for_the_o
         assert json.loads(body) == {"version": "new"}
 
         drain = asyncio.create_task(proxy.drain(old_address, timeout=10))
-        await asyncio.sleep(0.1)
+        released_when_drained = []
+        drain.add_done_callback(lambda _: released_when_drained.append(release_old.is_set()))
+        await asyncio.sleep(0)  # one loop step: the drain runs up to its first wait
         assert not drain.done(), "drain returned while a request still ran on the old upstream"
         release_old.set()
         _head, body = await read_response(slow_reader)
         assert json.loads(body) == {"version": "old"}, "the in-flight request must finish"
         assert await drain == {"ok": True, "drained": True, "in_flight": 0}
+        assert released_when_drained == [True], "the drain finished before the request did"
         assert old_address not in proxy.upstreams
 
         refused = await proxy.drain(new_address, timeout=1)

@@ -16,19 +16,8 @@ pytestmark = pytest.mark.unit
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    for name in [
-        "GEO_BUSYNESS_ENDPOINT_TARGET",
-        "GEO_BUSYNESS_ENDPOINT_PORT",
-        "MLFLOW_TRACKING_URI",
-        "GEO_BUSYNESS_ENV",
-        "GEO_BUSYNESS_BUCKET",
-        "GEO_BUSYNESS_S3_ENDPOINT_URL",
-        "GEO_BUSYNESS_LANDING_ZONE",
-        "GEO_BUSYNESS_STORAGE",
-        "GEO_BUSYNESS_REPORTS",
-        *SAGEMAKER_ENV.values(),
-    ]:
-        monkeypatch.delenv(name, raising=False)
+    """No setting at all (the root conftest already cleared every other one)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return monkeypatch
 
 
@@ -133,3 +122,24 @@ def test_an_unknown_environment_is_refused(clean_env):
     clean_env.setenv("GEO_BUSYNESS_ENV", "production")
     with pytest.raises(ValueError, match="local, stack, aws"):
         build_resources()
+
+
+def test_every_variable_the_package_reads_is_declared_in_settings():
+    """The root conftest clears ENVIRONMENT_VARIABLES around every test: a name declared
+    elsewhere would leak a developer's shell into the tests."""
+    import re
+    from pathlib import Path
+
+    import geo_busyness
+    from geo_busyness.resources import settings
+
+    package = Path(geo_busyness.__file__).parent
+    named = {
+        (path.relative_to(package).as_posix(), name)
+        for path in package.rglob("*.py")
+        if path.name != "settings.py"
+        for name in re.findall(r"[\"'](GEO_BUSYNESS_[A-Z0-9_]+)[\"']", path.read_text())
+    }
+    assert {item for item in named if item[1] not in settings.ENVIRONMENT_VARIABLES} == set()
+    declared = re.findall(r"\"(GEO_BUSYNESS_[A-Z0-9_]+)\"", Path(settings.__file__).read_text())
+    assert set(declared) <= set(settings.ENVIRONMENT_VARIABLES)

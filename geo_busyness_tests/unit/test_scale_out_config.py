@@ -29,8 +29,9 @@ from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
 from dagster_k8s import K8sRunLauncher
 from dagster_k8s.container_context import K8sContainerContext
 
-from geo_busyness.definitions import EXECUTOR_ENV, executor
+from geo_busyness.definitions import executor
 from geo_busyness.resources.environment import build_resources
+from geo_busyness.resources.settings import EXECUTOR_ENV
 
 pytestmark = pytest.mark.unit
 

@@ -17,7 +17,7 @@ from geo_busyness.core.schema import (
     UnparseableFileError,
     read_raw_file,
     schema_problems,
-    unparseable_file_record,
+    unparseable_file_rows,
     validate_pings,
 )
 
@@ -148,21 +148,86 @@ def test_binary_garbage_is_a_clear_file_error():
 
 
 def test_unparseable_file_is_quarantined_whole_and_counted():
+    content = b'garbage that is no table\n"unclosed, quote\nsecond line\n\n   \nthird line\n'
+    with pytest.raises(UnparseableFileError, match=r"bad\.csv: cannot be parsed"):
+        read_raw_file("bad.csv", content)
     raw = pd.concat(
         [
             read_raw_file("ok.csv", csv_bytes([good_row()])),
-            unparseable_file_record("bad.csv", "bad.csv: boom"),
+            unparseable_file_rows("bad.csv", content, "bad.csv: boom"),
         ],
         ignore_index=True,
     )
     result = validate_pings(raw, DEFAULT_CITY, DAY)
     assert len(result.clean) == 1
-    record = result.quarantined.iloc[0]
-    assert (record["reason"], record["source_file"], record["detail"]) == (
-        "unparseable_file",
-        "bad.csv",
-        "bad.csv: boom",
+    # the data rows are the non-blank lines after the header line
+    assert result.quarantined["source_row"].tolist() == [0, 1, 2]
+    labels = result.quarantined[["reason", "source_file", "detail"]].drop_duplicates()
+    assert labels.values.tolist() == [["unparseable_file", "bad.csv", "bad.csv: boom"]]
+
+
+def test_wrong_header_file_quarantines_each_of_its_rows():
+    rows = [good_row(order_number=str(1000 + i)) for i in range(7)]
+    frame = pd.DataFrame(rows).rename(columns={"courier_lat": "lat_courier"})
+    frame.columns = [f" {c.upper()} " for c in frame.columns]
+    content = frame.to_csv(index=False).encode()
+    with pytest.raises(UnparseableFileError, match="missing required columns") as error:
+        read_raw_file("legacy.csv", content)
+    raw = unparseable_file_rows("legacy.csv", content, str(error.value))
+    assert list(raw.columns) == [*RAW_COLUMNS, "source_file", "source_row", "file_error"]
+    assert raw["source_row"].tolist() == list(range(7))
+    assert raw["courier_lat"].isna().all()  # the missing column
+    assert raw["order_number"].tolist() == [str(1000 + i) for i in range(7)]  # kept as text
+    assert all(str(raw[column].dtype) == "string" for column in (*RAW_COLUMNS, "file_error"))
+    result = validate_pings(raw, DEFAULT_CITY, DAY)
+    assert len(result.clean) == 0 and len(result.quarantined) == 7
+    assert result.reason_counts()["unparseable_file"] == 7
+    assert result.quarantined["source_row"].tolist() == list(range(7))
+    assert set(result.quarantined["source_file"]) == {"legacy.csv"}
+    assert set(result.quarantined["detail"]) == {str(error.value)}
+
+
+def test_parquet_file_missing_a_column_quarantines_each_of_its_rows():
+    buffer = io.BytesIO()
+    pd.DataFrame([good_row(), good_row(order_number="2")]).drop(columns="courier_id").to_parquet(
+        buffer
     )
+    content = buffer.getvalue()
+    with pytest.raises(UnparseableFileError, match=r"missing required columns \['courier_id'\]"):
+        read_raw_file("f.parquet", content)
+    result = validate_pings(unparseable_file_rows("f.parquet", content, "boom"), DEFAULT_CITY, DAY)
+    assert result.quarantined["source_row"].tolist() == [0, 1]
+    assert result.quarantined["order_number"].tolist() == ["1001", "2"]
+    assert set(result.quarantined["reason"]) == {"unparseable_file"}
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("bad.parquet", b"\x00\x01 not parquet"),
+        ("bad.csv", b"\x00\x01 not parquet"),
+        ("bad.csv", bytes(range(256)) * 4),
+        ("bad.csv", b"\xff\xfe\x81 not utf-8"),
+    ],
+    ids=["parquet-name", "csv-name", "all-bytes", "not-utf8-one-line"],
+)
+def test_garbage_bytes_are_quarantined_as_at_least_one_record(name, content):
+    with pytest.raises(UnparseableFileError) as error:
+        read_raw_file(name, content)
+    raw = unparseable_file_rows(name, content, str(error.value))
+    assert len(raw) >= 1
+    assert raw["source_row"].tolist() == list(range(len(raw)))
+    result = validate_pings(raw, DEFAULT_CITY, DAY)
+    assert len(result.clean) == 0
+    assert result.reason_counts()["unparseable_file"] == len(raw)
+
+
+@pytest.mark.parametrize("content", [b"", b"  \n\r\n\t"])
+def test_blank_unparseable_file_gives_no_rows(content):
+    raw = unparseable_file_rows("empty.csv", content, "empty.csv: boom")
+    assert len(raw) == 0
+    assert list(raw.columns) == [*RAW_COLUMNS, "source_file", "source_row", "file_error"]
+    assert len(validate_pings(raw, DEFAULT_CITY, DAY).quarantined) == 0
 
 
 def test_empty_file_gives_no_rows():

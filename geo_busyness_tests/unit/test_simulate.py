@@ -18,10 +18,11 @@ from geo_busyness.core.schema import (
     UnparseableFileError,
     ValidationResult,
     read_raw_file,
-    unparseable_file_record,
+    unparseable_file_rows,
     validate_pings,
 )
 from geo_busyness.simulate import (
+    LEGACY_ROWS,
     ROW_DIRT,
     SCENARIOS,
     SimulationConfig,
@@ -41,13 +42,14 @@ def days(config: SimulationConfig) -> list[datetime.date]:
 
 
 def validate_files(files: dict[str, bytes], city: City, day: datetime.date) -> ValidationResult:
-    """What the ingestion does with one day: read every file, quarantine unreadable ones."""
+    """What the ingestion does with one day: read every file, quarantine unreadable ones (all
+    their rows)."""
     frames = []
     for name, content in files.items():
         try:
             frames.append(read_raw_file(name, content))
         except UnparseableFileError as error:
-            frames.append(unparseable_file_record(name, str(error)))
+            frames.append(unparseable_file_rows(name, content, str(error)))
     return validate_pings(pd.concat(frames, ignore_index=True), city, day.isoformat())
 
 
@@ -97,14 +99,36 @@ def test_simulate_lands_every_file_under_its_day_and_summary_counts_clean_rows()
     assert all(key.startswith("raw/dt=2026-10-0") and key.endswith(".csv") for key in landed)
     data_rows = sum(max(content.count(b"\n") - 1, 0) for content in landed.values())
     assert summary.rows == data_rows
-    clean = 0
+    clean = quarantined = 0
     for day in days(SMALL):
         prefix = landing_key(day, "x")[:-1]
         files = {
             key[len(prefix) :]: value for key, value in landed.items() if key.startswith(prefix)
         }
-        clean += len(validate_files(files, SMALL.city, day).clean)
+        result = validate_files(files, SMALL.city, day)
+        clean += len(result.clean)
+        quarantined += len(result.quarantined)
     assert clean == summary.rows - summary.dirty_rows
+    assert quarantined == summary.dirty_rows
+
+
+def test_a_day_with_a_wrong_header_file_quarantines_exactly_its_dirty_rows():
+    """Every source row is counted, those of a file quarantined whole included:
+    rows in = clean + quarantined, and quarantined = the simulator's dirty rows."""
+    config = SimulationConfig(start_date=START, days=1, pings_per_day=3_000)  # seed 7
+    landed: dict[str, bytes] = {}
+    summary = simulate(config, landed.__setitem__, progress=False)
+    files = {key.rsplit("/", 1)[1]: content for key, content in landed.items()}
+    assert "legacy-export.csv" in files  # this day and seed must keep covering the case
+    legacy_rows = files["legacy-export.csv"].count(b"\n") - 1
+    assert legacy_rows == LEGACY_ROWS
+    result = validate_files(files, config.city, START)
+    assert len(result.quarantined) == summary.dirty_rows
+    assert len(result.clean) == summary.rows - summary.dirty_rows
+    legacy = result.quarantined[result.quarantined["source_file"] == "legacy-export.csv"]
+    assert legacy["source_row"].tolist() == list(range(LEGACY_ROWS))
+    assert set(legacy["reason"]) == {QuarantineReason.UNPARSEABLE_FILE.value}
+    assert legacy["detail"].str.contains("missing required columns").all()
 
 
 def test_files_follow_the_raw_contract():
