@@ -134,7 +134,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
             defs,
             instance,
             run_config={
-                "ops": {"busyness_model": {"config": {"time_budget_s": args.train_budget}}}
+                "ops": {
+                    "busyness_model": {
+                        "config": {
+                            "time_budget_s": args.train_budget,
+                            "train_poc_baseline": args.poc_baseline,
+                        }
+                    }
+                }
             },
         )
         print(format_training_summary(training))
@@ -293,6 +300,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=30.0,
         help="seconds for the model's hyperparameter search (default %(default)s)",
+    )
+    demo_parser.add_argument(
+        "--no-poc-baseline",
+        dest="poc_baseline",
+        action="store_false",
+        help="skip the PoC's RandomForest grid search baseline (about a minute of the demo)",
     )
     demo_parser.set_defaults(handler=cmd_demo)
     rollback_parser = commands.add_parser(

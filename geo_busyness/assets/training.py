@@ -81,7 +81,11 @@ class BusynessModelConfig(dg.Config):
     )
     seed: int = 0
     train_poc_baseline: bool = Field(
-        default=True, description="Also train the PoC's RandomForest + GridSearchCV baseline."
+        default=False,
+        description=(
+            "Also train the PoC's RandomForest + GridSearchCV baseline (about a minute or more "
+            "of a training; off for automated retrains, on in the demo and the benchmark)."
+        ),
     )
     poc_cv_folds: int = Field(default=5, description="GridSearchCV folds of the PoC baseline.")
 

@@ -83,7 +83,8 @@ def platform(tmp_path_factory):
     env.pop("MLFLOW_TRACKING_URI", None)
     demo = subprocess.run(
         [BIN / "geo-busyness", "demo", "--start", HISTORY_START.isoformat(),
-         "--days", str(HISTORY_DAYS), "--pings-per-day", str(PINGS_PER_DAY)],
+         "--days", str(HISTORY_DAYS), "--pings-per-day", str(PINGS_PER_DAY),
+         "--no-poc-baseline"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
