@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import xgboost as xgb
 
 from geo_busyness.core.features import TARGET_COLUMN
 from geo_busyness.core.lifecycle import SPLIT_COLUMN, split_from_training_set
@@ -206,6 +205,8 @@ def read_model(model_dir: Path) -> TrainedModel:
         raise ValueError(
             f"{model_dir} lacks {', '.join(missing)}: not the output of the `train` entry point"
         )
+    import xgboost as xgb  # here: the Dagster code location imports this module, and rarely trains
+
     summary = json.loads((model_dir / SUMMARY_FILE).read_text())
     model = xgb.XGBRegressor()
     model.load_model(model_dir / MODEL_FILE)

@@ -5,13 +5,13 @@ re-applies the same rules before it moves the registry alias, so a candidate tha
 cannot become the champion even when ``champion_model`` is materialized on its own.
 """
 
+import importlib.metadata
 import tempfile
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pandas as pd
-import xgboost as xgb
 from pydantic import Field
 
 from geo_busyness.assets.metadata import OWNER, preview
@@ -259,7 +259,7 @@ def busyness_model(
             input_example=example,
             # Explicit: inferring them imports and inspects the environment (~9 s).
             pip_requirements=[
-                f"xgboost=={xgb.__version__}",
+                f"xgboost=={importlib.metadata.version('xgboost')}",
                 f"pandas=={pd.__version__}",
                 f"numpy=={np.__version__}",
             ],

@@ -11,8 +11,6 @@ import datetime as dt
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
-from sklearn.cluster import KMeans
 
 from geo_busyness.core.city import City
 from geo_busyness.core.geo import (
@@ -179,6 +177,8 @@ def cluster_restaurants(restaurants: pd.DataFrame, n_clusters: int, seed: int = 
     lat, lon = restaurants["lat"].to_numpy(), restaurants["lon"].to_numpy()
     scale = np.cos(np.radians(lat.mean()))
     points = np.column_stack([lat, lon * scale])
+    from sklearn.cluster import KMeans  # here: most run processes never cluster
+
     model = KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit(points)
     order = np.lexsort((model.cluster_centers_[:, 1], model.cluster_centers_[:, 0]))
     relabel = np.empty(n_clusters, dtype="int64")
@@ -306,6 +306,8 @@ def busyness_features(
 
     cells = strings_to_cells(cell_names)
     i, j = neighbour_pairs(cells, k=1)
+    from scipy import sparse
+
     adjacency = sparse.csr_matrix((np.ones(len(i)), (i, j)), shape=(n_cells, n_cells))
     neighbours = adjacency @ np.nan_to_num(orders)
     neighbours[:, ~observed] = np.nan

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from sklearn.base import RegressorMixin
 
 from geo_busyness.core.features import TARGET_COLUMN
+
+if TYPE_CHECKING:
+    from sklearn.base import RegressorMixin
 from geo_busyness.core.model import (
     HOUR,
     Split,

@@ -15,21 +15,19 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import optuna
 import pandas as pd
-import xgboost as xgb
-from sklearn.ensemble import RandomForestRegressor
-from sklearn.metrics import (
-    mean_absolute_error,
-    mean_poisson_deviance,
-    r2_score,
-    root_mean_squared_error,
-)
-from sklearn.model_selection import BaseCrossValidator, GridSearchCV
 
 from geo_busyness.core.features import TARGET_COLUMN
+
+# XGBoost, Optuna and scikit-learn are imported where they are used: every Dagster run process
+# imports this module, and most runs (ingestion, features, forecasts) never train.
+if TYPE_CHECKING:
+    import optuna
+    import xgboost as xgb
+    from sklearn.model_selection import BaseCrossValidator, GridSearchCV
 
 HOUR = pd.Timedelta(hours=1)
 # The PoC notebook's grid, kept exactly so the baseline is the model it shipped.
@@ -228,22 +226,28 @@ def _defaults(objective: str) -> dict:
     return {"objective": objective, **XGBOOST_DEFAULTS, **power}
 
 
-class _Deadline(xgb.callback.TrainingCallback):
-    """Stops boosting once the clock passes ``deadline``; early stopping's best round stays."""
+def _deadline_callback(deadline: float) -> xgb.callback.TrainingCallback:
+    """A callback that stops boosting once the clock passes ``deadline`` (its ``hit`` says
+    whether it did); early stopping's best round stays."""
+    import xgboost as xgb
 
-    def __init__(self, deadline: float) -> None:
-        super().__init__()
-        self.deadline = deadline
-        self.hit = False
+    class Deadline(xgb.callback.TrainingCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hit = False
 
-    def after_iteration(self, model, epoch, evals_log) -> bool:
-        self.hit = time.perf_counter() >= self.deadline
-        return self.hit
+        def after_iteration(self, model, epoch, evals_log) -> bool:
+            self.hit = time.perf_counter() >= deadline
+            return self.hit
+
+    return Deadline()
 
 
 @contextmanager
 def _quiet_optuna() -> Iterator[None]:
     """Optuna logs every trial at INFO; keep warnings only, and restore the caller's level."""
+    import optuna
+
     previous = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -263,6 +267,9 @@ def train_busyness_model(
     deadline callback ends a fit that would overrun, and the first trial always runs so there
     is a model to return.
     """
+    import optuna
+    import xgboost as xgb
+
     started = time.perf_counter()
     deadline = started + config.time_budget_s
     train = split.train
@@ -336,8 +343,11 @@ def _fit(
     deadline: float,
 ) -> tuple[xgb.Booster, dict]:
     """One fit, early-stopped on validation MAE and stopped at ``deadline``; its log entry."""
+    import xgboost as xgb
+    from sklearn.metrics import mean_absolute_error
+
     started = time.perf_counter()
-    stop = _Deadline(deadline)
+    stop = _deadline_callback(deadline)
     booster = xgb.train(
         {
             "objective": objective,
@@ -410,6 +420,9 @@ def train_poc_baseline(
     NaN: scikit-learn's random forest handles missing values since 1.4. Returns the fitted
     search (``best_estimator_`` refitted on all train rows) and its wall-clock seconds.
     """
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.model_selection import GridSearchCV
+
     started = time.perf_counter()
     search = GridSearchCV(
         RandomForestRegressor(random_state=seed, n_jobs=-1), POC_PARAM_GRID, cv=cv
@@ -424,6 +437,13 @@ def train_poc_baseline(
 
 def regression_metrics(y_true, y_pred) -> dict[str, float]:
     """MAE, RMSE, R² and mean Poisson deviance (predictions clipped to ``POISSON_EPSILON``)."""
+    from sklearn.metrics import (
+        mean_absolute_error,
+        mean_poisson_deviance,
+        r2_score,
+        root_mean_squared_error,
+    )
+
     y_true = np.asarray(y_true, dtype="float64")
     y_pred = np.asarray(y_pred, dtype="float64")
     return {

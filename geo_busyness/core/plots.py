@@ -5,21 +5,29 @@ from __future__ import annotations
 import base64
 import io
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.collections import PolyCollection
 
 from geo_busyness.core.geo import cell_boundary
+
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, imported on first use: every Dagster
+    run process imports this module, few draw."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def hexagon_map_png(cells: np.ndarray, values: np.ndarray, title: str, label: str) -> bytes:
     """PNG of H3 cells coloured by value (one polygon per distinct cell)."""
     polygons = [[(lon, lat) for lat, lon in cell_boundary(str(cell))] for cell in cells]
+    plt = _pyplot()
     figure, axes = plt.subplots(figsize=(6, 5), dpi=90)
+    from matplotlib.collections import PolyCollection
+
     collection = PolyCollection(
         polygons, array=np.asarray(values, float), cmap="magma_r", edgecolors="grey", linewidths=0.3
     )
@@ -52,6 +60,7 @@ def predicted_vs_actual_png(
     busyness level (a good model follows the diagonal), the scatter shows the spread.
     """
     actual = np.asarray(actual, dtype="float64")
+    plt = _pyplot()
     figure, axes = plt.subplots(figsize=(6, 5), dpi=90)
     first = next(iter(predictions))
     axes.scatter(actual, predictions[first], s=4, alpha=0.15, color="grey", rasterized=True)

@@ -20,16 +20,21 @@ import tarfile
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h3ronpy
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import xgboost as xgb
 
 from geo_busyness.core.features import HOUR_NS
 from geo_busyness.core.geo import strings_to_cells
 from geo_busyness.serving.snapshot import SnapshotIndex
+
+# XGBoost loads only where a bundle is read: the Dagster run processes import this module to
+# write bundles, and most of them never deploy.
+if TYPE_CHECKING:
+    import xgboost as xgb
 
 MODEL_FILE = "model.ubj"
 FEATURES_FILE = "features.parquet"
@@ -319,6 +324,8 @@ def load_bundle(directory: Path, prediction_threads: int = 1) -> LoadedBundle:
     if missing:
         raise FileNotFoundError(f"{directory} is not a bundle: it lacks {missing}")
     manifest = Manifest.from_json((directory / MANIFEST_FILE).read_text())
+    import xgboost as xgb
+
     booster = xgb.Booster(model_file=str(directory / MODEL_FILE))
     booster.set_param({"nthread": prediction_threads})
     _booster_feature_names(booster, manifest)
