@@ -5,7 +5,8 @@
   ``GEO_BUSYNESS_*``) is cleared, then ``GEO_BUSYNESS_DATA_DIR``, ``DAGSTER_HOME`` and
   ``MLFLOW_TRACKING_URI`` point into a temp dir: the session's for session/module fixtures, the
   test's own for the test.
-* Hypothesis keeps no example database (it would write ``.hypothesis/`` into the checkout).
+* Hypothesis keeps no example database and its cache goes to the session's temp dir (it would
+  write ``.hypothesis/`` into the checkout).
 * On pytest-xdist workers the modules marked ``slow`` are scheduled first, so the longest runs
   (the daemon loop, the stack) overlap the many short tests instead of starting last.
 * At the end the checkout is compared with its state at the start: a file a test left there
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import settings as hypothesis_settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from geo_busyness.resources.settings import (
     DAGSTER_HOME_ENV,
@@ -65,6 +67,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     root = Path(tempfile.mkdtemp(prefix="geo-busyness-session-"))
     config.stash[_SESSION_ROOT] = root
+    set_hypothesis_home_dir(root / "hypothesis")
     for name, value in isolated_environment(root).items():
         if value is None:
             os.environ.pop(name, None)
