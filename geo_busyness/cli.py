@@ -1,5 +1,10 @@
 """``geo-busyness`` command: simulate a city into the landing zone, run the whole graph, or roll
-the champion model back."""
+the champion model back.
+
+Nothing it prints carries a credential: URLs and error messages (a tracking URI with a
+password, a presigned URL in an error) go through ``geo_busyness.core.redact`` first, and an
+unexpected error's traceback is printed redacted instead of by Python.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,11 @@ import argparse
 import contextlib
 import datetime as dt
 import sys
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
+from geo_busyness.core.redact import redact_text, redact_url
 from geo_busyness.resources.settings import default_data_dir
 
 
@@ -170,14 +177,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"  {deployment['try_it'].strip().strip('`').strip()}"
         )
     elif deploy_error:
-        print(f"endpoint deployment failed: {deploy_error}")
+        print(f"endpoint deployment failed: {redact_text(str(deploy_error))}")
     storage = defs.resources["io_manager"].base_path
     tracking = defs.resources["mlflow_tracking"]
     print(
         f"\nWhere to look:\n"
         f"  landing zone   {zone.location('raw/')}\n"
         f"  asset files    {storage}/<asset>/<day>.parquet (quarantine: {storage}/quarantined_pings/)\n"
-        f"  MLflow         {tracking.uri}  (UI: scripts/dev mlflow-ui)\n"
+        f"  MLflow         {tracking.display_uri}  (UI: scripts/dev mlflow-ui)\n"
         f"  Dagster UI     scripts/dev ui   (DAGSTER_HOME={home}: runs, metadata, maps and checks of this run)"
     )
     return 1 if summary.failed_checks or training.error or deploy_error else 0
@@ -185,8 +192,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     with _resource("mlflow_tracking") as tracking:
-        before = tracking.champion()
-        restored = tracking.rollback()
+        from mlflow.exceptions import MlflowException
+
+        try:
+            before = tracking.champion()
+            restored = tracking.rollback()
+        except MlflowException as error:
+            print(
+                f"geo-busyness: rollback failed, champion unchanged (MLflow at "
+                f"{tracking.display_uri}): {redact_text(str(error))}",
+                file=sys.stderr,
+            )
+            return 1
     print(
         f"{tracking.registered_model_name}: champion moved from version {before.version} "
         f"back to version {restored.version}"
@@ -203,12 +220,13 @@ def cmd_endpoint(args: argparse.Namespace) -> int:
         status = endpoint.status()
     if status.serving:
         print(
-            f"{status.url}: {status.model_name} version {status.model_version} (since {status.started_at})"
+            f"{redact_url(status.url)}: {status.model_name} version {status.model_version} "
+            f"(since {status.started_at})"
         )
     else:
         print(
-            f"nothing serves at {status.url}"
-            + (f": {'; '.join(status.problems)}" if status.problems else "")
+            f"nothing serves at {redact_url(status.url)}"
+            + (f": {redact_text('; '.join(status.problems))}" if status.problems else "")
         )
     return 0 if status.serving else 1
 
@@ -240,7 +258,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
             print(f"no stack runs from {root}")
             return 1
         for name, url in state.urls.items():
-            print(f"{name:9} {url}")
+            print(f"{name:9} {redact_url(url)}")
         return 0
     ports = {
         "dagster": args.dagster_port,
@@ -259,7 +277,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
     try:
         state = up(config)
     except StackError as error:
-        print(f"geo-busyness: stack: {error}", file=sys.stderr)
+        print(f"geo-busyness: stack: {redact_text(str(error))}", file=sys.stderr)
         return 1
     env_file = root / ENV_FILE
     print(
@@ -338,8 +356,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except ValueError as error:
-        print(f"geo-busyness: error: {error}", file=sys.stderr)
+        print(f"geo-busyness: error: {redact_text(str(error))}", file=sys.stderr)
         return 2
+    except Exception:
+        # Python would print the traceback itself, credentials in its messages included.
+        print(redact_text(traceback.format_exc()), end="", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

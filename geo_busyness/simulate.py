@@ -5,7 +5,9 @@ where the pipeline cares: restaurants cluster in neighbourhoods and keep exact c
 from day to day, demand follows the local-time lunch and dinner peaks and the weekend, couriers
 ping near the restaurant minutes after the order, and files are dirty in every way the
 contract (``geo_busyness.core.schema``) quarantines. Scenarios shift the data from a given day
-on, to exercise the data-drift and data-quality monitoring.
+on, to exercise the data-drift and data-quality monitoring. On request (``export_files``, off by
+default) part files are written as other exports write them: compressed, tab- or
+semicolon-separated, an Excel export, Latin-1 or UTF-16 text, epoch timestamps.
 
 One UTC day is generated at a time from its own random stream, fully vectorized, so a day's
 bytes depend only on the configuration and the day, never on which other days are simulated.
@@ -14,8 +16,10 @@ bytes depend only on the configuration and the day, never on which other days ar
 from __future__ import annotations
 
 import datetime
+import gzip
 import io
 import sys
+import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,6 +95,22 @@ GLITCH_SHARE = 0.30  # of pings, split evenly: null island, swapped signs, jitte
 FILE_DIRT_PROBABILITY = 1 / 3
 FILE_DIRT_KINDS = ("empty", "legacy", "redelivered")
 LEGACY_ROWS = 100
+# Part files written the way other exports write them (SimulationConfig.export_files). Each
+# holds exactly the rows and values of the plain part it replaces, so a day reads to the same
+# clean and quarantined rows whatever the kinds; only names and bytes differ.
+EXPORT_KINDS = (
+    "gzip",  # part-XXX.csv.gz
+    "zip",  # part-XXX.csv.zip holding part-XXX.csv
+    "tsv",  # part-XXX.tsv, tab-separated
+    "upper_case_extension",  # part-XXX.CSV
+    "semicolon",  # semicolon-separated .csv
+    "excel",  # an Excel export: UTF-8 byte-order mark, CRLF, ";" and decimal commas
+    "tab_in_csv",  # tab-separated, named .csv
+    "latin1",  # cp1252 text: one courier id carries an "é" (byte 0xE9, not UTF-8)
+    "utf16",  # UTF-16-LE with a byte-order mark
+    "epoch",  # ping times as epoch seconds with a fraction, order times as epoch microseconds
+)
+LATIN1_SUFFIX = "\u00e9"
 EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
 
 # Random-stream tags: every purpose gets its own stream, so changing one knob (say dirty_files)
@@ -113,6 +133,9 @@ class SimulationConfig:
     # Which file dirt lands: None = each kind of FILE_DIRT_KINDS on about a third of days (the
     # day decides); a set = exactly those kinds on every day (a test chooses what a day holds).
     file_dirt: frozenset[str] | None = None
+    # Export formats of EXPORT_KINDS to write parts in (off by default): the k-th chosen kind, in
+    # EXPORT_KINDS order, rewrites part k, so at most files_per_day kinds.
+    export_files: frozenset[str] = frozenset()
     scenario: str = "baseline"
     scenario_start: datetime.date | None = None
     seed: int = 7
@@ -159,6 +182,15 @@ class SimulationConfig:
         if self.file_dirt is not None and not set(self.file_dirt) <= set(FILE_DIRT_KINDS):
             raise ValueError(
                 f"file_dirt must be a subset of {FILE_DIRT_KINDS}, got {sorted(self.file_dirt)}"
+            )
+        if not set(self.export_files) <= set(EXPORT_KINDS):
+            raise ValueError(
+                f"export_files must be a subset of {EXPORT_KINDS}, got {sorted(self.export_files)}"
+            )
+        if len(self.export_files) > self.files_per_day:
+            raise ValueError(
+                f"export_files rewrites one part file per kind: {len(self.export_files)} kinds "
+                f"need files_per_day >= {len(self.export_files)}, got {self.files_per_day}"
             )
         if not 0 <= self.dirty_share < 0.5:
             raise ValueError(f"dirty_share must be in [0, 0.5), got {self.dirty_share!r}")
@@ -326,14 +358,23 @@ def _simulate_day(config: SimulationConfig, day: datetime.date) -> _Day:
     table = pa.table([columns[c] for c in RAW_COLUMNS], names=list(RAW_COLUMNS))
 
     bounds = np.linspace(0, n, config.files_per_day + 1).round().astype(int)
-    files = {
-        f"part-{i:03d}.csv": _csv(RAW_COLUMNS, table.slice(bounds[i], bounds[i + 1] - bounds[i]))
+    parts = [
+        (f"part-{i:03d}.csv", _csv(RAW_COLUMNS, table.slice(bounds[i], bounds[i + 1] - bounds[i])))
         for i in range(config.files_per_day)
-    }
+    ]
+    if config.export_files:
+        # rows whose courier id may change: valid, and no duplicate copies them
+        plain = ~invalid
+        plain[row[duplicates]] = False
+        kinds = [kind for kind in EXPORT_KINDS if kind in config.export_files]
+        for i, kind in enumerate(kinds):
+            part = table.slice(bounds[i], bounds[i + 1] - bounds[i])
+            parts[i] = _export_file(kind, i, part, plain[bounds[i] : bounds[i + 1]])
+    files = dict(parts)
     rows_written = n
     refused = int(invalid.sum())
     if config.dirty_files:
-        extra, extra_rows = _file_dirt(config, day, scenario_index, files, bounds, table)
+        extra, extra_rows = _file_dirt(config, day, scenario_index, parts, bounds, table)
         files.update(extra)
         rows_written += extra_rows
         refused += extra_rows
@@ -344,7 +385,7 @@ def _file_dirt(
     config: SimulationConfig,
     day: datetime.date,
     scenario_index: int,
-    parts: dict[str, bytes],
+    parts: list[tuple[str, bytes]],
     bounds: np.ndarray,
     table: pa.Table,
 ) -> tuple[dict[str, bytes], int]:
@@ -364,7 +405,8 @@ def _file_dirt(
         files["legacy-export.csv"] = _csv(LEGACY_HEADER, table.slice(0, k))
         rows += k
     if redeliver:
-        files[f"redelivered-part-{part:03d}.csv"] = parts[f"part-{part:03d}.csv"]
+        name, content = parts[part]
+        files[f"redelivered-{name}"] = content
         rows += int(bounds[part + 1] - bounds[part])
     return files, rows
 
@@ -611,12 +653,84 @@ def _text(values: np.ndarray) -> pa.Array:
     return pa.array(np.asarray(values, dtype=np.int64)).cast(pa.string())
 
 
-def _csv(header: tuple[str, ...], table: pa.Table) -> bytes:
+def _csv(header: tuple[str, ...], table: pa.Table, delimiter: str = ",") -> bytes:
     """CSV bytes: a plain header line, then the text columns unquoted (no value needs quotes)."""
     sink = io.BytesIO()
-    sink.write((",".join(header) + "\n").encode())
-    pa_csv.write_csv(table, sink, pa_csv.WriteOptions(include_header=False, quoting_style="none"))
+    sink.write((delimiter.join(header) + "\n").encode())
+    pa_csv.write_csv(
+        table,
+        sink,
+        pa_csv.WriteOptions(include_header=False, quoting_style="none", delimiter=delimiter),
+    )
     return sink.getvalue()
+
+
+def _export_file(kind: str, index: int, part: pa.Table, plain: np.ndarray) -> tuple[str, bytes]:
+    """Name and bytes of part ``index`` written as export ``kind`` (see EXPORT_KINDS); ``plain``
+    marks the rows whose courier id the Latin-1 kind may extend."""
+    stem = f"part-{index:03d}"
+    if kind == "gzip":
+        return f"{stem}.csv.gz", gzip.compress(_csv(RAW_COLUMNS, part), mtime=0)
+    if kind == "zip":
+        sink = io.BytesIO()
+        with zipfile.ZipFile(sink, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(
+                zipfile.ZipInfo(f"{stem}.csv", (1980, 1, 1, 0, 0, 0)), _csv(RAW_COLUMNS, part)
+            )
+        return f"{stem}.csv.zip", sink.getvalue()
+    if kind == "tsv":
+        return f"{stem}.tsv", _csv(RAW_COLUMNS, part, "\t")
+    if kind == "upper_case_extension":
+        return f"{stem}.CSV", _csv(RAW_COLUMNS, part)
+    if kind == "semicolon":
+        return f"{stem}.csv", _csv(RAW_COLUMNS, part, ";")
+    if kind == "excel":
+        commas = part
+        for column in COORDINATE_COLUMNS:
+            position = commas.schema.get_field_index(column)
+            text = pc.replace_substring(commas.column(column), ".", ",")
+            commas = commas.set_column(position, column, text)
+        content = _csv(RAW_COLUMNS, commas, ";").replace(b"\n", b"\r\n")
+        return f"{stem}.csv", b"\xef\xbb\xbf" + content
+    if kind == "tab_in_csv":
+        return f"{stem}.csv", _csv(RAW_COLUMNS, part, "\t")
+    if kind == "latin1":
+        rows = np.flatnonzero(plain)
+        if len(rows):
+            mask = np.zeros(part.num_rows, dtype=bool)
+            mask[rows[0]] = True
+            ids = part.column("courier_id").combine_chunks()
+            extended = pa.array([ids[rows[0]].as_py() + LATIN1_SUFFIX])
+            ids = pc.replace_with_mask(ids, pa.array(mask), extended)
+            part = part.set_column(part.schema.get_field_index("courier_id"), "courier_id", ids)
+        return f"{stem}.csv", _csv(RAW_COLUMNS, part).decode("utf-8").encode("cp1252")
+    if kind == "utf16":
+        return f"{stem}.csv", b"\xff\xfe" + _csv(RAW_COLUMNS, part).decode().encode("utf-16-le")
+    if kind == "epoch":
+        for column, seconds in (
+            ("courier_location_timestamp", True),
+            ("order_created_timestamp", False),
+        ):
+            position = part.schema.get_field_index(column)
+            part = part.set_column(position, column, _epoch(part.column(column), seconds))
+        return f"{stem}.csv", _csv(RAW_COLUMNS, part)
+    raise ValueError(f"unknown export kind {kind!r}")
+
+
+def _epoch(text: pa.ChunkedArray, seconds: bool) -> pa.Array:
+    """Timestamp text as written by _iso, in epoch seconds with a microsecond fraction or in
+    epoch microseconds; any other text (the dirt) stays as it is."""
+    text = text.combine_chunks()
+    iso = pc.match_substring_regex(text, r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
+    stamps = pc.if_else(iso, text, "1970-01-01T00:00:00.000000Z")
+    micros = pc.cast(stamps, pa.timestamp("us", "UTC")).cast(pa.int64()).to_numpy()
+    if seconds:
+        whole, fraction = np.divmod(micros, 1_000_000)
+        fraction_text = pc.utf8_slice_codeunits(_text(fraction + 1_000_000), 1)
+        epoch = pc.binary_join_element_wise(_text(whole), ".", fraction_text, "")
+    else:
+        epoch = _text(micros)
+    return pc.if_else(iso, epoch, text)
 
 
 def _rng(purpose: int, config: SimulationConfig, *keys: int) -> np.random.Generator:

@@ -19,6 +19,7 @@ from geo_busyness.core.forecast import (
     next_day,
 )
 from geo_busyness.core.plots import hexagon_map_png, markdown_image
+from geo_busyness.core.redact import redact_data, redact_text, redact_url
 from geo_busyness.deploy import DeploymentFailed, DeploymentRecord
 from geo_busyness.partitions import daily_partitions
 from geo_busyness.resources.city import CityResource
@@ -176,21 +177,21 @@ def endpoint_deployment(
         )
     except DeploymentFailed as error:
         raise dg.Failure(
-            f"deployment of version {champion_model.version} refused: {error}"
+            f"deployment of version {champion_model.version} refused: {redact_text(str(error))}"
         ) from error
+    # Metadata is shown and kept: no credential of an address or a detail goes into it.
+    address = redact_url(record.address)
     context.add_output_metadata(
         {
             "target": record.target,
-            "address": dg.MetadataValue.url(record.address)
-            if record.address.startswith("http")
-            else record.address,
+            "address": dg.MetadataValue.url(address) if address.startswith("http") else address,
             "model_version": record.model_version,
             "previous_model_version": record.previous_model_version or "none",
             "snapshot_day": next_day(data_day),
             "bundle": str(bundle),
-            "details": dg.MetadataValue.json(dict(record.details)),
+            "details": dg.MetadataValue.json(redact_data(dict(record.details))),
             "try_it": dg.MetadataValue.md(
-                f"```\n{curl_example(record.address, _instances(expected.head(1)))}\n```"
+                f"```\n{curl_example(address, _instances(expected.head(1)))}\n```"
             ),
         }
     )
@@ -239,7 +240,9 @@ def endpoint_answers_known_request(
         with urllib.request.urlopen(request, timeout=10) as response:
             answer = json.loads(response.read())
     except OSError as error:
-        return dg.AssetCheckResult(passed=False, description=f"endpoint unreachable: {error}")
+        return dg.AssetCheckResult(
+            passed=False, description=f"endpoint unreachable: {redact_text(str(error))}"
+        )
     served = float(answer["predictions"][0]["busyness"])
     expected = float(row[FORECAST_COLUMN].iloc[0])
     return dg.AssetCheckResult(

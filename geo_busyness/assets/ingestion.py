@@ -7,16 +7,11 @@ import pandas as pd
 
 from geo_busyness.assets.metadata import OWNER, preview
 from geo_busyness.automation import on_new_data
-from geo_busyness.core.schema import (
-    QuarantineReason,
-    UnparseableFileError,
-    read_raw_file,
-    unparseable_file_rows,
-    validate_pings,
-)
+from geo_busyness.core.landing import day_folder_problem
+from geo_busyness.core.schema import QuarantineReason, read_landing_file, validate_pings
 from geo_busyness.partitions import daily_partitions
 from geo_busyness.resources.city import CityResource
-from geo_busyness.resources.landing_zone import LandingZone, day_prefix
+from geo_busyness.resources.landing_zone import LandingZone, day_of_key, day_prefix
 
 GROUP = "ingestion"
 
@@ -31,40 +26,73 @@ GROUP = "ingestion"
     ),
     description=(
         "Every file of the day from the landing zone (`raw/dt=YYYY-MM-DD/`), as text columns with "
-        "the source file and row. A file that cannot be read as the contract keeps one record per "
-        "source row, each carrying the file's error, so that all its rows are quarantined."
+        "the source file and row: CSV/TSV/Parquet in any letter case, compressed or not, in "
+        "UTF-8/UTF-16 or a legacy 8-bit encoding, with any common delimiter. A file that cannot "
+        "be read as the contract keeps one record per source row, each carrying the file's "
+        "error, so that all its rows are quarantined. The metadata lists every file seen under "
+        "the day folder: how it was read and its rows, or why it was not read."
     ),
 )
 def raw_courier_pings(context: dg.AssetExecutionContext, landing_zone: LandingZone) -> pd.DataFrame:
     day = context.partition_key
-    files = landing_zone.day_files(day)
+    prefix = day_prefix(day)
+    seen = landing_zone.day_listing(day)
+    not_read = {
+        f.key: day_folder_problem(f.key[len(prefix) :]) or "not a file of this day's layout"
+        for f in seen
+        if day_of_key(f.key) != day
+    }
+    for key, why in not_read.items():
+        context.log.warning(f"Not reading {landing_zone.location(key)}: {why}")
+    files = [f for f in seen if f.key not in not_read]
     if not files:
+        found = f"; found only {len(not_read)} unreadable key(s): {not_read}" if not_read else ""
         raise dg.Failure(
-            description=f"No landing files for {day} under {landing_zone.location(day_prefix(day))}",
+            description=f"No landing files for {day} under {landing_zone.location(prefix)}{found}",
             allow_retries=False,
         )
-    frames, unreadable = [], {}
+    frames, unreadable, records = [], {}, {}
     for landing_file in files:
-        content = landing_zone.read(landing_file.key)
-        try:
-            frames.append(read_raw_file(landing_file.key, content))
-        except UnparseableFileError as error:
-            context.log.warning(str(error))
-            unreadable[landing_file.key] = str(error)
-            frames.append(unparseable_file_rows(landing_file.key, content, str(error)))
+        read = read_landing_file(landing_file.key, landing_zone.read(landing_file.key))
+        frames.append(read.frame)
+        if read.error is not None:
+            context.log.warning(read.error)
+            unreadable[landing_file.key] = read.error
+        if read.format.fallback_rows:
+            context.log.warning(
+                f"{landing_file.key}: bytes that are not UTF-8 were read as cp1252 in "
+                f"{read.format.fallback_rows} row(s), e.g. source rows "
+                f"{list(read.format.fallback_source_rows)}"
+            )
+        records[landing_file.key] = {
+            "read": True,
+            "rows": len(read.frame),
+            "quarantined_whole": read.error is not None,
+            **read.format.as_metadata(),
+            "error": read.error,
+        }
     raw = pd.concat(frames, ignore_index=True)
-    rows_per_file = raw.groupby("source_file").size()
     context.add_output_metadata(
         {
             "files": dg.MetadataValue.json(
                 [
-                    {"key": f.key, "bytes": f.size, "rows": int(rows_per_file.get(f.key, 0))}
-                    for f in files
+                    {
+                        "key": f.key,
+                        "bytes": f.size,
+                        **records.get(
+                            f.key, {"read": False, "rows": None, "not_read": not_read.get(f.key)}
+                        ),
+                    }
+                    for f in seen
                 ]
             ),
+            "files_read": len(files),
+            "files_not_read": dg.MetadataValue.json(not_read),
+            "source_rows": len(raw),
             "bytes": sum(f.size for f in files),
             "unreadable_files": dg.MetadataValue.json(unreadable),
-            "landing_zone": landing_zone.location(day_prefix(day)),
+            "fallback_decoded_rows": sum(r["fallback_decoded_rows"] for r in records.values()),
+            "landing_zone": landing_zone.location(prefix),
             "preview": preview(raw),
         }
     )

@@ -31,6 +31,7 @@ from geo_busyness.core.features import feature_columns
 from geo_busyness.core.forecast import FORECAST_COLUMN
 from geo_busyness.core.lifecycle import MODEL, SPLIT_COLUMN
 from geo_busyness.core.plots import markdown_image
+from geo_busyness.core.redact import redact_text
 from geo_busyness.partitions import daily_partitions
 from geo_busyness.resources.city import CityResource
 from geo_busyness.resources.reports import DriftPolicy, ReportStore, report_link
@@ -265,7 +266,9 @@ def _training_mae(mlflow_tracking: MlflowTracking, version: str) -> tuple[float 
         run_id = client.get_model_version(name, version).run_id
         metrics = client.get_run(run_id).data.metrics
     except MlflowException as error:
-        return None, f"model version {version} of {name} not readable from MLflow: {error}"
+        return None, (
+            f"model version {version} of {name} not readable from MLflow: {redact_text(str(error))}"
+        )
     if TEST_MAE_METRIC not in metrics:
         return None, f"run {run_id} of version {version} has no {TEST_MAE_METRIC} metric"
     return float(metrics[TEST_MAE_METRIC]), f"{TEST_MAE_METRIC} of run {run_id}"

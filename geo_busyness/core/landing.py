@@ -23,7 +23,10 @@ from pathlib import PurePosixPath
 from typing import Protocol
 
 CURSOR_VERSION = 1
-SUPPORTED_EXTENSIONS = (".csv", ".parquet")
+# What the ingestion reads, in any letter case: a table, optionally compressed (the content's
+# magic bytes decide how it is unpacked; see ``geo_busyness.core.schema``).
+SUPPORTED_EXTENSIONS = (".csv", ".tsv", ".parquet")
+COMPRESSION_EXTENSIONS = (".gz", ".gzip", ".zip", ".bz2", ".xz")
 _DAY_FOLDER = re.compile(r"^raw/dt=([^/]*)/(.*)$")
 _ISO_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 DAY_DIGEST_CHARS = 16  # 64 bits: run keys of one day never collide in practice
@@ -108,11 +111,39 @@ class LandingPlan:
         return "; ".join(parts)
 
 
+def file_name_problem(name: str) -> str | None:
+    """Why a file name directly in a day folder is not one the ingestion reads, or None.
+
+    Readable: ``<name>.csv``, ``.tsv`` or ``.parquet``, optionally followed by ``.gz``,
+    ``.gzip``, ``.zip``, ``.bz2`` or ``.xz``, in any letter case (``.CSV``, ``.csv.GZ``).
+    """
+    lower = PurePosixPath(name.lower())
+    table = PurePosixPath(lower.stem) if lower.suffix in COMPRESSION_EXTENSIONS else lower
+    if table.suffix in SUPPORTED_EXTENSIONS:
+        return None
+    original = PurePosixPath(name)
+    shown = "".join(original.suffixes[-2:]) if table is not lower else original.suffix
+    return (
+        f"extension {shown or '(none)'!r} is not one of {', '.join(SUPPORTED_EXTENSIONS)} "
+        f"(any letter case, optionally compressed: {', '.join(COMPRESSION_EXTENSIONS)})"
+    )
+
+
+def day_folder_problem(rest: str) -> str | None:
+    """Why ``rest``, a key relative to its day folder, is not a file the ingestion reads."""
+    if not rest:
+        return "folder marker, not a file"
+    if "/" in rest:
+        return "in a subfolder of the day folder (only files directly in it are read)"
+    return file_name_problem(rest)
+
+
 def ignore_reason(key: str, window: DayWindow) -> str | None:
     """Why ``key`` is not an ingestible file of a partition day, or None when it is one.
 
     Accepts exactly what the ``raw_courier_pings`` asset reads (``day_of_key`` of the resource):
-    ``raw/dt=YYYY-MM-DD/<name>.csv|.parquet``, directly in the day folder.
+    ``raw/dt=YYYY-MM-DD/<name>`` with a readable name (:func:`file_name_problem`), directly in
+    the day folder.
     """
     match = _DAY_FOLDER.match(key)
     if not match:
@@ -124,13 +155,9 @@ def ignore_reason(key: str, window: DayWindow) -> str | None:
         day = dt.date.fromisoformat(day_text)
     except ValueError:
         return f"folder dt={day_text} is not a calendar day"
-    if not name:
-        return "folder marker, not a file"
-    if "/" in name:
-        return "in a subfolder of the day folder (only files directly in it are read)"
-    suffix = PurePosixPath(name).suffix
-    if suffix not in SUPPORTED_EXTENSIONS:
-        return f"extension {suffix or '(none)'!r} is not one of {', '.join(SUPPORTED_EXTENSIONS)}"
+    problem = day_folder_problem(name)
+    if problem is not None:
+        return problem
     if day < window.first:
         return f"day before the first partition {window.first}"
     if day > window.day_in_progress:

@@ -5,17 +5,31 @@ arrived. Validation is column-wise (Arrow/numpy, with pandas' parsing semantics)
 row. Every input row ends in
 exactly one of *clean* or *quarantine*; a file that cannot be read as the contract is
 quarantined whole, one record per source row, each naming the file and the problem.
+
+Landing files are read as real exports write them (see :func:`read_landing_file`): compressed
+(gzip, zip, bzip2, xz: by magic bytes), in UTF-8 with or without a byte-order mark, UTF-16/32
+with a byte-order mark (or UTF-16 without one, recognized by its NUL bytes), or a legacy 8-bit
+encoding (non-UTF-8 bytes are decoded as cp1252, and the rows whose contract values hold such
+bytes are counted), with a comma, semicolon, tab or pipe between fields (chosen from the header
+line). An ordinary UTF-8 comma CSV takes the same fast Arrow path as before.
 """
 
 from __future__ import annotations
 
+import bz2
+import codecs
 import datetime
+import gzip
 import io
+import lzma
 import os
+import re
+import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
+from pathlib import PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -25,6 +39,7 @@ import pyarrow.csv as pa_csv
 
 from geo_busyness.core.city import City
 from geo_busyness.core.geo import haversine_km
+from geo_busyness.core.landing import COMPRESSION_EXTENSIONS
 
 RAW_COLUMNS: tuple[str, ...] = (
     "courier_id",
@@ -97,6 +112,84 @@ class ValidationResult:
         return {reason.value: int(counts.get(reason.value, 0)) for reason in QuarantineReason}
 
 
+# --- Landing files: compression, encoding, delimiter ------------------------------------------
+
+# Magic bytes decide the compression (a name's ".gz" only says what to expect). A zip archive
+# must hold exactly one file. Nested compression (a .gz inside a .zip) is unpacked too.
+MAX_DECOMPRESSED_BYTES = 4 * 2**30
+_MAX_COMPRESSION_LAYERS = 3
+DELIMITERS = (",", ";", "\t", "|")
+DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+FALLBACK_ENCODING = "cp1252"  # bytes cp1252 leaves undefined (0x81 0x8D 0x8F 0x90 0x9D): Latin-1
+FALLBACK_ROWS_LISTED = 20  # source rows named in the metadata of a file read with the fallback
+_STREAM_OPENERS = {"gzip": gzip.open, "bzip2": bz2.open, "xz": lzma.open}
+_BOMS = (
+    (b"\xef\xbb\xbf", "utf-8-sig"),
+    (b"\xff\xfe\x00\x00", "utf-32-le"),
+    (b"\x00\x00\xfe\xff", "utf-32-be"),
+    (b"\xff\xfe", "utf-16-le"),
+    (b"\xfe\xff", "utf-16-be"),
+)
+
+
+@dataclass(frozen=True)
+class FileFormat:
+    """How a landing file was read, as the run's metadata reports it per file.
+
+    ``encoding`` is ``utf-8``, ``utf-8-sig`` (with a byte-order mark), ``utf-16-le``/``-be``,
+    ``utf-32-le``/``-be`` or ``utf-8+cp1252`` (bytes that are not UTF-8 decoded as cp1252);
+    ``fallback_rows`` counts the data rows whose contract values hold such bytes (kept, not
+    quarantined: the bytes are read as the legacy encoding most exports use) and
+    ``fallback_source_rows`` names the first :data:`FALLBACK_ROWS_LISTED` of them.
+    """
+
+    kind: str = "csv"  # "csv" or "parquet"
+    compression: str | None = None  # e.g. "gzip", "zip", "zip+gzip"
+    encoding: str | None = None  # None for Parquet (and for bytes that were never decoded)
+    delimiter: str | None = None
+    fallback_rows: int = 0
+    fallback_source_rows: tuple[int, ...] = ()
+
+    def as_metadata(self) -> dict[str, object]:
+        return {
+            "format": self.kind,
+            "compression": self.compression,
+            "encoding": self.encoding,
+            "delimiter": DELIMITER_NAMES.get(self.delimiter, self.delimiter),
+            "fallback_decoded_rows": self.fallback_rows,
+            "fallback_decoded_source_rows": list(self.fallback_source_rows),
+        }
+
+
+@dataclass(frozen=True)
+class LandingRead:
+    """One landing file as the ingestion takes it: its raw records (a file that cannot be read
+    as the contract gives one record per source row carrying ``error``) and how it was read."""
+
+    frame: pd.DataFrame
+    format: FileFormat
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """A file after decompression and, for text, transcoding to UTF-8 (not yet validated)."""
+
+    data: bytes
+    format: FileFormat
+
+
+def read_landing_file(name: str, content: bytes) -> LandingRead:
+    """Read one landing file, never raising: :func:`read_raw_file` when it can be read, else
+    :func:`unparseable_file_rows` with the error."""
+    try:
+        frame, file_format = _read(name, content)
+    except UnparseableFileError as error:
+        frame, file_format = _unparseable(name, content, str(error))
+        return LandingRead(frame=frame, format=file_format, error=str(error))
+    return LandingRead(frame=_with_lineage(frame, name), format=file_format)
+
+
 def read_raw_file(name: str, content: bytes) -> pd.DataFrame:
     """Parse one landing file (CSV or Parquet) into text columns plus lineage.
 
@@ -107,17 +200,256 @@ def read_raw_file(name: str, content: bytes) -> pd.DataFrame:
     A CSV file is read with Arrow's multi-threaded reader; anything it does not read exactly
     as pandas' C parser would (an odd row, a NUL byte, a duplicate or blank header name, a
     missing column) is read again by pandas, so results and error messages stay pandas'.
+    Compression, encoding and delimiter are recognized first (see the module's docstring).
     """
-    if _blank(content):
-        return _empty_raw_frame()
-    frame = None if name.endswith(".parquet") else _read_csv_with_arrow(content)
-    if frame is None:
-        table = _read_with_pandas(name, content)
-        frame = table.loc[:, list(RAW_COLUMNS)].astype("string").reset_index(drop=True)
+    frame, _ = _read(name, content)
+    return _with_lineage(frame, name)
+
+
+def _with_lineage(frame: pd.DataFrame, name: str) -> pd.DataFrame:
     frame["source_file"] = pd.array([name] * len(frame), dtype="string")
     frame["source_row"] = np.arange(len(frame), dtype="int64")
     frame["file_error"] = pd.Series(pd.NA, index=frame.index, dtype="string")
     return frame
+
+
+def _read(name: str, content: bytes) -> tuple[pd.DataFrame, FileFormat]:
+    """The contract columns of a file as text (no lineage yet) and how it was read."""
+    if _blank(content):
+        return _empty_text_frame(), FileFormat(kind=_kind_of_name(name))
+    decoded = _decode(name, content)
+    data, file_format = decoded.data, decoded.format
+    if _blank(data):
+        return _empty_text_frame(), file_format
+    if file_format.kind == "parquet":
+        return _pandas_frame(name, data, file_format), file_format
+    file_format = replace(file_format, delimiter=_sniff_delimiter(data))
+    frame = _read_csv_with_arrow(data, file_format.delimiter)
+    if frame is not None:
+        return frame, file_format
+    if file_format.encoding == "utf-8" and not _is_utf8(data):
+        return _read_with_fallback(name, data, file_format)
+    return _pandas_frame(name, data, file_format), file_format
+
+
+def _pandas_frame(name: str, data: bytes, file_format: FileFormat) -> pd.DataFrame:
+    table = _checked_columns(name, _pandas_table(name, data, file_format))
+    return table.loc[:, list(RAW_COLUMNS)].astype("string").reset_index(drop=True)
+
+
+def _csv_frame(name: str, data: bytes, file_format: FileFormat) -> pd.DataFrame:
+    """UTF-8 CSV text through Arrow, or pandas where Arrow would not read it as pandas does."""
+    frame = _read_csv_with_arrow(data, file_format.delimiter)
+    return _pandas_frame(name, data, file_format) if frame is None else frame
+
+
+def _read_with_fallback(
+    name: str, data: bytes, file_format: FileFormat
+) -> tuple[pd.DataFrame, FileFormat]:
+    """Text that is not all UTF-8: each run of bytes that is not UTF-8 is decoded as cp1252.
+
+    The same text with those bytes as U+FFFD is read beside it (both have the same rows, the
+    replaced bytes are never delimiters, quotes or line ends); the rows whose contract values
+    differ between the two are the rows decoded by the fallback."""
+    fallback, marked = _fallback_decode(data)
+    file_format = replace(file_format, encoding=f"utf-8+{FALLBACK_ENCODING}")
+    frame = _csv_frame(name, fallback, file_format)
+    reference = _csv_frame(name, marked, file_format)
+    changed = np.zeros(len(frame), dtype=bool)
+    if len(reference) == len(frame):
+        for column in RAW_COLUMNS:
+            changed |= frame[column].to_numpy(dtype=object) != reference[column].to_numpy(
+                dtype=object
+            )
+    else:  # never expected: count every row as decoded by the fallback
+        changed[:] = True
+    rows = np.flatnonzero(changed)
+    return frame, replace(
+        file_format,
+        fallback_rows=len(rows),
+        fallback_source_rows=tuple(int(r) for r in rows[:FALLBACK_ROWS_LISTED]),
+    )
+
+
+def _kind_of_name(name: str) -> str:
+    stem = name.lower()
+    for extension in COMPRESSION_EXTENSIONS:
+        stem = stem.removesuffix(extension)
+    return "parquet" if stem.endswith(".parquet") else "csv"
+
+
+def _decode(name: str, content: bytes) -> _Decoded:
+    """Decompress by magic bytes, tell Parquet from text, and transcode text to UTF-8 by its
+    byte-order mark (UTF-8 without one is returned as it is, unvalidated)."""
+    data, inner_name, layers = content, name, []
+    for _ in range(_MAX_COMPRESSION_LAYERS):
+        unpacked = _decompress(name, inner_name, data)
+        if unpacked is None:
+            break
+        compression, data, inner_name = unpacked
+        layers.append(compression)
+    compression = "+".join(layers) or None
+    if _kind_of_name(inner_name) == "parquet" or data.startswith(b"PAR1"):
+        return _Decoded(data, FileFormat(kind="parquet", compression=compression))
+    data, encoding = _transcode(name, data)
+    return _Decoded(data, FileFormat(kind="csv", compression=compression, encoding=encoding))
+
+
+def _decompress(name: str, inner_name: str, data: bytes) -> tuple[str, bytes, str] | None:
+    """(compression, content, name of the content) when ``data`` is compressed, else None."""
+    if data.startswith(b"\x1f\x8b"):
+        kind = "gzip"
+    elif data.startswith(b"BZh") and data[4:10] in (b"1AY&SY", b"\x17rE8P\x90"):
+        kind = "bzip2"
+    elif data.startswith(b"\xfd7zXZ\x00"):
+        kind = "xz"
+    elif data.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return _unzip(name, data)
+    else:
+        return None
+    try:
+        with _STREAM_OPENERS[kind](io.BytesIO(data)) as stream:
+            unpacked = stream.read(MAX_DECOMPRESSED_BYTES + 1)
+    except Exception as error:
+        raise UnparseableFileError(
+            f"{name}: cannot be decompressed as {kind} ({type(error).__name__}: {error})"
+        ) from error
+    _check_size(name, kind, unpacked)
+    stem = inner_name
+    for extension in COMPRESSION_EXTENSIONS:
+        if stem.lower().endswith(extension):
+            stem = stem[: -len(extension)]
+            break
+    return kind, unpacked, stem
+
+
+def _unzip(name: str, data: bytes) -> tuple[str, bytes, str]:
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = [
+                info
+                for info in archive.infolist()
+                if not info.is_dir()
+                and not info.filename.startswith("__MACOSX/")
+                and not PurePosixPath(info.filename).name.startswith(".")
+            ]
+            if len(members) != 1:
+                raise UnparseableFileError(
+                    f"{name}: a zip archive must hold exactly one file, this one holds "
+                    f"{len(members)}: {[m.filename for m in members][:10]}"
+                )
+            with archive.open(members[0]) as stream:
+                unpacked = stream.read(MAX_DECOMPRESSED_BYTES + 1)
+    except UnparseableFileError:
+        raise
+    except Exception as error:
+        raise UnparseableFileError(
+            f"{name}: cannot be decompressed as zip ({type(error).__name__}: {error})"
+        ) from error
+    _check_size(name, "zip", unpacked)
+    return "zip", unpacked, members[0].filename
+
+
+def _check_size(name: str, kind: str, unpacked: bytes) -> None:
+    if len(unpacked) > MAX_DECOMPRESSED_BYTES:
+        raise UnparseableFileError(
+            f"{name}: decompresses ({kind}) to more than {MAX_DECOMPRESSED_BYTES:,} bytes"
+        )
+
+
+def _transcode(name: str, data: bytes) -> tuple[bytes, str]:
+    """UTF-8 bytes of text and the encoding they were written in (by byte-order mark, or
+    UTF-16 recognized by its NUL bytes); other text is taken as UTF-8 as it is."""
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            if encoding == "utf-8-sig":
+                return data[len(bom) :], encoding
+            return _to_utf8(name, data[len(bom) :], encoding), encoding
+    encoding = _utf16_without_bom(data)
+    if encoding is not None:
+        return _to_utf8(name, data, encoding), encoding
+    return data, "utf-8"
+
+
+def _to_utf8(name: str, data: bytes, encoding: str) -> bytes:
+    try:
+        return data.decode(encoding).encode("utf-8")
+    except UnicodeError as error:
+        raise UnparseableFileError(f"{name}: not valid {encoding} text ({error})") from error
+
+
+def _utf16_without_bom(data: bytes) -> str | None:
+    """UTF-16 of mostly ASCII text has a NUL byte in every other position: after each character
+    (little-endian) or before it (big-endian), the first (the header's first letter) included,
+    and hardly any in the other positions. The head of the file decides."""
+    head = data[: 4096 - 4096 % 2] if len(data) >= 4096 else data[: len(data) - len(data) % 2]
+    if len(head) < 4 or b"\x00" not in head:
+        return None
+    even, odd = head[0::2], head[1::2]
+    even_nuls, odd_nuls = even.count(0), odd.count(0)
+    if head[1] == 0 and odd_nuls * 4 >= len(odd) and even_nuls * 8 <= odd_nuls:
+        return "utf-16-le"
+    if head[0] == 0 and even_nuls * 4 >= len(even) and odd_nuls * 8 <= even_nuls:
+        return "utf-16-be"
+    return None
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _fallback_table() -> str:
+    chars = []
+    for byte in range(256):
+        try:
+            chars.append(bytes([byte]).decode(FALLBACK_ENCODING))
+        except UnicodeDecodeError:
+            chars.append(chr(byte))  # undefined in cp1252: as Latin-1 does
+    return "".join(chars)
+
+
+_FALLBACK_TABLE = _fallback_table()
+_NON_ASCII_RUN = re.compile(rb"[\x80-\xff]+")
+_FALLBACK_ERRORS = "geo_busyness.cp1252_fallback"
+
+
+def _cp1252_fallback(error: UnicodeError) -> tuple[str, int]:
+    """Decode handler: the run of non-ASCII bytes where UTF-8 failed, as cp1252 (in C)."""
+    if not isinstance(error, UnicodeDecodeError):
+        raise error
+    run = _NON_ASCII_RUN.match(error.object, error.start)
+    end = max(run.end() if run else error.end, error.end)
+    return codecs.charmap_decode(error.object[error.start : end], "strict", _FALLBACK_TABLE)[0], end
+
+
+codecs.register_error(_FALLBACK_ERRORS, _cp1252_fallback)
+
+
+def _fallback_decode(data: bytes) -> tuple[bytes, bytes]:
+    """UTF-8 text of ``data`` read with the cp1252 fallback, and with U+FFFD instead."""
+    fallback = data.decode("utf-8", errors=_FALLBACK_ERRORS).encode("utf-8")
+    marked = data.decode("utf-8", errors="replace").encode("utf-8")
+    return fallback, marked
+
+
+_HEADER_SNIFF_BYTES = 1 << 16
+
+
+def _sniff_delimiter(data: bytes) -> str:
+    """The delimiter of the header line: the one that splits it into the most contract column
+    names, then the most frequent one; a comma when none occurs."""
+    end = data.find(b"\n", 0, _HEADER_SNIFF_BYTES)
+    header = data[: end if end >= 0 else _HEADER_SNIFF_BYTES].decode("utf-8", errors="replace")
+
+    def score(delimiter: str) -> tuple[int, int]:
+        names = {part.strip().strip('"').strip().lower() for part in header.split(delimiter)}
+        return sum(column in names for column in RAW_COLUMNS), header.count(delimiter)
+
+    return max(DELIMITERS, key=score)  # the first of equals: a comma before the others
 
 
 def _blank(content: bytes) -> bool:
@@ -126,8 +458,18 @@ def _blank(content: bytes) -> bool:
 
 
 def _read_with_pandas(name: str, content: bytes) -> pd.DataFrame:
-    """The reference reader: pandas, every column as text, headers normalized and checked."""
-    table = _pandas_table(name, content)
+    """The reference reader: pandas, every column as text, headers normalized and checked
+    (after decompression, decoding and delimiter sniffing, as :func:`read_raw_file`)."""
+    decoded = _decode(name, content)
+    data, file_format = decoded.data, decoded.format
+    if file_format.kind == "csv":
+        if file_format.encoding == "utf-8" and not _is_utf8(data):
+            data = _fallback_decode(data)[0]
+        file_format = replace(file_format, delimiter=_sniff_delimiter(data))
+    return _checked_columns(name, _pandas_table(name, data, file_format))
+
+
+def _checked_columns(name: str, table: pd.DataFrame) -> pd.DataFrame:
     missing = [column for column in RAW_COLUMNS if column not in table.columns]
     if missing:
         raise UnparseableFileError(
@@ -136,15 +478,17 @@ def _read_with_pandas(name: str, content: bytes) -> pd.DataFrame:
     return table
 
 
-def _pandas_table(name: str, content: bytes) -> pd.DataFrame:
-    """Any table pandas reads from the file, every column as text, header names normalized."""
+def _pandas_table(name: str, data: bytes, file_format: FileFormat) -> pd.DataFrame:
+    """Any table pandas reads from decoded content, every column as text, header names
+    normalized."""
     try:
-        if name.endswith(".parquet"):
-            table = pd.read_parquet(io.BytesIO(content))
+        if file_format.kind == "parquet":
+            table = pd.read_parquet(io.BytesIO(data))
             table = table.astype("string")
         else:
             table = pd.read_csv(
-                io.BytesIO(content),
+                io.BytesIO(data),
+                sep=file_format.delimiter or ",",
                 dtype="string",
                 keep_default_na=False,
                 na_filter=False,
@@ -158,7 +502,7 @@ def _pandas_table(name: str, content: bytes) -> pd.DataFrame:
     return table
 
 
-def _read_csv_with_arrow(content: bytes) -> pd.DataFrame | None:
+def _read_csv_with_arrow(content: bytes, delimiter: str = ",") -> pd.DataFrame | None:
     """The contract's columns of a CSV file as text, or None when pandas must decide.
 
     The header is read as an ordinary row (so every column, whatever its name, is text) and
@@ -170,13 +514,16 @@ def _read_csv_with_arrow(content: bytes) -> pd.DataFrame | None:
     if b"\r" in content and content.count(b"\r") != content.count(b"\r\n"):
         return None  # pandas' tokenizer has quirks with bare carriage returns
     header_end = content.find(b"\n")
-    fields = content[: header_end if header_end >= 0 else None].count(b",") + 1
+    separator = delimiter.encode()
+    fields = content[: header_end if header_end >= 0 else None].count(separator) + 1
     sentinel = "\x01"
     try:
         table = pa_csv.read_csv(
-            io.BytesIO(b"".join([content, b"\n", ",".join([sentinel] * fields).encode(), b"\n"])),
+            io.BytesIO(
+                b"".join([content, b"\n", separator.join([sentinel.encode()] * fields), b"\n"])
+            ),
             read_options=pa_csv.ReadOptions(autogenerate_column_names=True),
-            parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+            parse_options=pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
             convert_options=pa_csv.ConvertOptions(
                 column_types={f"f{i}": pa.string() for i in range(fields)},
                 strings_can_be_null=False,
@@ -222,37 +569,55 @@ def unparseable_file_rows(name: str, content: bytes, error: str) -> pd.DataFrame
     :func:`read_raw_file`, missing columns NA) and ``source_row`` as a readable file would. Text
     that is no table at all gives one record per non-blank line after the header line, without
     values. Bytes that are not text give at least one record (exactly one when they hold NUL
-    bytes, whose lines mean nothing). A blank file gives none.
+    bytes, whose lines mean nothing). A blank file gives none. Compressed and non-UTF-8 files
+    are counted after decompression and decoding, as :func:`read_raw_file` reads them (with the
+    cp1252 fallback any byte is text); an archive that cannot be unpacked, or text that is not
+    valid in the encoding its byte-order mark names, is counted as the bytes it is.
     """
+    return _unparseable(name, content, error)[0]
+
+
+def _unparseable(name: str, content: bytes, error: str) -> tuple[pd.DataFrame, FileFormat]:
     if _blank(content):
-        return _empty_raw_frame()
-    text = _is_text(content)
+        return _empty_raw_frame(), FileFormat(kind=_kind_of_name(name))
     try:
-        table = _pandas_table(name, content)
-    except UnparseableFileError:
-        rows = 1 if b"\x00" in content else _data_lines(content)
-        frame = _empty_raw_frame(rows if text else max(rows, 1))
+        decoded = _decode(name, content)
+    except UnparseableFileError:  # no readable archive or text encoding: the bytes as they are
+        data, file_format = content, FileFormat(kind=_kind_of_name(name))
+        text = _is_text(content)
     else:
-        parquet = name.endswith(".parquet")
-        frame = _empty_raw_frame(len(table) if text or parquet else max(len(table), 1))
-        names = list(table.columns)
-        for column in RAW_COLUMNS:
-            if column in names and len(table):  # the first column of that name, as text
-                frame[column] = table.iloc[:, names.index(column)].astype("string").array
+        data, file_format = decoded.data, decoded.format
+        if file_format.kind == "csv":
+            if file_format.encoding == "utf-8" and not _is_utf8(data):
+                data = _fallback_decode(data)[0]
+                file_format = replace(file_format, encoding=f"utf-8+{FALLBACK_ENCODING}")
+            file_format = replace(file_format, delimiter=_sniff_delimiter(data))
+        text = file_format.kind == "csv" and b"\x00" not in data
+    parquet = file_format.kind == "parquet"
+    if _blank(data):
+        frame = _empty_raw_frame()
+    else:
+        try:
+            table = _pandas_table(name, data, file_format)
+        except UnparseableFileError:
+            rows = 1 if b"\x00" in data else _data_lines(data)
+            frame = _empty_raw_frame(rows if text else max(rows, 1))
+        else:
+            frame = _empty_raw_frame(len(table) if text or parquet else max(len(table), 1))
+            names = list(table.columns)
+            for column in RAW_COLUMNS:
+                if column in names and len(table):  # the first column of that name, as text
+                    frame[column] = table.iloc[:, names.index(column)].astype("string").array
     frame["source_file"] = _repeated_text(name, len(frame))
     frame["file_error"] = _repeated_text(error, len(frame))
-    return frame
+    return frame, file_format
 
 
 def _is_text(content: bytes) -> bool:
     """UTF-8 without NUL bytes."""
     if b"\x00" in content:
         return False
-    try:
-        content.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
+    return _is_utf8(content)
 
 
 _WHITESPACE = np.frombuffer(b" \t\n\r\x0b\x0c", dtype=np.uint8)  # what bytes.strip() strips
@@ -271,6 +636,10 @@ def _data_lines(content: bytes) -> int:
 
 def _repeated_text(value: str, rows: int) -> pd.api.extensions.ExtensionArray:
     return pd.array(np.full(rows, value, dtype=object), dtype="string")
+
+
+def _empty_text_frame() -> pd.DataFrame:
+    return pd.DataFrame({column: pd.array([], dtype="string") for column in RAW_COLUMNS})
 
 
 def _empty_raw_frame(rows: int = 0) -> pd.DataFrame:
@@ -355,10 +724,21 @@ def validate_pings(
     for column in RAW_COLUMNS:
         flag(parsed[column].missing, QuarantineReason.MISSING_VALUE, f"{column} is empty")
     for column in TIMESTAMP_COLUMNS:
+        details = np.array(
+            [
+                f"{column} is not ISO-8601 or an epoch time",
+                f"{column} is not ISO-8601 or an epoch time",
+                f"{column} is outside the 64-bit nanosecond range "
+                f"({FIRST_TIMESTAMP} to {LAST_TIMESTAMP})",
+                f"{column} is all digits but not an epoch time (10 digits: seconds, "
+                "13: milliseconds, 16: microseconds, 19: nanoseconds)",
+            ],
+            dtype=object,
+        )
         flag(
             parsed_ns[column] == NAT_NS,
             QuarantineReason.UNPARSEABLE_TIMESTAMP,
-            f"{column} is not ISO-8601",
+            lambda rows, problem=parsed[column].problem, details=details: details[problem[rows]],
         )
     for column in COORDINATE_COLUMNS:
         flag(
@@ -472,18 +852,36 @@ PYTHON_WHITESPACE = (
 )
 NAT_NS = np.iinfo(np.int64).min
 NS_PER_DAY = 86_400 * 10**9
-_NAIVE_PROBE, _NAIVE_PROBE_NS = "2000-01-01T00:00:00", 946_684_800 * 10**9
-# Timestamp shapes parsed by Arrow: date (years 1700-2259, well inside Timestamp's nanosecond
-# range), 'T' or blank, time, up to 9 fraction digits and a UTC marker or none (naive means UTC).
-# Every other value is parsed by pandas.
+INT64_MAX = int(np.iinfo(np.int64).max)
+# The nanosecond timestamps that exist (NAT_NS itself means "no time").
+FIRST_TIMESTAMP, LAST_TIMESTAMP = "1677-09-21T00:12:43.145224193Z", "2262-04-11T23:47:16.854775807Z"
+# Timestamp shapes parsed by Arrow: date (years 1700-2259, so that any offset stays well inside
+# the nanosecond range), 'T' or blank, time, up to 9 fraction digits and a UTC offset (Z,
+# +HH:MM, +HHMM, +HH) or none (naive means UTC). Every value is parsed on its own terms.
 _ISO_FAST = (
     r"^(1[7-9][0-9]{2}|2[01][0-9]{2}|22[0-5][0-9])-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
-    r"[T ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]00:00)?$"
+    r"[T ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?"
+    r"(Z|[+-]([01][0-9]|2[0-3])(:?[0-5][0-9])?)?$"
 )
+# Unix epoch times (UTC), told apart by their number of digits: 10 = seconds (optionally with
+# a fraction of up to 9 digits), 13 = milliseconds, 16 = microseconds, 19 = nanoseconds. Those
+# lengths cover 2001-09-09 to 2286-11-20, so no other reading of such a value is plausible.
+_EPOCH = r"^([0-9]{10}(\.[0-9]{1,9})?|[0-9]{13}|[0-9]{16}|[0-9]{19})$"
+_EPOCH_UNIT_NS = {10: 10**9, 13: 10**6, 16: 10**3, 19: 1}
+# Any other value is parsed by pandas (``format="ISO8601"``), one value at a time in effect:
+# pandas carries the offset of one value over to the naive values parsed after it, so each
+# value is parsed right after a UTC probe value. Its 4-digit year is first moved into
+# 1800-2199 by whole 400-year cycles (146,097 days each: the Gregorian calendar repeats), so
+# that pandas never meets the ends of the nanosecond range; the cycles are added back exactly.
+_UTC_PROBE, _UTC_PROBE_NS = "2000-01-01T00:00:00Z", 946_684_800 * 10**9
+_CYCLE_YEARS, _CYCLE_NS, _CYCLE_BASE_YEAR = 400, 146_097 * NS_PER_DAY, 1800
+# Why a timestamp did not parse (quarantine detail)
+_TS_FINE, _TS_NOT_ISO, _TS_OUT_OF_RANGE, _TS_DIGITS = range(4)
 # Plain decimals of at most 15 characters: at most 15 digits, so both Arrow and pandas (one
 # exact integer divided by an exact power of ten) give the correctly rounded double.
 _DECIMAL_FAST = r"^[+-]?[0-9]+(\.[0-9]+)?$"
 _DECIMAL_FAST_MAX_CHARS = 15
+_DECIMAL_COMMA = r"^[+-]?[0-9]+,[0-9]+$"
 
 
 def _case_variants(word: str) -> list[str]:
@@ -500,6 +898,7 @@ _MISSING_VARIANTS = pa.array(sorted({v for token in MISSING_TOKENS for v in _cas
 class _ParsedColumn:
     missing: np.ndarray  # the MISSING_VALUE rule
     values: np.ndarray | None = None  # int64 ns (timestamps) or float64 (coordinates)
+    problem: np.ndarray | None = None  # timestamps: why a value did not parse (_TS_*)
     text: pa.Array | None = None  # identifier columns: the stripped text,
     raw_objects: np.ndarray | None = None  # the raw Python strings (if so stored)
     stripped: np.ndarray | None = None  # and where stripping changed them
@@ -533,7 +932,8 @@ def _parse_column(values: pd.Series, column: str) -> _ParsedColumn:
     text = pc.utf8_trim(raw_text, characters=PYTHON_WHITESPACE)
     missing = _is_missing(text)
     if column in TIMESTAMP_COLUMNS:
-        return _ParsedColumn(missing, values=_parse_iso8601_ns(text))
+        values, problem = _parse_timestamps_ns(text)
+        return _ParsedColumn(missing, values=values, problem=problem)
     if column in COORDINATE_COLUMNS:
         return _ParsedColumn(missing, values=_parse_numbers(text))
     stripped = None
@@ -576,10 +976,18 @@ def _mask(text: pa.Array, pattern: str) -> np.ndarray:
     return pc.match_substring_regex(text, pattern).fill_null(False).to_numpy(zero_copy_only=False)
 
 
-def _parse_iso8601_ns(text: pa.Array) -> np.ndarray:
-    """``pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")`` as int64 ns (NaT
-    as NAT_NS): the common shape is parsed by Arrow, any other value by pandas."""
+def _parse_timestamps_ns(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Each value on its own terms as int64 ns since the epoch (NaT as NAT_NS), and why a value
+    did not parse (``_TS_*``; NA values are left to the MISSING_VALUE rule).
+
+    ISO-8601 as ``pd.to_datetime(value, utc=True, format="ISO8601")`` parses that value alone
+    (naive means UTC, an offset is applied to its own value only), except that a time outside
+    the nanosecond range is refused instead of wrapped around; all-digit values of 10, 13, 16
+    or 19 digits are epoch seconds, milliseconds, microseconds or nanoseconds. The common
+    shape is parsed by Arrow, epoch values by numpy, any other value by pandas.
+    """
     result = np.full(len(text), NAT_NS, dtype=np.int64)
+    problem = np.full(len(text), _TS_FINE, dtype=np.int8)
     rows = np.flatnonzero(_mask(text, _ISO_FAST))
     shaped = text.take(rows)
     parsed = _utc_ns(shaped)
@@ -600,29 +1008,93 @@ def _parse_iso8601_ns(text: pa.Array) -> np.ndarray:
     others = np.ones(len(text), dtype=bool)
     others[rows] = False
     others = np.flatnonzero(others & text.is_valid().to_numpy(zero_copy_only=False))
-    if len(others):
-        # pandas' parser carries the offset of one value over to naive values parsed after it
-        # (in first-appearance order when it caches). Values parsed here never meet a non-zero
-        # offset that way unless one of them leaves it behind, which a distinct naive probe
-        # after each shows; then pandas parses the whole column, exactly as before.
-        values = text.take(others).to_pylist()
-        probes = [f"{_NAIVE_PROBE}.{k:09d}" for k in range(len(values))]
-        parsed = _pandas_iso8601_ns([v for pair in zip(values, probes, strict=True) for v in pair])
-        if (parsed[1::2] == _NAIVE_PROBE_NS + np.arange(len(values))).all():
-            result[others] = parsed[0::2]
-        else:
-            result = _pandas_iso8601_ns(text.to_pylist())
-    return result
+    if not len(others):
+        return result, problem
+    rest = text.take(others)
+    epoch = _mask(rest, _EPOCH)
+    if epoch.any():
+        ns, in_range = _epoch_ns(rest.filter(epoch))
+        result[others[epoch]] = np.where(in_range, ns, NAT_NS)
+        problem[others[epoch]] = np.where(in_range, _TS_FINE, _TS_OUT_OF_RANGE)
+    iso = ~epoch
+    if iso.any():
+        ns, out_of_range = _pandas_each_ns(rest.filter(iso))
+        result[others[iso]] = ns
+        problem[others[iso]] = np.where(
+            out_of_range, _TS_OUT_OF_RANGE, np.where(ns == NAT_NS, _TS_NOT_ISO, _TS_FINE)
+        )
+    unreadable = np.flatnonzero(problem == _TS_NOT_ISO)
+    if len(unreadable):
+        digits = _mask(text.take(unreadable), r"^[0-9]+$")
+        problem[unreadable[digits]] = _TS_DIGITS
+    return result, problem
 
 
-def _pandas_iso8601_ns(values: list[str | None]) -> np.ndarray:
+def _parse_iso8601_ns(text: pa.Array) -> np.ndarray:
+    """The parsed nanoseconds of :func:`_parse_timestamps_ns` alone."""
+    return _parse_timestamps_ns(text)[0]
+
+
+def _epoch_ns(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """ns of _EPOCH text and whether it is inside the nanosecond range."""
+    length = pc.utf8_length(text).to_numpy(zero_copy_only=False)
+    dotted = pc.match_substring(text, ".").to_numpy(zero_copy_only=False)
+    seconds = pa.array(dotted | (length == 10))
+    whole = pc.if_else(seconds, pc.utf8_slice_codeunits(text, 0, 10), text)
+    number = pc.cast(whole, pa.uint64()).to_numpy(zero_copy_only=False)
+    fraction = pc.if_else(seconds, pc.utf8_rpad(pc.utf8_slice_codeunits(text, 11), 9, "0"), "0")
+    fraction = pc.cast(fraction, pa.uint64()).to_numpy(zero_copy_only=False)
+    digits = np.where(seconds.to_numpy(zero_copy_only=False), 10, length)
+    unit = np.zeros(len(text), dtype=np.uint64)
+    for count, ns in _EPOCH_UNIT_NS.items():
+        unit[digits == count] = ns
+    total = number * unit + fraction  # at most 10^19 + 10^9 - 1: fits uint64
+    in_range = total <= np.uint64(INT64_MAX)
+    return np.where(in_range, total, 0).astype(np.int64), in_range
+
+
+def _pandas_each_ns(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """pandas' ISO-8601 reading of each value by itself (see _UTC_PROBE), as int64 ns, and
+    whether a value that parsed lies outside the nanosecond range (then NAT_NS)."""
+    n = len(text)
+    year4 = _mask(text, r"^[0-9]{4}")
+    cycles = np.zeros(n, dtype=np.int64)
+    if year4.any():
+        year = np.zeros(n, dtype=np.int64)
+        year[year4] = pc.cast(
+            pc.utf8_slice_codeunits(text.filter(year4), 0, 4), pa.int64()
+        ).to_numpy(zero_copy_only=False)
+        moved = _CYCLE_BASE_YEAR + (year - _CYCLE_BASE_YEAR) % _CYCLE_YEARS
+        cycles = np.where(year4, (year - moved) // _CYCLE_YEARS, 0)
+        moved_text = pc.binary_join_element_wise(
+            pa.array(moved).cast(text.type),
+            pc.utf8_slice_codeunits(text, 4),
+            pa.scalar("", type=text.type),
+        )
+        text = pc.if_else(pa.array(year4), moved_text, text)
+    values = np.empty(2 * n, dtype=object)
+    values[0::2] = text.to_numpy(zero_copy_only=False)
+    values[1::2] = _UTC_PROBE
     parsed = pd.to_datetime(
-        pd.Series(pd.array(values, dtype=pd.StringDtype("python"))),
-        utc=True,
-        errors="coerce",
-        format="ISO8601",
+        pd.Series(values, dtype=object), utc=True, errors="coerce", format="ISO8601", cache=False
     )
-    return parsed.to_numpy(dtype="datetime64[ns]").view(np.int64)
+    ns = parsed.to_numpy(dtype="datetime64[ns]").view(np.int64)
+    if not (ns[1::2] == _UTC_PROBE_NS).all():
+        raise RuntimeError("pandas did not parse the UTC probes between timestamps as UTC")
+    ns = ns[0::2].copy()
+    parsed_ok = ns != NAT_NS
+    # Add the cycles back: one cycle (1.26e19 ns) is more than the whole int64 range, so only
+    # -1, 0 or +1 cycles can land inside it, and the sum is exact in wrapping int64 arithmetic.
+    int64 = np.iinfo(np.int64)
+    fits = (
+        (cycles == 0)
+        | (cycles == 1) & (ns <= int64.max - _CYCLE_NS)
+        | (cycles == -1) & (ns > int64.min + _CYCLE_NS)
+    )
+    with np.errstate(over="ignore"):
+        shifted = ns + cycles * np.int64(_CYCLE_NS - 2**64)  # _CYCLE_NS mod 2^64
+    inside = parsed_ok & fits
+    return np.where(inside, shifted, NAT_NS), parsed_ok & ~fits
 
 
 def _utc_ns(shaped: pa.Array) -> np.ndarray | None:
@@ -633,7 +1105,11 @@ def _utc_ns(shaped: pa.Array) -> np.ndarray | None:
         return result
     offsets, data = _buffers(shaped)
     end = offsets[1:]
-    zoned = (data[end - 1] == ord("Z")) | np.isin(data[end - 6], (ord("+"), ord("-")))
+    # Z, +HH:MM, +HHMM or +HH: the shape puts no other sign that close to the end
+    sign = np.zeros(len(shaped), dtype=bool)
+    for back in (6, 5, 3):
+        sign |= np.isin(data[end - back], (ord("+"), ord("-")))
+    zoned = (data[end - 1] == ord("Z")) | sign
     for kind, stamp in ((True, pa.timestamp("ns", "UTC")), (False, pa.timestamp("ns"))):
         rows = np.flatnonzero(zoned == kind)
         if not len(rows):
@@ -648,8 +1124,9 @@ def _utc_ns(shaped: pa.Array) -> np.ndarray | None:
 
 
 def _parse_numbers(text: pa.Array) -> np.ndarray:
-    """``pd.to_numeric(text, errors="coerce").astype("float64")``: plain short decimals are cast
-    by Arrow, any other value is parsed by pandas.
+    """``pd.to_numeric(text, errors="coerce").astype("float64")``, where a plain short decimal
+    may also have a decimal comma (``50,4452``): those are cast by Arrow, any other value is
+    parsed by pandas.
 
     pandas' result type depends on the whole column (all integers give Int64, where "-0" is
     0.0, not -0.0), so the values sent to pandas carry one sample of each kind of fast value.
@@ -672,6 +1149,18 @@ def _parse_numbers(text: pa.Array) -> np.ndarray:
         samples.append("-1")
 
     others = np.flatnonzero(~fast & ~pc.is_null(text).to_numpy(zero_copy_only=False))
+    if len(others):
+        # A decimal comma (European exports, where ";" separates the fields) is a decimal point.
+        rest = text.take(others)
+        comma = _mask(rest, _DECIMAL_COMMA) & (
+            pc.binary_length(rest).to_numpy(zero_copy_only=False) <= _DECIMAL_FAST_MAX_CHARS
+        )
+        if comma.any():
+            pointed = pc.replace_substring(rest.filter(comma), ",", ".")
+            result[others[comma]] = pc.cast(pointed, pa.float64()).to_numpy(zero_copy_only=False)
+            others = others[~comma]
+            if "0.5" not in samples:
+                samples.append("0.5")
     if len(others):
         values = [*text.take(others).to_pylist(), *samples]
         parsed = pd.to_numeric(

@@ -1,6 +1,8 @@
 """The landing zone: where raw ping files arrive, a local directory or an S3 prefix.
 
-Files are laid out as ``raw/dt=YYYY-MM-DD/<name>.csv|.parquet`` under the zone's root.
+Files are laid out as ``raw/dt=YYYY-MM-DD/<name>.csv|.tsv|.parquet`` (any letter case, optionally
+compressed: ``.gz``, ``.zip``, ...; see ``geo_busyness.core.landing.file_name_problem``) under the
+zone's root.
 S3 goes through dagster-aws's ``S3Resource`` so credentials and endpoints are configured the
 Dagster way (any S3-compatible endpoint through ``endpoint_url``).
 """
@@ -19,10 +21,11 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
+from geo_busyness.core.landing import file_name_problem
 from geo_busyness.resources.settings import default_data_dir
 
 RAW_PREFIX = "raw"
-_DAY_KEY = re.compile(r"^raw/dt=(\d{4}-\d{2}-\d{2})/[^/]+\.(csv|parquet)$")
+_DAY_KEY = re.compile(r"^raw/dt=(\d{4}-\d{2}-\d{2})/([^/]+)$")
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class LandingFile:
 def day_of_key(key: str) -> str | None:
     """The partition day a key belongs to, or None when it is outside the ``dt=`` layout."""
     match = _DAY_KEY.match(key)
-    if not match:
+    if not match or file_name_problem(match.group(2)) is not None:
         return None
     try:
         dt.date.fromisoformat(match.group(1))
@@ -114,9 +117,13 @@ class LandingZone(dg.ConfigurableResource):
                 )
         return sorted(files, key=lambda f: f.key)
 
+    def day_listing(self, day: str) -> list[LandingFile]:
+        """Every object under the day folder (subfolders and unreadable names included)."""
+        return self.list_files(day_prefix(day))
+
     def day_files(self, day: str) -> list[LandingFile]:
-        """Files of one partition day that follow the layout."""
-        return [f for f in self.list_files(day_prefix(day)) if day_of_key(f.key) == day]
+        """Files of one partition day that follow the layout (the ones the ingestion reads)."""
+        return [f for f in self.day_listing(day) if day_of_key(f.key) == day]
 
     def read(self, key: str) -> bytes:
         if self.is_s3:

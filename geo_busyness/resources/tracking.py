@@ -11,6 +11,12 @@ handling (its ``MlFlow`` class: one MLflow run per Dagster run, found again thro
 an experiment whose artifacts live next to the SQLite store, a run that ends with the step
 (FINISHED or FAILED), and the registry operations for the ``champion`` alias.
 
+Credentials in the tracking URI (``http://user:password@host``, a database password) are used,
+never shown: the URI and the run links in metadata are redacted (``geo_busyness.core.redact``),
+so are the messages of the errors this resource (and its client) raises, and MLflow's own
+"View run at <tracking URI>" line on stdout, which Dagster would keep in the compute logs, is
+replaced by a redacted line in the run's log.
+
 ``mlflow`` is imported inside the methods: importing it takes ~4 s, and every Dagster step
 process loads this module.
 """
@@ -18,8 +24,10 @@ process loads this module.
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,12 +36,51 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from geo_busyness.core.redact import redact_url, redacted_errors
 from geo_busyness.resources.settings import default_data_dir
 
 CHAMPION_ALIAS = "champion"
 PREVIOUS_CHAMPION_TAG = "previous_champion"
 # Where `scripts/dev mlflow-ui` serves a local store.
 LOCAL_UI_URL = "http://127.0.0.1:5000"
+# MLflow prints "View run ... at: <tracking URI>/#/..." when a run ends (credentials and all).
+SUPPRESS_URL_PRINTING_ENV = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+
+
+def _redacting(method: Callable) -> Callable:
+    """``method`` with the secrets masked in the message of whatever it raises."""
+
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        with redacted_errors():
+            return method(*args, **kwargs)
+
+    return call
+
+
+class _RedactingClient:
+    """An ``MlflowClient`` whose errors carry no credentials (MLflow's REST errors quote the
+    request URL, tracking URI included)."""
+
+    def __init__(self, client: Any):
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._client, name)
+        return _redacting(value) if callable(value) else value
+
+
+@contextlib.contextmanager
+def _no_url_printing() -> Iterator[None]:
+    previous = os.environ.get(SUPPRESS_URL_PRINTING_ENV)
+    os.environ[SUPPRESS_URL_PRINTING_ENV] = "true"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(SUPPRESS_URL_PRINTING_ENV, None)
+        else:
+            os.environ[SUPPRESS_URL_PRINTING_ENV] = previous
 
 
 def default_tracking_uri() -> str:
@@ -82,12 +129,20 @@ class MlflowTracking(dg.ConfigurableResource):
 
     @property
     def uri(self) -> str:
+        """The tracking URI as MLflow needs it: credentials included. Never show it; show
+        :attr:`display_uri`."""
         return self.tracking_uri or default_tracking_uri()
 
+    @property
+    def display_uri(self) -> str:
+        """The tracking URI without its password or secret query parameters."""
+        return redact_url(self.uri)
+
     def client(self):
+        """An ``MlflowClient`` of this store; the messages of its errors are redacted."""
         from mlflow import MlflowClient
 
-        return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        return _RedactingClient(MlflowClient(tracking_uri=self.uri, registry_uri=self.uri))
 
     def _activate(self) -> None:
         """Point MLflow's fluent API (log_model, register_model, load_model) at this store."""
@@ -104,6 +159,7 @@ class MlflowTracking(dg.ConfigurableResource):
             return (store.parent / "artifacts").as_uri()
         return None
 
+    @_redacting
     def experiment_id(self) -> str:
         """The experiment's id, creating it (with its artifact root) if it does not exist."""
         client = self.client()
@@ -119,7 +175,8 @@ class MlflowTracking(dg.ConfigurableResource):
         """The MLflow run of this Dagster run, active for the block and ended with it.
 
         Yields dagster-mlflow's ``MlFlow`` object (every ``mlflow`` function, plus
-        ``mlflow_run_id``); the run is FAILED if the block raises.
+        ``mlflow_run_id``); the run is FAILED if the block raises. Whatever the block raises
+        leaves it redacted: its messages may quote the tracking URI.
         """
         import mlflow
 
@@ -127,34 +184,50 @@ class MlflowTracking(dg.ConfigurableResource):
             warnings.simplefilter("ignore", dg.BetaWarning)  # dagster-mlflow marks itself beta
             from dagster_mlflow.resources import MlFlow
 
-        self.experiment_id()
-        self._activate()
-        legacy_context = SimpleNamespace(
-            log=context.log,
-            dagster_run=context.run,
-            run_id=context.run.run_id,
-            resource_config={
-                "experiment_name": self.experiment_name,
-                "mlflow_tracking_uri": self.uri,
-                "extra_tags": {"dagster_asset": context.asset_key.to_user_string()},
-            },
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", dg.BetaWarning)
-            tracking = MlFlow(legacy_context)
-        # MlFlow only records the id of a run it found again, not of one it started.
-        tracking.mlflow_run_id = mlflow.active_run().info.run_id
-        mlflow.set_tag("mlflow.runName", run_name)
+        with redacted_errors():
+            self.experiment_id()
+            self._activate()
+            legacy_context = SimpleNamespace(
+                log=context.log,
+                dagster_run=context.run,
+                run_id=context.run.run_id,
+                resource_config={
+                    "experiment_name": self.experiment_name,
+                    "mlflow_tracking_uri": self.uri,
+                    "extra_tags": {"dagster_asset": context.asset_key.to_user_string()},
+                },
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", dg.BetaWarning)
+                tracking = MlFlow(legacy_context)
+            # MlFlow only records the id of a run it found again, not of one it started.
+            run_id = mlflow.active_run().info.run_id
+            tracking.mlflow_run_id = run_id
+            mlflow.set_tag("mlflow.runName", run_name)
+        with redacted_errors():
+            try:
+                yield tracking
+            except BaseException:
+                self._end_run(context, run_id, "FAILED")
+                raise
+            self._end_run(context, run_id, "FINISHED")
+
+    def _end_run(self, context: dg.AssetExecutionContext, run_id: str, status: str) -> None:
+        """End the active run; its link goes to the run's log, redacted, not to stdout."""
+        import mlflow
+
+        with _no_url_printing():
+            mlflow.end_run(status=status)
         try:
-            yield tracking
-        except BaseException:
-            mlflow.end_run(status="FAILED")
-            raise
-        mlflow.end_run(status="FINISHED")
+            url = self.run_url(run_id)
+        except Exception:  # a link is not worth the step (or the error it is failing with)
+            url = None
+        if url:
+            context.log.info(f"MLflow run {run_id} ended {status}: {url}")
 
     def run_url(self, run_id: str) -> str | None:
         """Link to the run in the MLflow UI: ``ui_url``, else the tracking server itself, else
-        (a local store) where ``scripts/dev mlflow-ui`` serves it."""
+        (a local store) where ``scripts/dev mlflow-ui`` serves it; redacted."""
         base = self.ui_url
         if not base and self.uri.startswith(("http://", "https://")):
             base = self.uri
@@ -163,13 +236,13 @@ class MlflowTracking(dg.ConfigurableResource):
         if not base:
             return None
         experiment = self.experiment_id()
-        return f"{base.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+        return redact_url(f"{base.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}")
 
     def run_metadata(self, run_id: str) -> dict[str, dg.MetadataValue]:
         """Metadata that leads from a Dagster materialization to its MLflow run."""
         metadata = {
             "mlflow_run_id": dg.MetadataValue.text(run_id),
-            "mlflow_tracking_uri": dg.MetadataValue.text(self.uri),
+            "mlflow_tracking_uri": dg.MetadataValue.text(self.display_uri),
         }
         url = self.run_url(run_id)
         if url:
@@ -178,6 +251,7 @@ class MlflowTracking(dg.ConfigurableResource):
 
     # -- registry ---------------------------------------------------------------------------
 
+    @_redacting
     def champion(self) -> Champion | None:
         """The version the ``champion`` alias points at, or None before the first promotion."""
         from mlflow.exceptions import MlflowException
@@ -196,6 +270,7 @@ class MlflowTracking(dg.ConfigurableResource):
             previous_version=(version.tags or {}).get(PREVIOUS_CHAMPION_TAG) or None,
         )
 
+    @_redacting
     def load_champion(self):
         """The champion as an ``xgboost.XGBRegressor`` and its :class:`Champion`, or (None, None)."""
         champion = self.champion()
@@ -206,6 +281,7 @@ class MlflowTracking(dg.ConfigurableResource):
         self._activate()
         return mlflow.xgboost.load_model(champion.model_uri), champion
 
+    @_redacting
     def load_version(self, version: str):
         """One registered version as an ``xgboost.XGBRegressor`` (pinned, unlike the alias)."""
         import mlflow.xgboost
@@ -213,6 +289,7 @@ class MlflowTracking(dg.ConfigurableResource):
         self._activate()
         return mlflow.xgboost.load_model(f"models:/{self.registered_model_name}/{version}")
 
+    @_redacting
     def promote(self, model_uri: str, run_id: str) -> tuple[Champion, bool]:
         """Register ``model_uri`` and point the champion alias at it; returns the champion and
         whether it changed. Promoting the model that is already champion changes nothing, so
@@ -239,6 +316,7 @@ class MlflowTracking(dg.ConfigurableResource):
             previous_version=previous or None,
         ), True
 
+    @_redacting
     def rollback(self) -> Champion | None:
         """Point the champion alias back at the version it replaced."""
         current = self.champion()

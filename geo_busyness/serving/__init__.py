@@ -5,6 +5,7 @@
 * ``requests`` / ``inference`` / ``responses``: body → validated keys → predictions → body,
   pure functions that never see HTTP;
 * ``app``: the Starlette ASGI app (``GET /ping``, ``POST /invocations``);
-* ``__main__``: the ``serve`` command (uvicorn with uvloop and httptools);
+* ``protocol``: the HTTP/1.1 connection (httptools) with deadlines and bounds;
+* ``__main__``: the ``serve`` command (uvicorn with uvloop and that protocol);
 * ``demo``: a synthetic bundle for trying the server, its tests and its benchmark.
 """

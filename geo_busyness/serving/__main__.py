@@ -4,6 +4,7 @@ serve``), or locally with ``python -m geo_busyness.serving --model-dir DIR --por
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -19,6 +20,7 @@ from geo_busyness.serving.app import (
     app_from_environment,
     configure_logging,
 )
+from geo_busyness.serving.protocol import ConnectionLimits, GuardedHttpToolsProtocol
 from geo_busyness.serving.requests import RequestLimits
 
 SAGEMAKER_MODEL_DIR = "/opt/ml/model"
@@ -30,6 +32,7 @@ DEFAULT_KEEP_ALIVE_S = 75
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = RequestLimits()
+    connection = ConnectionLimits()
     parser = argparse.ArgumentParser(
         prog="serve", description="Serve busyness forecasts from a deployment bundle."
     )
@@ -62,6 +65,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
     parser.add_argument("--max-instances", type=int, default=defaults.max_instances)
     parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=connection.header_timeout_s,
+        help="seconds a request's line and headers may take, from the connection's opening or "
+        f"the request's first byte (default {connection.header_timeout_s:g}); then 408",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=connection.body_timeout_s,
+        help="seconds the body may take after the headers (default "
+        f"{connection.body_timeout_s:g}); then 408",
+    )
+    parser.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=connection.max_header_bytes,
+        help=f"request line and headers, bytes (default {connection.max_header_bytes}); "
+        "then 414 / 431",
+    )
+    parser.add_argument(
+        "--max-headers",
+        type=int,
+        default=connection.max_headers,
+        help=f"header fields per request (default {connection.max_headers}); then 431",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=connection.max_connections,
+        help=f"open connections per process (default {connection.max_connections}); beyond, "
+        "the stalest idle one is dropped, or the new one gets 503 when all are busy",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     args = parser.parse_args(argv)
@@ -69,6 +106,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     try:
         RequestLimits(args.max_body_bytes, args.max_instances)
+        args.connection_limits = ConnectionLimits(
+            header_timeout_s=args.header_timeout,
+            body_timeout_s=args.body_timeout,
+            max_header_bytes=args.max_header_bytes,
+            max_headers=args.max_headers,
+            max_connections=args.max_connections,
+        )
     except ValueError as error:
         parser.error(str(error))
     return args
@@ -85,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         "host": args.host,
         "port": args.port,
         "loop": "uvloop",
-        "http": "httptools",
+        # httptools with deadlines and bounds; a partial pickles into --workers processes
+        "http": functools.partial(GuardedHttpToolsProtocol, limits=args.connection_limits),
+        "ws": "none",
         "access_log": False,  # the app logs one JSON line per invocation instead
         "log_level": args.log_level,
         "server_header": False,

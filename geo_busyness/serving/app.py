@@ -1,13 +1,24 @@
 """The ASGI app: SageMaker's hosting contract (``GET /ping``, ``POST /invocations``) on Starlette.
 
 Only HTTP lives here: reading a bounded body, choosing formats, turning ``RequestError`` into
-a status with a JSON body, and one JSON log line per invocation. The CPU work runs on the event
-loop itself: it is GIL-bound, a thread hop would only add latency, and more throughput comes
-from more worker processes (``serve --workers``).
+a status with a JSON body, and one JSON log line per invocation (a client that goes away is
+logged as ``client_disconnected``, 499, not as an error).
+
+Parsing and forecasting a body over ``Capacity.inline_bytes`` runs in a thread, so ``/ping``
+and small requests are answered while a large one is parsed (a body of 12,000 instances with
+one distinct unknown key each used to block ``/ping`` for 8.4 s). A small body is answered on
+the event loop, where a thread hop would only add latency. At most ``Capacity.max_active``
+invocations hold a body at once and at most ``Capacity.threads`` parse at once (more
+throughput comes from more worker processes, ``serve --workers``); a request that cannot get
+a turn within ``Capacity.queue_timeout_s`` is answered 503 with ``Retry-After``, so every
+answer comes within a fixed budget: the connection's header and body deadlines
+(``protocol.ConnectionLimits``), twice the queue timeout and the parse of a body within the
+bounds of ``RequestLimits`` (well under a second for the largest accepted).
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import logging
@@ -15,10 +26,13 @@ import os
 import sys
 import time
 import uuid
+import weakref
+from dataclasses import dataclass, fields
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -29,6 +43,7 @@ from geo_busyness.resources.settings import (
 )
 from geo_busyness.serving.bundle import LoadedBundle, load_bundle
 from geo_busyness.serving.inference import forecast
+from geo_busyness.serving.protocol import REFUSAL_STATE_KEY
 from geo_busyness.serving.requests import (
     CSV_MEDIA_TYPE,
     JSON_MEDIA_TYPE,
@@ -40,7 +55,55 @@ from geo_busyness.serving.responses import csv_body, error_body, json_body, nego
 
 LOGGER = logging.getLogger("geo_busyness.serving")
 INFERENCE_ID_HEADER = "x-amzn-sagemaker-inference-id"
+CLIENT_CLOSED_REQUEST = 499  # nginx's code for a client that went away before the answer
 # Read by ``app_from_environment`` in each worker process ``serve --workers N`` starts.
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """How much work one server process takes on at once, and how long a request may queue."""
+
+    max_active: int = 32  # invocations holding a body in memory at once
+    threads: int = 2  # invocations parsing and forecasting at once, off the event loop
+    queue_timeout_s: float = 10.0  # the longest a request waits for each turn before a 503
+    inline_bytes: int = 16 * 1024  # a body up to this size is answered on the event loop
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if value < 0 or (value == 0 and item.name != "inline_bytes"):
+                raise ValueError(f"{item.name} must be > 0, got {value!r}")
+
+
+class _Busy(Exception):
+    """No turn within the queue timeout."""
+
+
+class _Gates:
+    """The two semaphores of ``Capacity``, one pair per event loop (tests run several)."""
+
+    def __init__(self, capacity: Capacity) -> None:
+        self.capacity = capacity
+        self._by_loop: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def get(self) -> tuple[asyncio.Semaphore, asyncio.Semaphore]:
+        loop = asyncio.get_running_loop()
+        pair = self._by_loop.get(loop)
+        if pair is None:
+            pair = (
+                asyncio.Semaphore(self.capacity.max_active),
+                asyncio.Semaphore(self.capacity.threads),
+            )
+            self._by_loop[loop] = pair
+        return pair
+
+
+async def _acquire(gate: asyncio.Semaphore, timeout: float) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            await gate.acquire()
+    except TimeoutError:
+        raise _Busy from None
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -68,7 +131,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):
             raise RequestError(400, f"invalid Content-Length {declared!r}", field="Content-Length")
         if int(declared) > limit:
             raise RequestError(
@@ -83,9 +146,33 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(bundle: LoadedBundle, limits: RequestLimits | None = None) -> Starlette:
+def _answer(
+    bundle: LoadedBundle,
+    body: bytes,
+    content_type: str | None,
+    limits: RequestLimits,
+    output_type: str,
+    inference_id: str,
+) -> tuple[int, bytes | RequestError]:
+    """Body → ``(rows, response body)``, or ``(rows, error)`` for keys the snapshot lacks."""
+    manifest = bundle.manifest
+    instances = parse_request(body, content_type, manifest.h3_resolution, limits)
+    try:
+        result = forecast(bundle, instances)
+    except RequestError as error:
+        return len(instances), error
+    if output_type == CSV_MEDIA_TYPE:
+        return len(instances), csv_body(result)
+    return len(instances), json_body(result, manifest, inference_id)
+
+
+def create_app(
+    bundle: LoadedBundle, limits: RequestLimits | None = None, capacity: Capacity | None = None
+) -> Starlette:
     """The server for one loaded bundle; ``/ping`` answers 200 once this exists."""
     limits = limits or RequestLimits()
+    capacity = capacity or Capacity()
+    gates = _Gates(capacity)
     manifest = bundle.manifest
     version_headers = {
         "X-Model-Name": manifest.model_name,
@@ -105,20 +192,28 @@ def create_app(bundle: LoadedBundle, limits: RequestLimits | None = None) -> Sta
     async def invocations(request: Request) -> Response:
         started = time.perf_counter()
         inference_id = request.headers.get(INFERENCE_ID_HEADER) or str(uuid.uuid4())
-        rows, problem = 0, None
+        rows, problem, event = 0, None, "invocation"
+        active, threads = gates.get()
         try:
             output_type = negotiate(request.headers.get("accept"))
-            body = await _read_body(request, limits.max_body_bytes)
-            instances = parse_request(
-                body, request.headers.get("content-type"), manifest.h3_resolution, limits
-            )
-            rows = len(instances)
-            result = forecast(bundle, instances)
-            content = (
-                csv_body(result)
-                if output_type == CSV_MEDIA_TYPE
-                else json_body(result, manifest, inference_id)
-            )
+            await _acquire(active, capacity.queue_timeout_s)
+            try:
+                body = await _read_body(request, limits.max_body_bytes)
+                work = (bundle, body, request.headers.get("content-type"), limits)
+                if len(body) <= capacity.inline_bytes:
+                    rows, content = _answer(*work, output_type, inference_id)
+                else:
+                    await _acquire(threads, capacity.queue_timeout_s)
+                    try:
+                        rows, content = await run_in_threadpool(
+                            _answer, *work, output_type, inference_id
+                        )
+                    finally:
+                        threads.release()
+            finally:
+                active.release()
+            if isinstance(content, RequestError):
+                raise content
             response = Response(
                 content,
                 media_type=output_type,
@@ -127,6 +222,20 @@ def create_app(bundle: LoadedBundle, limits: RequestLimits | None = None) -> Sta
         except RequestError as error:
             problem = error.message
             response = _error_response(error, inference_id)
+        except _Busy:
+            problem = f"no turn within {capacity.queue_timeout_s:g} s"
+            response = _error_response(
+                RequestError(503, f"the server is busy: {problem}; retry"), inference_id
+            )
+            response.headers["Retry-After"] = "1"
+        except ClientDisconnect:
+            refusal = request.scope.get("state", {}).get(REFUSAL_STATE_KEY)
+            if refusal is not None:  # the connection answered for us (a deadline)
+                status, problem = refusal
+            else:
+                event, status = "client_disconnected", CLIENT_CLOSED_REQUEST
+                problem = "the client disconnected before sending the whole body"
+            response = Response(status_code=status)  # goes nowhere: the client is gone
         except Exception as error:  # a bug: answer in JSON, log the traceback
             LOGGER.exception("invocation %s failed", inference_id)
             problem = f"{type(error).__name__}: {error}"
@@ -135,7 +244,7 @@ def create_app(bundle: LoadedBundle, limits: RequestLimits | None = None) -> Sta
                 inference_id,
             )
         line = {
-            "event": "invocation",
+            "event": event,
             "inference_id": inference_id,
             "status": response.status_code,
             "rows": rows,
@@ -149,8 +258,9 @@ def create_app(bundle: LoadedBundle, limits: RequestLimits | None = None) -> Sta
 
     async def http_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, HTTPException)
+        field = {404: "path", 405: "method"}.get(error.status_code)
         return _error_response(
-            RequestError(error.status_code, str(error.detail)),
+            RequestError(error.status_code, str(error.detail), field=field),
             request.headers.get(INFERENCE_ID_HEADER) or str(uuid.uuid4()),
         )
 
@@ -166,6 +276,7 @@ def create_app(bundle: LoadedBundle, limits: RequestLimits | None = None) -> Sta
     )
     app.state.bundle = bundle
     app.state.limits = limits
+    app.state.capacity = capacity
     return app
 
 

@@ -1,13 +1,20 @@
 """Request bodies (JSON or CSV) → validated (H3 cell, UTC hour) keys, with no HTTP in sight.
 
 An instance names a hexagon (``h3_cell``) or a coordinate (``lat``, ``lon``), and a
-``timestamp``. Parsing is columnar (Arrow builds the columns from the decoded JSON or the CSV
-in C++), so a batch costs a handful of vectorized calls whatever its size. The two
-per-instance Python loops run only off that path: ``_first_invalid_instance`` to explain a body
-Arrow refused, ``_hours_one_by_one`` for a batch mixing zoned and zoneless timestamps.
+``timestamp``. Parsing is columnar: the decoded JSON gives up its four fields as four lists (one
+comprehension each, so a field the server does not know costs nothing, whatever its name or
+shape), Arrow builds the columns from those lists or from the CSV in C++, and the rest is a
+handful of vectorized calls whatever the batch size. The per-instance Python loops run only off
+that path: ``_first_invalid_instance`` to explain a column Arrow refused, ``_hours_one_by_one``
+for a batch mixing zoned and zoneless timestamps.
 
-Every problem becomes a ``RequestError`` that names the field and the instance (0-based), so
-the HTTP layer only has to turn it into a status and a JSON body.
+Every cost is bounded: a vectorized scan of the bytes refuses, before decoding, JSON nested
+deeper or holding more arrays, objects or values than ``RequestLimits`` allows; integers longer
+than Python converts are read as the out-of-range numbers they are; timestamps whose hour lies
+outside the 64-bit nanosecond range are refused with a message that says so.
+
+Every problem becomes a ``RequestError`` that names the field (``body`` for the body as a whole)
+and the instance (0-based), so the HTTP layer only has to turn it into a status and a JSON body.
 """
 
 from __future__ import annotations
@@ -16,8 +23,10 @@ import csv
 import datetime as dt
 import json
 import math
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import h3ronpy
 import numpy as np
@@ -37,6 +46,13 @@ NUMBER_FIELDS = (LAT_FIELD, LON_FIELD)
 COORDINATE_LIMITS = {LAT_FIELD: 90.0, LON_FIELD: 180.0}
 UTF8_BOM = b"\xef\xbb\xbf"
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+BODY_FIELD = "body"  # the ``field`` of an error about the body as a whole
+# Hours since the epoch whose start is a 64-bit nanosecond count: what ``Instances`` holds.
+_INT64 = np.iinfo(np.int64)
+MIN_HOUR = -(-_INT64.min // HOUR_NS)
+MAX_HOUR = _INT64.max // HOUR_NS
+HOUR_US = HOUR_NS // 1000
+TIME_RANGE = "1677-09-21T01:00:00Z to 2262-04-11T23:59:59Z"
 # Shown in every error about the shape of a request.
 JSON_SHAPE = (
     '{"instances": [{"h3_cell": "87...", "timestamp": "2025-01-01T10:00:00Z"}, '
@@ -47,15 +63,26 @@ CSV_HEADERS = "h3_cell,timestamp or lat,lon,timestamp"
 
 @dataclass(frozen=True)
 class RequestLimits:
-    """Bounds on one request: SageMaker itself caps real-time payloads at 6 MB."""
+    """Bounds on one request: SageMaker itself caps real-time payloads at 6 MB.
+
+    The JSON bounds keep decoding cheap (``json.loads`` holds the GIL, so its time is time the
+    event loop waits): ``max_depth`` counts nested arrays and objects, the envelope included
+    (``{"instances": [{...}]}`` is 3 deep); ``max_containers`` counts all arrays and objects
+    (one per instance, so a full batch may still carry three more per instance);
+    ``max_values`` counts every value, container or not (a full batch of four fields per
+    instance is 250,000).
+    """
 
     max_body_bytes: int = 5 * 1024 * 1024
     max_instances: int = 50_000
+    max_depth: int = 32
+    max_containers: int = 200_000
+    max_values: int = 1_000_000
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_instances"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        for item in fields(self):
+            if getattr(self, item.name) < 1:
+                raise ValueError(f"{item.name} must be >= 1, got {getattr(self, item.name)!r}")
 
 
 class RequestError(Exception):
@@ -116,7 +143,7 @@ def parse_request(
     """Parse and validate a body of the given Content-Type; ``RequestError`` when refused."""
     kind = media_type(content_type)
     if kind == JSON_MEDIA_TYPE:
-        return parse_json(body, resolution, limits.max_instances)
+        return parse_json(body, resolution, limits.max_instances, limits)
     if kind == CSV_MEDIA_TYPE:
         return parse_csv(body, resolution, limits.max_instances)
     raise RequestError(
@@ -130,43 +157,130 @@ def parse_request(
 # JSON
 
 
-def parse_json(body: bytes, resolution: int, max_instances: int) -> Instances:
-    """``{"instances": [...]}`` → ``Instances``."""
-    try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RequestError(400, f"malformed JSON: {error}") from None
-    except RecursionError:
-        raise RequestError(400, "malformed JSON: nested too deeply") from None
+def parse_json(
+    body: bytes, resolution: int, max_instances: int, limits: RequestLimits | None = None
+) -> Instances:
+    """``{"instances": [...]}`` → ``Instances`` (``limits`` for the JSON bounds)."""
+    _check_json_structure(body, limits or RequestLimits())
+    document = _decode_json(body)
     if not isinstance(document, dict) or "instances" not in document:
-        raise RequestError(400, f"the body must be a JSON object like {JSON_SHAPE}")
+        raise RequestError(
+            400, f"the body must be a JSON object like {JSON_SHAPE}", field=BODY_FIELD
+        )
     instances = document["instances"]
     if not isinstance(instances, list):
         raise RequestError(
             400, f"instances must be a list, got {type(instances).__name__}", field="instances"
         )
     _check_count(len(instances), max_instances)
+    return _resolve(_json_columns(instances), len(instances), resolution, _json_location)
+
+
+def _check_json_structure(body: bytes, limits: RequestLimits) -> None:
+    """Refuse, before decoding, a body nested too deep or with too many arrays, objects or
+    values (the garbage collector's passes over millions of fresh containers made decoding
+    superlinear: 3.3 s for 4.8 MB of nested arrays; 2.5 million numbers held the GIL 0.4 s)."""
+    brackets = body.count(b"[") + body.count(b"{")
+    if brackets <= min(limits.max_depth, limits.max_containers) and (
+        body.count(b",") + brackets < limits.max_values
+    ):
+        return  # not enough brackets or commas to break a bound, strings and all
+    structure = _json_structure(body)
+    if structure.depth > limits.max_depth:
+        raise RequestError(
+            400,
+            f"JSON nested too deeply: more than {limits.max_depth} levels of arrays and objects",
+            field=BODY_FIELD,
+        )
+    for count, limit, what in (
+        (structure.containers, limits.max_containers, "arrays and objects"),
+        (structure.values, limits.max_values, "values"),
+    ):
+        if count > limit:
+            raise RequestError(
+                413,
+                f"{count} JSON {what} in one body; at most {limit} are accepted",
+                field=BODY_FIELD,
+            )
+
+
+def _decode_json(body: bytes):
     try:
-        table = pa.array(instances)
-    except (pa.ArrowException, OverflowError, TypeError, ValueError) as error:
-        problem = _first_invalid_instance(instances)
-        if problem is not None:
-            raise problem from None
-        # Our fields are fine; some other field mixes types Arrow cannot unify: ignore it.
-        columns = _columns_one_by_one(instances, error)
-    else:
-        if not pa.types.is_struct(table.type) or table.null_count:
-            raise _first_invalid_instance(instances) or _unreadable(None)
-        columns = {}
-        for name in INSTANCE_FIELDS:
-            position = table.type.get_field_index(name)
-            if position < 0:
-                continue
-            column = table.field(position)
-            if not _acceptable(name, column.type):
-                raise _first_invalid_instance(instances) or _unreadable(None)
-            columns[name] = column.cast(_ARROW_TYPES[name])
-    return _resolve(columns, len(instances), resolution, _json_location)
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RequestError(400, f"malformed JSON: {error}", field=BODY_FIELD) from None
+    except RecursionError:
+        raise RequestError(400, "malformed JSON: nested too deeply", field=BODY_FIELD) from None
+    except ValueError:  # an integer longer than Python converts (sys.get_int_max_str_digits)
+        pass
+    try:  # again, reading such integers as the out-of-range numbers they are
+        return json.loads(body, parse_int=_int_or_long)
+    except ValueError as error:
+        raise RequestError(400, f"malformed JSON: {error}", field=BODY_FIELD) from None
+
+
+class _LongInteger(float):
+    """An integer literal with more digits than Python converts: ±inf, shown by its length."""
+
+    digits: int
+
+    def __new__(cls, text: str) -> _LongInteger:
+        value = super().__new__(cls, "-inf" if text.startswith("-") else "inf")
+        value.digits = len(text.lstrip("-"))
+        return value
+
+    def __str__(self) -> str:
+        return f"an integer of {self.digits} digits"
+
+    __repr__ = __str__
+
+
+def _int_or_long(text: str) -> int | float:
+    limit = sys.get_int_max_str_digits()
+    return _LongInteger(text) if limit and len(text.lstrip("-")) > limit else int(text)
+
+
+# bytes.translate table: '[' '{' → 1, ']' '}' → 2, ',' → 3, '"' → 4, '\\' → 5, all else → 0
+_JSON_SYNTAX = bytes(
+    {"[": 1, "{": 1, "]": 2, "}": 2, ",": 3, '"': 4, "\\": 5}.get(chr(i), 0) for i in range(256)
+)
+
+
+class JsonStructure(NamedTuple):
+    containers: int  # arrays and objects
+    depth: int  # deepest nesting of arrays and objects
+    values: int  # every value, containers included (an upper bound: ``[]`` counts 2)
+
+
+def _json_structure(body: bytes) -> JsonStructure:
+    """The ``JsonStructure`` of a JSON text: brackets and commas in strings aside.
+
+    One C pass classifies the bytes, then only quotes, backslashes, brackets and commas are
+    looked at, as numpy arrays: a fraction of what decoding the body costs, and before it.
+    Exact for valid JSON; for invalid JSON the answer does not matter, the decoder refuses it.
+    """
+    classes = np.frombuffer(body.translate(_JSON_SYNTAX), dtype=np.uint8)
+    positions = np.flatnonzero(classes != 0)
+    kinds = classes[positions]
+    quote = kinds == 4
+    if b"\\" in body:  # a quote after an odd run of backslashes does not end a string
+        quotes = np.flatnonzero(quote)
+        at = positions[quotes]
+        after_backslash = np.flatnonzero(classes[np.maximum(at - 1, 0)] == 5)
+        if len(after_backslash):
+            backslashes = positions[kinds == 5]
+            run_starts = np.concatenate(([True], np.diff(backslashes) != 1))
+            run_start = backslashes[run_starts][np.cumsum(run_starts) - 1]
+            end = at[after_backslash] - 1  # the backslash just before the quote
+            start = run_start[np.searchsorted(backslashes, end)]
+            quote[quotes[after_backslash[(end - start) % 2 == 0]]] = False
+    inside = np.bitwise_xor.accumulate(quote.view(np.uint8))  # 1 after an opening quote
+    syntax = kinds[(inside == 0) & (kinds <= 3)]
+    brackets = syntax[syntax <= 2]
+    opens = brackets == 1
+    containers = int(np.count_nonzero(opens))
+    depth = int(np.cumsum(np.where(opens, 1, -1).astype(np.int32)).max()) if len(opens) else 0
+    return JsonStructure(containers, depth, len(syntax) - len(brackets) + containers + 1)
 
 
 _ARROW_TYPES = {
@@ -175,30 +289,46 @@ _ARROW_TYPES = {
     LAT_FIELD: pa.float64(),
     LON_FIELD: pa.float64(),
 }
+# The Python types a decoded JSON value of each field may have (``bool`` is not ``int`` here).
+_JSON_TYPES = {
+    CELL_FIELD: {str, type(None)},
+    TIME_FIELD: {str, type(None)},
+    LAT_FIELD: {float, int, type(None)},
+    LON_FIELD: {float, int, type(None)},
+}
 
 
-def _acceptable(name: str, arrow_type: pa.DataType) -> bool:
-    """Whether Arrow's inferred type of a field is one we read (all-null is)."""
-    if pa.types.is_null(arrow_type):
-        return True
-    if name in STRING_FIELDS:
-        return pa.types.is_string(arrow_type)
-    return pa.types.is_floating(arrow_type) or pa.types.is_integer(arrow_type)
-
-
-def _unreadable(arrow_error: BaseException | None) -> RequestError:
-    return RequestError(400, f"could not read instances: {arrow_error}", field="instances")
-
-
-def _columns_one_by_one(instances: list[dict], arrow_error: BaseException) -> dict[str, pa.Array]:
-    """Slow path: our fields one at a time, when another field kept Arrow from the whole."""
+def _json_columns(instances: list) -> dict[str, pa.Array]:
+    """Our four fields of every instance as Arrow columns; other fields are never looked at."""
     try:
-        return {
-            name: pa.array([instance.get(name) for instance in instances], type=kind)
-            for name, kind in _ARROW_TYPES.items()
-        }
-    except (pa.ArrowException, OverflowError, TypeError, ValueError):
-        raise _unreadable(arrow_error) from None
+        values = {name: [instance.get(name) for instance in instances] for name in _ARROW_TYPES}
+    except AttributeError:  # an instance that is not an object
+        raise _first_invalid_instance(instances) or _unreadable(None, None) from None
+    columns = {}
+    for name, kind in _ARROW_TYPES.items():
+        if not set(map(type, values[name])) <= _JSON_TYPES[name]:
+            raise _first_invalid_instance(instances) or _unreadable(name, None)
+        try:
+            columns[name] = pa.array(values[name], type=kind)
+        except (pa.ArrowException, OverflowError, ValueError) as error:
+            # integers beyond float64's exact range, strings that are not valid Unicode
+            raise _first_invalid_instance(instances) or _unreadable(name, error) from None
+    return columns
+
+
+def _unreadable(name: str | None, error: BaseException | None) -> RequestError:
+    what = f"instances' {name}" if name else "instances"
+    return RequestError(
+        400, f"could not read {what}" + (f": {error}" if error else ""), field=name or "instances"
+    )
+
+
+def _show(value) -> str:
+    """A JSON value in an error message: as JSON, cut short when long."""
+    if isinstance(value, _LongInteger):
+        return str(value)
+    text = json.dumps(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
 
 
 def _first_invalid_instance(instances: list) -> RequestError | None:
@@ -207,7 +337,8 @@ def _first_invalid_instance(instances: list) -> RequestError | None:
         if not isinstance(instance, dict):
             return RequestError(
                 400,
-                f"{_json_location(index, None)} must be a JSON object, got {json.dumps(instance)}",
+                f"{_json_location(index, None)} must be a JSON object, got {_show(instance)}",
+                field="instances",
                 instance=index,
             )
         for name in STRING_FIELDS:
@@ -215,7 +346,7 @@ def _first_invalid_instance(instances: list) -> RequestError | None:
             if value is not None and not isinstance(value, str):
                 return RequestError(
                     400,
-                    f"{_json_location(index, name)} must be a string, got {json.dumps(value)}",
+                    f"{_json_location(index, name)} must be a string, got {_show(value)}",
                     field=name,
                     instance=index,
                 )
@@ -226,7 +357,7 @@ def _first_invalid_instance(instances: list) -> RequestError | None:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 return RequestError(
                     400,
-                    f"{_json_location(index, name)} must be a number, got {json.dumps(value)}",
+                    f"{_json_location(index, name)} must be a number, got {_show(value)}",
                     field=name,
                     instance=index,
                 )
@@ -246,24 +377,39 @@ def _first_invalid_instance(instances: list) -> RequestError | None:
 
 
 def parse_csv(body: bytes, resolution: int, max_instances: int) -> Instances:
-    """A CSV with a header (``h3_cell,timestamp`` or ``lat,lon,timestamp``) → ``Instances``."""
+    """A CSV with a header (``h3_cell,timestamp`` or ``lat,lon,timestamp``) → ``Instances``.
+
+    Header names are matched as ingestion matches them (case and surrounding blanks aside);
+    lines may end in LF, CRLF or a bare CR.
+    """
     body = body.removeprefix(UTF8_BOM)
-    header = body.split(b"\n", 1)[0].rstrip(b"\r")
+    header = body[: _line_end(body)]
     try:
-        names = [name.strip() for name in next(csv.reader([header.decode("utf-8")]), [])]
+        text = header.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise RequestError(400, f"malformed CSV: the header is not UTF-8 ({error})") from None
+        raise RequestError(
+            400, f"malformed CSV: the header is not UTF-8 ({error})", field=BODY_FIELD
+        ) from None
+    shown = text if len(text) <= 200 else f"{text[:200]}..."
+    try:
+        names = [header_name(name) for name in next(csv.reader([text]), [])]
+    except csv.Error as error:
+        raise RequestError(
+            400, f"malformed CSV header {shown!r}: {error}", field=BODY_FIELD
+        ) from None
     if not any(names):
-        raise RequestError(400, f"empty CSV: expected a header line {CSV_HEADERS}")
+        raise RequestError(
+            400, f"empty CSV: expected a header line {CSV_HEADERS}", field=BODY_FIELD
+        )
     missing = _missing_csv_column(set(names))
     if missing:
         raise RequestError(
             400,
-            f"the CSV header must be {CSV_HEADERS}; {header.decode()!r} lacks {missing[1]}",
+            f"the CSV header must be {CSV_HEADERS}; {shown!r} lacks {missing[1]}",
             field=missing[0],
         )
     if len(set(names)) != len(names):
-        raise RequestError(400, f"the CSV header repeats a column: {header.decode()!r}")
+        raise RequestError(400, f"the CSV header repeats a column: {shown!r}", field=BODY_FIELD)
     present = [name for name in INSTANCE_FIELDS if name in names]
     try:
         table = pa_csv.read_csv(
@@ -279,13 +425,25 @@ def parse_csv(body: bytes, resolution: int, max_instances: int) -> Instances:
             ),
         )
     except pa.ArrowException as error:
-        raise RequestError(400, f"malformed CSV: {error}") from None
+        raise RequestError(400, f"malformed CSV: {error}", field=BODY_FIELD) from None
     _check_count(table.num_rows, max_instances)
     columns = {name: table.column(name).combine_chunks() for name in present}
     for name in NUMBER_FIELDS:
         if name in columns:
             columns[name] = _csv_numbers(columns[name], name)
     return _resolve(columns, table.num_rows, resolution, _csv_location)
+
+
+def header_name(name: str) -> str:
+    """A CSV header name as ingestion compares it (``core/schema.py`` reads landing files with
+    ``str(column).strip().lower()``): ``' H3_Cell '`` → ``'h3_cell'``."""
+    return name.strip().lower()
+
+
+def _line_end(body: bytes) -> int:
+    """Where the first line ends: at the first LF or CR, as Arrow's reader sees it."""
+    ends = [position for position in (body.find(b"\n"), body.find(b"\r")) if position >= 0]
+    return min(ends, default=len(body))
 
 
 def _missing_csv_column(names: set[str]) -> tuple[str, str] | None:
@@ -443,28 +601,46 @@ def _cells_of_coordinates(
 def _floored_hours(column: pa.Array, where: Locator) -> np.ndarray:
     """ISO-8601 strings → ns since epoch floored to the UTC hour; a time without a zone is UTC.
 
-    Arrow parses a batch whose timestamps all carry a zone, or all lack one, in C++; only a
-    batch that mixes the two (or uses a form Arrow lacks) is parsed string by string, because
-    pandas would silently apply one string's offset to the zoneless others.
+    Arrow parses a batch whose timestamps all carry a zone, or all lack one, in C++ (in
+    nanoseconds, or in microseconds for times outside the nanosecond range); only a batch that
+    mixes the two (or uses a form Arrow lacks) is parsed string by string, because pandas would
+    silently apply one string's offset to the zoneless others. An hour whose start is not a
+    64-bit nanosecond count is refused, never wrapped around.
     """
-    for target in (pa.timestamp("ns", "UTC"), pa.timestamp("ns")):
-        try:
-            ns = column.cast(target).cast(pa.int64()).to_numpy(zero_copy_only=False)
-        except pa.ArrowException:
-            continue
-        return ns // HOUR_NS * HOUR_NS
-    return _hours_one_by_one(column.to_pylist(), where) // HOUR_NS * HOUR_NS
+    for unit, per_hour in (("ns", HOUR_NS), ("us", HOUR_US)):
+        for target in (pa.timestamp(unit, "UTC"), pa.timestamp(unit)):
+            try:
+                ticks = column.cast(target).cast(pa.int64()).to_numpy(zero_copy_only=False)
+            except pa.ArrowException:
+                continue
+            return _hour_starts(ticks // per_hour, column, where)
+    return _hour_starts(_hours_one_by_one(column.to_pylist(), where), column, where)
+
+
+def _hour_starts(hours: np.ndarray, column: pa.Array, where: Locator) -> np.ndarray:
+    _fail_at(
+        (hours < MIN_HOUR) | (hours > MAX_HOUR),
+        400,
+        TIME_FIELD,
+        lambda i: (
+            f"{column[i].as_py()!r} is outside the range of 64-bit nanosecond timestamps "
+            f"({TIME_RANGE})"
+        ),
+        where,
+    )
+    return hours * HOUR_NS
 
 
 def _hours_one_by_one(texts: list[str], where: Locator) -> np.ndarray:
     """The slow path: Python's ISO-8601 parser per string, so each keeps its own zone."""
-    ns = np.empty(len(texts), dtype="int64")
+    hours = np.empty(len(texts), dtype="int64")
+    one_hour = dt.timedelta(hours=1)
     for index, text in enumerate(texts):
         try:
             stamp = dt.datetime.fromisoformat(text)
             if stamp.tzinfo is None:
                 stamp = stamp.replace(tzinfo=dt.UTC)
-            ns[index] = (stamp - EPOCH) // dt.timedelta(microseconds=1) * 1000
+            hours[index] = (stamp - EPOCH) // one_hour
         except (ValueError, OverflowError):
             raise RequestError(
                 400,
@@ -472,4 +648,4 @@ def _hours_one_by_one(texts: list[str], where: Locator) -> np.ndarray:
                 field=TIME_FIELD,
                 instance=index,
             ) from None
-    return ns
+    return hours

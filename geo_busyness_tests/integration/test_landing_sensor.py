@@ -156,7 +156,8 @@ def test_ignored_keys_are_logged_once(landing_zone: LandingZone):
         f"Ignoring {landing_zone.location('raw/2025-02-01.csv')}: "
         "not in a raw/dt=YYYY-MM-DD/ folder",
         f"Ignoring {landing_zone.location(file_key(DAY_1, 'notes.txt'))}: "
-        "extension '.txt' is not one of .csv, .parquet",
+        "extension '.txt' is not one of .csv, .tsv, .parquet (any letter case, optionally "
+        "compressed: .gz, .gzip, .zip, .bz2, .xz)",
     ]
     assert "2 key(s) ignored" in ticks.last.skip_reason.skip_message
 

@@ -3,7 +3,9 @@
 The image's dependency and project layers are built with the very `uv sync` lines of the
 Dockerfile into a fresh directory; its CMD (the Dagster code server) must start and answer a
 gRPC health check, and `serve` (how SageMaker starts the image) must serve a model bundle
-from SageMaker's model directory variable on the port SageMaker gives it.
+from SageMaker's model directory variable on the port SageMaker gives it, and the image's
+HEALTHCHECK command must find it healthy (and a server that does not answer unhealthy). The
+base image is pinned by digest and uv at the version of uv.lock, the one these tests build with.
 """
 
 import json
@@ -25,6 +27,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300), pytest.mark.slo
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = (REPO / "Dockerfile").read_text()
+# Docker joins a line ending in a backslash with the next one.
+INSTRUCTIONS = [
+    line for line in DOCKERFILE.replace("\\\n", "").splitlines() if line and line[0] != "#"
+]
 
 
 def dockerfile_uv_commands() -> list[list[str]]:
@@ -37,6 +43,63 @@ def dockerfile_uv_commands() -> list[list[str]]:
 
 def dockerfile_cmd() -> list[str]:
     return json.loads(re.search(r"^CMD (\[.*\])$", DOCKERFILE, re.MULTILINE).group(1))
+
+
+def dockerfile_healthcheck() -> tuple[str, str]:
+    """(options, shell command) of the HEALTHCHECK instruction."""
+    found = [line for line in INSTRUCTIONS if line.startswith("HEALTHCHECK ")]
+    assert len(found) == 1, "the Dockerfile has no (or more than one) HEALTHCHECK"
+    options, command = found[0].removeprefix("HEALTHCHECK ").split("CMD ", 1)
+    return options.strip(), command.strip()
+
+
+def locked_version(package: str) -> str:
+    lock = (REPO / "uv.lock").read_text()
+    return re.search(rf'^name = "{package}"\nversion = "([^"]+)"$', lock, re.MULTILINE).group(1)
+
+
+def uv_executable() -> str:
+    return shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+
+
+def run_healthcheck(venv_bin: Path, env: dict[str, str], pid: int, port: int):
+    """The image's HEALTHCHECK command as Docker runs it (``/bin/sh -c``), for the process
+    ``pid`` as the container's command, with ``python`` of the image's venv."""
+    _, command = dockerfile_healthcheck()
+    return subprocess.run(
+        ["/bin/sh", "-c", command],
+        env={
+            **env,
+            "PATH": f"{venv_bin}{os.pathsep}{env.get('PATH', '')}",
+            "HEALTHCHECK_PID": str(pid),
+            "SAGEMAKER_BIND_TO_PORT": str(port),
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_dockerfile_pins_the_base_image_by_digest_and_uv_at_the_locked_version():
+    bases = [line for line in INSTRUCTIONS if line.startswith("FROM ")]
+    assert len(bases) == 1
+    assert re.fullmatch(r"FROM python:3\.11-slim@sha256:[0-9a-f]{64}", bases[0]), bases[0]
+    installs = re.findall(r"pip install (?:--\S+ )*uv(\S*)", DOCKERFILE)
+    locked = locked_version("uv")
+    assert installs == [f"=={locked}"]
+    # The uv these tests build the image's layers with is the image's.
+    version = subprocess.run(
+        [uv_executable(), "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    assert version.split()[:2] == ["uv", locked]
+
+
+def test_dockerfile_healthcheck_checks_ping_of_serve_with_python():
+    options, command = dockerfile_healthcheck()
+    values = dict(re.findall(r"--([a-z-]+)=(\S+)", options))
+    assert set(values) >= {"interval", "timeout", "start-period", "retries"}
+    assert command.startswith("python -c ")  # the slim image has no curl
+    assert "/ping" in command and "serve" in command
 
 
 def test_dockerfile_builds_from_the_lockfile_without_dev_dependencies():
@@ -61,7 +124,8 @@ def test_image_commands_install_and_serve_the_code_location(tmp_path):
     }
     env.pop("VIRTUAL_ENV", None)
     (tmp_path / "home").mkdir()
-    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+    dockerfile_healthcheck()  # before minutes of installing: the image must have one
+    uv = uv_executable()
     dependencies, project = dockerfile_uv_commands()
     subprocess.run(
         [uv, *dependencies[1:]], cwd=app, env=env, check=True, capture_output=True, timeout=900
@@ -102,6 +166,9 @@ def test_image_commands_install_and_serve_the_code_location(tmp_path):
             if server.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"code server did not become healthy:\n{server.stdout.read()}")
             time.sleep(2)
+        # The default command is not `serve`: the HEALTHCHECK has nothing to ask it.
+        healthcheck = run_healthcheck(venv_bin, env, server.pid, free_port())
+        assert healthcheck.returncode == 0, healthcheck.stderr
     finally:
         stop_process_group(server)
 
@@ -148,6 +215,13 @@ def test_image_commands_install_and_serve_the_code_location(tmp_path):
         )
         assert answer.status_code == 200, answer.text
         assert answer.json()["model_version"] == manifest["model_version"]
+        # Docker's HEALTHCHECK of this container: healthy while /ping answers on its port...
+        healthcheck = run_healthcheck(venv_bin, serve_env, model_server.pid, port)
+        assert healthcheck.returncode == 0, healthcheck.stderr
+        # ... unhealthy when nothing answers there.
+        healthcheck = run_healthcheck(venv_bin, serve_env, model_server.pid, free_port())
+        assert healthcheck.returncode == 1, healthcheck.stderr
+        assert "Connection refused" in healthcheck.stderr
     finally:
         stop_process_group(model_server)
 

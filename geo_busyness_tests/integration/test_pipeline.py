@@ -13,7 +13,8 @@ from geo_busyness.resources.environment import local_resources
 from geo_busyness.runner import day_range, materialize_days
 from geo_busyness.simulate import SimulationConfig, simulate
 
-pytestmark = pytest.mark.integration
+# A module fixture materializes weeks of history: minutes on a busy 2-core machine.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 START = dt.date(2026, 10, 1)
 DAYS = 10

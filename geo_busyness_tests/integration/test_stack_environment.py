@@ -1,15 +1,25 @@
 """The ``stack`` environment end to end: every asset of the graph materializes with the landing
 zone, the asset storage and the drift reports in a SeaweedFS bucket and MLflow behind a real
 ``mlflow server`` whose artifacts go to the same bucket; afterwards each of them is listed in
-the bucket through boto3, not taken on the platform's word."""
+the bucket through boto3, not taken on the platform's word.
+
+MLflow is reached as ``http://alice:<password>@127.0.0.1:<port>`` (the server has no
+authentication and ignores the credentials; the client sends them as it would to a real one):
+afterwards the password is in no metadata value, no event of any run, nothing printed, and no
+file under the Dagster instance's directory.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
+from pathlib import Path
 
 import dagster as dg
 import pytest
 
+from geo_busyness.core.redact import MASK
 from geo_busyness.definitions import defs
 from geo_busyness.resources.environment import build_resources
 from geo_busyness.runner import (
@@ -28,6 +38,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600), pytest.mark.slo
 # As in test_training.py: enough history for a candidate that passes the promotion gates.
 DAYS = 21
 START = dt.date(2026, 9, 1)
+PASSWORD = "Pa55-w0rd-in-the-uri"
 TRAINING_RUN_CONFIG = {
     "ops": {
         "busyness_model": {
@@ -49,6 +60,9 @@ def stack(seaweedfs, tmp_path_factory):
     try:
         env = {**stack_env(root, ports, seaweedfs), "GEO_BUSYNESS_BUCKET": bucket}
         wait_http(f"{env['MLFLOW_TRACKING_URI']}/health", server, "mlflow server", log)
+        env["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"].replace(
+            "http://", f"http://alice:{PASSWORD}@"
+        )
         with pytest.MonkeyPatch.context() as patch:
             for name, value in env.items():
                 patch.setenv(name, value)
@@ -71,7 +85,12 @@ def graph(stack):
             put=built.landing_zone.write,
         )
     days = day_range(START, DAYS)
-    with dg.instance_for_test() as instance:
+    printed = io.StringIO()
+    with (
+        dg.instance_for_test() as instance,
+        contextlib.redirect_stdout(printed),
+        contextlib.redirect_stderr(printed),
+    ):
         data = materialize_days(days, stack_defs, instance, log=lambda _: None)
         training = train_and_promote(
             stack_defs, instance, run_config=TRAINING_RUN_CONFIG, log=lambda _: None
@@ -85,9 +104,11 @@ def graph(stack):
             instance=instance,
             resources=stack_defs.resources,
         )
+        secrets = _where_the_password_is(instance)
         tracking = dg.build_resources({"mlflow_tracking": stack_defs.resources["mlflow_tracking"]})
         with tracking as built:
             yield {
+                "secrets": {**secrets, "printed": PASSWORD in printed.getvalue()},
                 "data": data,
                 "training": training,
                 "forecast": forecast,
@@ -99,6 +120,30 @@ def graph(stack):
             }
     with dg.build_resources({"endpoint": stack_defs.resources["endpoint"]}) as built:
         built.endpoint.stop()
+
+
+def _where_the_password_is(instance: dg.DagsterInstance) -> dict:
+    """The tracking URI shown by the training assets, and every event and instance file that
+    holds the password."""
+    shown = {}
+    for asset in ("busyness_model", "model_evaluation", "champion_model"):
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+        metadata = event.asset_materialization.metadata if event else {}
+        shown[asset] = {name: str(value.value) for name, value in metadata.items()}
+    events = [entry for run in instance.get_runs() for entry in instance.all_logs(run.run_id)]
+    needle = PASSWORD.encode()
+    root = Path(instance.root_directory)
+    return {
+        "metadata": shown,
+        "events": [
+            entry.dagster_event.event_type_value if entry.dagster_event else entry.user_message
+            for entry in events
+            if PASSWORD in dg.serialize_value(entry)
+        ],
+        "files": [
+            str(path) for path in root.rglob("*") if path.is_file() and needle in path.read_bytes()
+        ],
+    }
 
 
 def keys(stack, prefix: str) -> list[str]:
@@ -164,3 +209,15 @@ def test_mlflow_artifacts_are_in_the_bucket_through_the_server(stack, graph):
     model, loaded = tracking.load_champion()  # downloaded back through the server
     assert loaded.version == "1"
     assert model.get_booster().num_boosted_rounds() > 0
+
+
+def test_a_password_in_the_tracking_uri_reaches_no_metadata_log_or_file(graph):
+    secrets = graph["secrets"]
+    for asset, metadata in secrets["metadata"].items():
+        assert metadata["mlflow_tracking_uri"].startswith(f"http://alice:{MASK}@"), asset
+        # the run link goes to the MLflow UI (GEO_BUSYNESS_MLFLOW_UI_URL): no credentials at all
+        assert "alice" not in metadata["mlflow_run"], asset
+        assert all(PASSWORD not in value for value in metadata.values()), asset
+    assert secrets["events"] == []
+    assert secrets["files"] == []
+    assert not secrets["printed"]

@@ -18,7 +18,8 @@ from geo_busyness.resources.tracking import CHAMPION_ALIAS
 from geo_busyness.simulate import SimulationConfig, simulated_city
 from geo_busyness.stack.services import free_port
 
-pytestmark = pytest.mark.integration
+# A module fixture materializes weeks of history: minutes on a busy 2-core machine.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 TRAINING = dg.AssetSelection.groups("training")
 # Small and single-purpose: XGBoost's defaults under both objectives plus one Optuna trial,

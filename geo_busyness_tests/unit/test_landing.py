@@ -1,10 +1,15 @@
 import datetime as dt
+import gzip
 import json
 
+import dagster as dg
 import pytest
 
+from geo_busyness.assets.ingestion import raw_courier_pings
+from geo_busyness.core.city import DEFAULT_CITY as DEFAULT_CITY_FOR_TESTS
 from geo_busyness.core.landing import DayWindow, LandingPlan, ignore_reason, plan_landing_runs
-from geo_busyness.resources.landing_zone import LandingFile, day_of_key
+from geo_busyness.core.schema import RAW_COLUMNS, validate_pings
+from geo_busyness.resources.landing_zone import LandingFile, LandingZone, day_of_key
 
 pytestmark = pytest.mark.unit
 
@@ -114,9 +119,11 @@ def test_late_file_for_an_old_day_reruns_that_day_only():
         ("raw/dt=2025-02-30/a.csv", "folder dt=2025-02-30 is not a calendar day"),
         ("raw/dt=2025-01-05/", "folder marker, not a file"),
         ("raw/dt=2025-01-05/late/a.csv", "in a subfolder of the day folder"),
-        ("raw/dt=2025-01-05/a.json", "extension '.json' is not one of .csv, .parquet"),
-        ("raw/dt=2025-01-05/a.CSV", "extension '.CSV' is not one of .csv, .parquet"),
-        ("raw/dt=2025-01-05/README", "extension '(none)' is not one of .csv, .parquet"),
+        ("raw/dt=2025-01-05/a.json", "extension '.json' is not one of .csv, .tsv, .parquet"),
+        ("raw/dt=2025-01-05/a.json.gz", "extension '.json.gz' is not one of .csv, .tsv, .parquet"),
+        ("raw/dt=2025-01-05/a.gz", "extension '.gz' is not one of .csv, .tsv, .parquet"),
+        ("raw/dt=2025-01-05/a.xlsx", "extension '.xlsx' is not one of .csv, .tsv, .parquet"),
+        ("raw/dt=2025-01-05/README", "extension '(none)' is not one of .csv, .tsv, .parquet"),
         ("raw/dt=2024-12-31/a.csv", "day before the first partition 2025-01-01"),
         ("raw/dt=2025-04-02/a.csv", "day in the future (today is 2025-04-01 UTC)"),
     ],
@@ -195,6 +202,15 @@ def test_cursor_grows_per_day_not_per_file():
         "raw/dt=2025-01-05/.csv",
         "raw/dt=2025-01-05/a.csv.gz",
         "raw/dt=2025-01-05/a.PARQUET",
+        "raw/dt=2025-01-05/a.CSV",
+        "raw/dt=2025-01-05/a.tsv",
+        "raw/dt=2025-01-05/a.TSV.GZ",
+        "raw/dt=2025-01-05/a.csv.zip",
+        "raw/dt=2025-01-05/a.csv.bz2",
+        "raw/dt=2025-01-05/a.json.gz",
+        "raw/dt=2025-01-05/a.gz",
+        "raw/dt=2025-01-05/.csv.gz",
+        "raw/dt=2025-01-05/a.txt",
         "raw/dt=2025-01-05/sub/a.csv",
         "raw/dt=2025-1-05/a.csv",
         "raw/dt=2025-13-05/a.csv",
@@ -205,3 +221,76 @@ def test_cursor_grows_per_day_not_per_file():
 )
 def test_accepts_exactly_the_keys_the_ingestion_asset_reads(key):
     assert (ignore_reason(key, WINDOW) is None) == (day_of_key(key) is not None)
+
+
+EXPORT_NAMES = ["a.csv.gz", "b.tsv", "c.CSV", "d.Parquet", "e.csv.zip", "f.TSV.GZ", "g.csv.xz"]
+
+
+@pytest.mark.parametrize("name", EXPORT_NAMES)
+def test_export_files_of_any_case_and_compression_are_ingested(name):
+    key = f"raw/dt=2025-01-05/{name}"
+    plan = tick([listed(key)], None)
+    assert run_days(plan) == ["2025-01-05"]
+    assert (plan.files, plan.ignored_count) == (1, 0)
+    assert day_of_key(key) == "2025-01-05"
+
+
+HEADER = ",".join(RAW_COLUMNS) + "\n"
+ROW = "c{i},{i},2026-10-05T18:04:05Z,50.4452,-104.6189,2026-10-05T17:55:00Z,50.4460,-104.6170\n"
+
+
+def rows_text(count: int, start: int = 0) -> str:
+    return HEADER + "".join(ROW.format(i=start + i) for i in range(count))
+
+
+def test_every_file_seen_under_the_day_folder_is_recorded(tmp_path):
+    """Files that were not read (and left no trace) are read now, and what still cannot be read
+    is listed with the reason; rows in the raw table are the source rows of the files read."""
+    zone = LandingZone(root=str(tmp_path))
+    day = "2026-10-05"
+    files = {
+        "a.csv.gz": gzip.compress(rows_text(3).encode()),
+        "b.tsv": rows_text(2, 10).replace(",", "\t").encode(),
+        "c.CSV": rows_text(4, 20).encode(),
+        "legacy.csv": rows_text(5, 30).replace("courier_lat", "lat").encode(),
+        "notes.txt": b"not data",
+        "late/d.csv": rows_text(1, 40).encode(),
+    }
+    for name, content in files.items():
+        zone.write(f"raw/dt={day}/{name}", content)
+    with dg.build_asset_context(partition_key=day) as context:
+        raw = raw_courier_pings(context, zone)
+        metadata = context.get_output_metadata("result")
+    seen = {record["key"].rsplit(f"dt={day}/", 1)[1]: record for record in metadata["files"].data}
+    assert set(seen) == set(files)
+    assert {name: seen[name]["rows"] for name in seen} == {
+        "a.csv.gz": 3,
+        "b.tsv": 2,
+        "c.CSV": 4,
+        "legacy.csv": 5,
+        "notes.txt": None,
+        "late/d.csv": None,
+    }
+    assert seen["a.csv.gz"]["compression"] == "gzip" and seen["b.tsv"]["delimiter"] == "tab"
+    assert seen["legacy.csv"]["quarantined_whole"] and "missing" in seen["legacy.csv"]["error"]
+    assert not seen["notes.txt"]["read"] and "'.txt' is not one of" in seen["notes.txt"]["not_read"]
+    assert "subfolder" in seen["late/d.csv"]["not_read"]
+    assert set(metadata["files_not_read"].data) == {
+        f"raw/dt={day}/notes.txt",
+        f"raw/dt={day}/late/d.csv",
+    }
+    assert metadata["source_rows"] == len(raw) == 14
+    result = validate_pings(raw, DEFAULT_CITY_FOR_TESTS, day)
+    assert len(result.clean) == 9
+    assert result.reason_counts()["unparseable_file"] == 5
+
+
+def test_a_day_with_only_unreadable_files_fails_naming_them(tmp_path):
+    zone = LandingZone(root=str(tmp_path))
+    zone.write("raw/dt=2026-10-05/export.xlsx", b"PK")
+    expected = r"No landing files .*export\.xlsx.*'\.xlsx' is not one"
+    with (
+        dg.build_asset_context(partition_key="2026-10-05") as context,
+        pytest.raises(dg.Failure, match=expected),
+    ):
+        raw_courier_pings(context, zone)

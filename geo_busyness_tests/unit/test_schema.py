@@ -1,5 +1,10 @@
+import bz2
+import datetime
+import gzip
 import io
+import lzma
 import sys
+import zipfile
 
 import numpy as np
 import pandas as pd
@@ -15,6 +20,7 @@ from geo_busyness.core.schema import (
     RAW_COLUMNS,
     QuarantineReason,
     UnparseableFileError,
+    read_landing_file,
     read_raw_file,
     schema_problems,
     unparseable_file_rows,
@@ -243,6 +249,231 @@ def test_parquet_files_are_read_as_text():
     assert len(result.clean) == 1
 
 
+# --- Files as real exports write them (issue 14, item 7): each kind reads as the plain CSV ----
+
+EXPORT_ROWS = [
+    good_row(order_number=str(1000 + i), courier_lat=f"50.44{i:02d}", courier_id=f"c{i}")
+    for i in range(5)
+]
+
+
+def export_bytes(rows=EXPORT_ROWS, sep=",", newline="\n") -> str:
+    return pd.DataFrame(rows, columns=list(RAW_COLUMNS)).to_csv(
+        index=False, sep=sep, lineterminator=newline
+    )
+
+
+def assert_reads_like_plain(name: str, content: bytes, rows=EXPORT_ROWS) -> schema.LandingRead:
+    read = read_landing_file(name, content)
+    assert read.error is None
+    expected = read_raw_file("plain.csv", export_bytes(rows).encode())
+    pd.testing.assert_frame_equal(read.frame[list(RAW_COLUMNS)], expected[list(RAW_COLUMNS)])
+    assert read.frame["source_file"].unique().tolist() == [name]
+    assert read.frame["source_row"].tolist() == list(range(len(rows)))
+    pd.testing.assert_frame_equal(read_raw_file(name, content), read.frame)
+    result = validate_pings(read.frame, DEFAULT_CITY, DAY)
+    assert len(result.clean) == len(rows)
+    return read
+
+
+def test_ordinary_csv_takes_the_arrow_path(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the slow path ran")
+
+    for slow in ("_pandas_table", "_fallback_decode", "_is_utf8", "_to_utf8"):
+        monkeypatch.setattr(schema, slow, refuse)
+    read = assert_reads_like_plain("f.csv", export_bytes().encode())
+    assert read.format == schema.FileFormat(kind="csv", encoding="utf-8", delimiter=",")
+
+
+def test_gzip_csv_is_read():
+    read = assert_reads_like_plain("f.csv.gz", gzip.compress(export_bytes().encode()))
+    assert read.format.compression == "gzip"
+
+
+@pytest.mark.parametrize(
+    ("name", "compress", "compression"),
+    [
+        ("f.csv", gzip.compress, "gzip"),  # the magic bytes decide, not the name
+        ("F.CSV.GZ", gzip.compress, "gzip"),
+        ("f.csv.bz2", bz2.compress, "bzip2"),
+        ("f.csv.xz", lzma.compress, "xz"),
+        ("f.csv.zip", lambda data: zipped({"inner.csv": data}), "zip"),
+        ("f.zip.gz", lambda data: gzip.compress(zipped({"inner.csv": data})), "gzip+zip"),
+    ],
+)
+def test_compressed_files_are_read(name, compress, compression):
+    read = assert_reads_like_plain(name, compress(export_bytes().encode()))
+    assert read.format.compression == compression
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("f.csv.gz", gzip.compress(b"")),
+        ("f.csv.gz", gzip.compress(export_bytes([]).encode())),  # a header only
+        ("f.parquet.gz", gzip.compress(b"")),
+        ("f.csv", b"\xff\xfe" + " \n".encode("utf-16-le")),
+    ],
+    ids=["empty-gzip", "header-only-gzip", "empty-gzip-parquet", "blank-utf16"],
+)
+def test_compressed_or_encoded_empty_files_give_no_rows(name, content):
+    read = read_landing_file(name, content)
+    assert (read.error, len(read.frame)) == (None, 0)
+    assert list(read.frame.columns) == [*RAW_COLUMNS, "source_file", "source_row", "file_error"]
+
+
+def zipped(members: dict[str, bytes]) -> bytes:
+    sink = io.BytesIO()
+    with zipfile.ZipFile(sink, "w") as archive:
+        for member, data in members.items():
+            archive.writestr(member, data)
+    return sink.getvalue()
+
+
+def test_zipped_parquet_and_upper_case_parquet_are_read():
+    buffer = io.BytesIO()
+    pd.DataFrame(EXPORT_ROWS).to_parquet(buffer)
+    assert assert_reads_like_plain("F.PARQUET", buffer.getvalue()).format.kind == "parquet"
+    read = assert_reads_like_plain("f.zip", zipped({"export/f.parquet": buffer.getvalue()}))
+    assert (read.format.kind, read.format.compression) == ("parquet", "zip")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "error"),
+    [
+        ("f.csv.gz", gzip.compress(b"courier_id,order_number\n" * 50)[:-9], "as gzip"),
+        ("f.zip", zipped({"a.csv": b"x", "b.csv": b"y"}), "must hold exactly one file"),
+    ],
+    ids=["truncated-gzip", "zip-of-two"],
+)
+def test_broken_archives_are_quarantined_whole(name, content, error):
+    read = read_landing_file(name, content)
+    assert error in read.error and read.error.startswith(f"{name}: ")
+    assert len(read.frame) >= 1
+    assert set(validate_pings(read.frame, DEFAULT_CITY, DAY).quarantined["reason"]) == {
+        "unparseable_file"
+    }
+
+
+def test_compressed_file_with_a_wrong_header_counts_its_source_rows():
+    rows = [good_row(order_number=str(i)) for i in range(7)]
+    content = gzip.compress(export_bytes(rows).replace("courier_lat", "lat").encode())
+    read = read_landing_file("legacy.csv.gz", content)
+    assert "missing required columns ['courier_lat']" in read.error
+    assert read.frame["source_row"].tolist() == list(range(7))
+    assert read.frame["order_number"].tolist() == [str(i) for i in range(7)]
+
+
+def test_tsv_file_is_read():
+    read = assert_reads_like_plain("f.tsv", export_bytes(sep="\t").encode())
+    assert read.format.delimiter == "\t"
+
+
+def test_tab_separated_file_named_csv_is_read():
+    read = assert_reads_like_plain("f.csv", export_bytes(sep="\t").encode())
+    assert read.format.as_metadata()["delimiter"] == "tab"
+
+
+@pytest.mark.parametrize("sep", [";", "|"])
+def test_semicolon_and_pipe_files_are_read(sep):
+    read = assert_reads_like_plain("f.csv", export_bytes(sep=sep).encode())
+    assert read.format.delimiter == sep
+
+
+def test_delimiter_is_the_one_that_splits_the_header_into_contract_columns():
+    rows = [good_row(courier_id="a;b;c;d;e;f;g;h;i;j")]  # more semicolons than commas overall
+    read = assert_reads_like_plain("f.csv", export_bytes(rows).encode(), rows)
+    assert read.format.delimiter == ","
+
+
+def test_excel_export_is_read():
+    """What Excel writes in a locale with a decimal comma: UTF-8 with a byte-order mark, CRLF
+    line ends, semicolons between fields and decimal commas."""
+    text = export_bytes(sep=";", newline="\r\n")
+    for row in EXPORT_ROWS:
+        for column in schema.COORDINATE_COLUMNS:
+            text = text.replace(f";{row[column]};", f";{row[column].replace('.', ',')};")
+            text = text.replace(f";{row[column]}\r", f";{row[column].replace('.', ',')}\r")
+    assert "50,44" in text and "50.44" not in text
+    content = "\ufeff".encode() + text.encode()
+    read = read_landing_file("export.csv", content)
+    assert read.error is None
+    assert (read.format.encoding, read.format.delimiter) == ("utf-8-sig", ";")
+    result = validate_pings(read.frame, DEFAULT_CITY, DAY)
+    plain = validate_pings(read_raw_file("p.csv", export_bytes().encode()), DEFAULT_CITY, DAY)
+    columns = [c for c in result.clean.columns if c != "source_file"]
+    pd.testing.assert_frame_equal(result.clean[columns], plain.clean[columns])
+
+
+@pytest.mark.parametrize(
+    ("encode", "encoding"),
+    [
+        (lambda text: b"\xff\xfe" + text.encode("utf-16-le"), "utf-16-le"),
+        (lambda text: b"\xfe\xff" + text.encode("utf-16-be"), "utf-16-be"),
+        (lambda text: text.encode("utf-16-le"), "utf-16-le"),  # without a byte-order mark
+        (lambda text: text.encode("utf-16-be"), "utf-16-be"),
+        (lambda text: text.encode("utf-32"), "utf-32-le"),
+    ],
+    ids=["utf16-le-bom", "utf16-be-bom", "utf16-le", "utf16-be", "utf32"],
+)
+def test_utf16_files_are_read(encode, encoding):
+    rows = [*EXPORT_ROWS, good_row(order_number="9", courier_id="Zoë 😀")]
+    read = assert_reads_like_plain("f.csv", encode(export_bytes(rows)), rows)
+    assert read.format.encoding == encoding
+
+
+def test_one_latin1_byte_is_read_as_cp1252_and_its_row_flagged():
+    rows = [good_row(order_number=str(i), courier_id=f"c{i}") for i in range(6)]
+    rows[1]["courier_id"] = "Zoë"  # in UTF-8
+    rows[3]["courier_id"] = "José"  # the file's only non-UTF-8 byte: é as cp1252
+    text = export_bytes(rows)
+    content = text.replace("José", "JOSE_").encode().replace(b"JOSE_", "José".encode("cp1252"))
+    content += b"7,8,2026-10-05T18:00:00Z,50.44,-104.61,2026-10-05T18:00:00Z,50.44,\x81\x80\n"
+    with pytest.raises(UnicodeDecodeError):
+        content.decode("utf-8")
+    read = read_landing_file("f.csv", content)
+    assert read.error is None
+    assert read.frame["courier_id"].tolist()[:6] == [r["courier_id"] for r in rows]
+    assert read.frame["restaurant_lon"].iloc[6] == "\x81€"  # undefined in cp1252: as Latin-1
+    assert read.format.encoding == "utf-8+cp1252"
+    assert (read.format.fallback_rows, read.format.fallback_source_rows) == (2, (3, 6))
+    assert read.format.as_metadata()["fallback_decoded_rows"] == 2
+    result = validate_pings(read.frame, DEFAULT_CITY, DAY)
+    assert len(result.clean) == 6
+    assert result.quarantined["reason"].tolist() == ["unparseable_number"]
+
+
+def test_epoch_seconds_and_milliseconds_are_read_as_utc():
+    def epoch(value: str, digits: int) -> str:
+        ns = pd.Timestamp(value).value
+        if digits == 10:
+            return f"{ns // 10**9}.{ns % 10**9:09d}".rstrip("0").rstrip(".")
+        return str(ns // 10 ** (19 - digits))
+
+    rows = []
+    for i, digits in enumerate((10, 13, 16, 19)):
+        ping, order = "2026-10-05T18:04:05.123456Z", "2026-10-05T17:55:00Z"
+        rows.append(
+            good_row(
+                order_number=str(i),
+                courier_location_timestamp=epoch(ping, digits),
+                order_created_timestamp=epoch(order, digits),
+            )
+        )
+    rows.append(
+        good_row(order_number="9", courier_location_timestamp=epoch("2026-10-05T18:04:05Z", 10))
+    )
+    result = validate_pings(read_raw_file("f.csv", csv_bytes(rows)), DEFAULT_CITY, DAY)
+    assert len(result.quarantined) == 0
+    pings = result.clean["courier_location_timestamp"].tolist()
+    assert pings[0] == pings[3] == pd.Timestamp("2026-10-05T18:04:05.123456Z")
+    assert pings[1] == pd.Timestamp("2026-10-05T18:04:05.123Z")  # milliseconds
+    assert pings[2] == pd.Timestamp("2026-10-05T18:04:05.123456Z")
+    assert pings[4] == pd.Timestamp("2026-10-05T18:04:05Z")
+    assert result.clean["order_created_timestamp"].nunique() == 1
+
+
 cell_values = st.one_of(
     st.sampled_from(
         ["", "NaN ", "abc", "0", "95", "-104.6189", "50.4452", "104.6", "2026-10-05T18:00:00Z", "x"]
@@ -294,34 +525,209 @@ iso_parts = st.tuples(
 iso_text = st.one_of(iso_parts.map("".join), st.none(), st.text(max_size=8))
 
 
+def pandas_each(values: list[str | None]) -> list[int]:
+    """The reference: pandas' ISO-8601 reading of each value alone (as int64 ns, NaT as int64
+    min). Parsing a whole column, pandas carries the offset of one value over to the naive
+    values after it (a zoneless value beside a "+05:30" one is shifted by 5 h 30); alone, each
+    value is read on its own terms, which is the contract."""
+    return [
+        int(
+            pd.to_datetime(
+                pd.Series(pd.array([value], dtype="string")),
+                utc=True,
+                errors="coerce",
+                format="ISO8601",
+            )
+            .to_numpy(dtype="datetime64[ns]")
+            .view("int64")[0]
+        )
+        for value in values
+    ]
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.lists(iso_text, max_size=60), st.integers(1, 4))
-def test_timestamps_parse_exactly_as_pandas(values, repeat):
-    values = values * repeat  # repeated values make pandas cache, which changes its order
-    expected = pd.to_datetime(
-        pd.Series(pd.array(values, dtype="string")), utc=True, errors="coerce", format="ISO8601"
-    )
+def test_timestamps_parse_as_pandas_parses_each_value_alone(values, repeat):
+    # This compared with pandas parsing the whole column, which shifts zoneless values after an
+    # offset (issue 14, item 1): the reference is now pandas on each value alone.
+    values = values * repeat  # repeated values made pandas cache, which changed its order
     parsed = schema._parse_iso8601_ns(pa.array(values, type=pa.string()))
-    assert parsed.tolist() == expected.to_numpy(dtype="datetime64[ns]").view("int64").tolist()
+    assert parsed.tolist() == pandas_each(values)
+
+
+offsets = st.sampled_from(["", "", "Z", "+05:30", "-06:00", "+0100", "-02", "+00:00", " +05:30"])
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.datetimes(
+                min_value=datetime.datetime(1990, 1, 1), max_value=datetime.datetime(2100, 1, 1)
+            ),
+            st.sampled_from(["T", " "]),
+            offsets,
+        ),
+        max_size=40,
+    )
+)
+def test_each_valid_timestamp_is_read_with_its_own_offset_or_as_utc(stamps):
+    values = [moment.isoformat(sep) + offset for moment, sep, offset in stamps]
+    expected = []
+    for moment, _, offset in stamps:
+        sign, digits = (-1 if "-" in offset else 1), offset.strip(" Z+-").replace(":", "")
+        minutes = int(digits[:2] or 0) * 60 + int(digits[2:] or 0)
+        utc = moment - sign * datetime.timedelta(minutes=minutes)
+        expected.append(pd.Timestamp(utc, tz="UTC").value)
+    parsed = schema._parse_iso8601_ns(pa.array(values, type=pa.string()))
+    assert parsed.tolist() == expected == pandas_each(values)
 
 
 NAIVE_AFTER_OFFSET = [
     ["2026-10-05T18:00:00+01:00", "2026-10-05T18:00:00", "2026-10-05 19:00:00.5"],
     ["2026-10-05T18:00:00Z", "2026-10-05T18:00:00-05:30", "x", "2026-10-05T20:00:00"],
     ["2026-10-05T18:00:00+01:00", "2026-10-05T18:00:00Z", "2026-10-05T18:00:00", "2026-10-05"],
+    ["2026-10-05T18:00+0100", "2026-10-05T18:00", "2026-10-05T18:00:00 +05", "2026-10-05 18"],
+    ["20261005T180000+0100", "20261005T180000", "2026-10-05T18:00:00.5-06:00", "20261005"],
 ]
 
 
 @pytest.mark.parametrize("values", NAIVE_AFTER_OFFSET)
 @pytest.mark.parametrize("repeat", [1, 30])  # 30: pandas caches and parses each value once
-def test_naive_timestamps_after_an_offset_parse_exactly_as_pandas(values, repeat):
-    # pandas carries an offset over to the naive values parsed after it; keep that behaviour
+def test_naive_timestamps_after_an_offset_are_utc(values, repeat):
+    # pandas carries an offset over to the naive values parsed after it; this test used to keep
+    # that behaviour, which silently shifted zoneless (UTC) pings by the offset of another row.
     values = values * repeat
-    expected = pd.to_datetime(
-        pd.Series(pd.array(values, dtype="string")), utc=True, errors="coerce", format="ISO8601"
-    )
     parsed = schema._parse_iso8601_ns(pa.array(values, type=pa.string()))
-    assert parsed.tolist() == expected.to_numpy(dtype="datetime64[ns]").view("int64").tolist()
+    assert parsed.tolist() == pandas_each(values)
+    for value, ns in zip(values, parsed.tolist(), strict=True):
+        if value.endswith(("T18:00:00", "T18:00", "T180000", " 18")):  # zoneless means UTC
+            assert ns == pd.Timestamp("2026-10-05T18:00:00", tz="UTC").value
+
+
+def ping_row(order_number: int, ping: str, order: str) -> dict[str, str]:
+    return good_row(
+        order_number=str(order_number),
+        courier_location_timestamp=ping,
+        order_created_timestamp=order,
+    )
+
+
+def test_zoneless_value_in_one_file_is_not_shifted_by_an_offset_in_another():
+    day = "2026-11-20"
+    offset = read_raw_file(
+        "a.csv", csv_bytes([ping_row(1, "2026-11-20T12:00:00+05:30", "2026-11-20T11:55:00+05:30")])
+    )
+    zoneless = read_raw_file(
+        "b.csv", csv_bytes([ping_row(2, "2026-11-20T12:00:00.5", "2026-11-20T11:55:00")])
+    )
+    result = validate_pings(pd.concat([offset, zoneless], ignore_index=True), DEFAULT_CITY, day)
+    assert len(result.quarantined) == 0
+    pings = dict(
+        zip(result.clean["source_file"], result.clean["courier_location_timestamp"], strict=True)
+    )
+    assert pings == {
+        "a.csv": pd.Timestamp("2026-11-20T06:30:00Z"),
+        "b.csv": pd.Timestamp("2026-11-20T12:00:00.5Z"),  # was 06:30:00.5
+    }
+
+
+def test_file_alternating_offset_and_zoneless_values_reads_each_on_its_own_terms():
+    base = pd.Timestamp("2026-11-20T08:00:00")
+    rows, expected = [], []
+    for i in range(100):
+        local = base + pd.Timedelta(minutes=5 * i, microseconds=i)
+        suffix = "-06:00" if i % 2 == 0 else ""
+        ping, order = local.isoformat() + suffix, (local - pd.Timedelta(minutes=3)).isoformat()
+        rows.append(ping_row(i, ping, order + suffix))
+        expected.append(local.tz_localize("UTC") + pd.Timedelta(hours=6 if suffix else 0))
+    result = validate_pings(read_raw_file("f.csv", csv_bytes(rows)), DEFAULT_CITY, "2026-11-20")
+    assert len(result.quarantined) == 0  # 51 were quarantined, 49 accepted shifted by 6 h
+    assert result.clean["courier_location_timestamp"].tolist() == expected
+
+
+def test_zoneless_file_beside_an_offset_file_is_all_clean():
+    early = [
+        ping_row(i, f"2026-11-20T0{i % 5}:{i:02d}:00", f"2026-11-20T0{i % 5}:{i:02d}:00")
+        for i in range(40)
+    ]
+    offset = [
+        ping_row(1000 + i, f"2026-11-20T12:{i:02d}:00+05:30", f"2026-11-20T12:{i:02d}:00+05:30")
+        for i in range(40)
+    ]
+    raw = pd.concat(
+        [
+            read_raw_file("offset.csv", csv_bytes(offset)),
+            read_raw_file("utc.csv", csv_bytes(early)),
+        ],
+        ignore_index=True,
+    )
+    result = validate_pings(raw, DEFAULT_CITY, "2026-11-20")
+    assert result.reason_counts()["outside_partition_day"] == 0  # was every row of utc.csv
+    assert len(result.clean) == 80
+    utc = result.clean[result.clean["source_file"] == "utc.csv"]
+    assert utc["courier_location_timestamp"].tolist() == [
+        pd.Timestamp(row["courier_location_timestamp"], tz="UTC") for row in early
+    ]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "9999-01-01T00:00:00Z",
+        "1677-09-21T00:12:44+01:00",  # in range before the offset: pandas wraps it to 2262
+        "16770921T001244+0100",
+        "2262-04-11T23:47:16.854775808Z",
+        "2262-04-12",
+        "1000-01-01T00:00:00",
+        "9999999999",  # epoch seconds in 2286
+        "9999999999999999999",  # epoch nanoseconds
+    ],
+)
+def test_timestamps_outside_the_nanosecond_range_are_quarantined_as_such(value):
+    raw = read_raw_file("f.csv", csv_bytes([good_row(courier_location_timestamp=value)]))
+    result = validate_pings(raw, DEFAULT_CITY, DAY)
+    assert result.quarantined["reason"].tolist() == ["unparseable_timestamp"]
+    assert result.quarantined["detail"].tolist() == [
+        "courier_location_timestamp is outside the 64-bit nanosecond range "
+        "(1677-09-21T00:12:43.145224193Z to 2262-04-11T23:47:16.854775807Z)"
+    ]
+
+
+def test_timestamps_at_the_ends_of_the_nanosecond_range_parse_exactly():
+    values = [
+        "1677-09-21T00:12:43.145224193Z",
+        "1677-09-21T01:12:43.145224193+01:00",
+        "1677-09-20T23:12:43.145224193-01:00",
+        "2262-04-11T23:47:16.854775807",
+        "2262-04-12T00:47:16.854775807+01:00",
+        "22620411T234716.854775807Z",
+        "1699-12-31T23:00:00-01:00",
+    ]
+    parsed = schema._parse_iso8601_ns(pa.array(values, type=pa.string()))
+    low, high = np.iinfo(np.int64).min + 1, np.iinfo(np.int64).max
+    assert parsed.tolist() == [
+        low,
+        low,
+        low,
+        high,
+        high,
+        high,
+        pd.Timestamp("1700-01-01", tz="UTC").value,
+    ]
+
+
+def test_other_bad_timestamps_say_what_they_are():
+    rows = [
+        good_row(order_number="1", courier_location_timestamp="yesterday 7pm"),
+        good_row(order_number="2", order_created_timestamp="175968000"),  # 9 digits
+    ]
+    result = validate_pings(read_raw_file("f.csv", csv_bytes(rows)), DEFAULT_CITY, DAY)
+    assert result.quarantined["detail"].tolist() == [
+        "courier_location_timestamp is not ISO-8601 or an epoch time",
+        "order_created_timestamp is all digits but not an epoch time (10 digits: seconds, "
+        "13: milliseconds, 16: microseconds, 19: nanoseconds)",
+    ]
 
 
 number_text = st.one_of(

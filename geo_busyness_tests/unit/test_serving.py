@@ -10,15 +10,19 @@ import asyncio
 import json
 import logging
 import tarfile
+import threading
+import time
 
 import h3
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from geo_busyness.core.features import HOUR_NS
 from geo_busyness.serving import bundle as bundle_module
-from geo_busyness.serving.app import INFERENCE_ID_HEADER, create_app
+from geo_busyness.serving.app import INFERENCE_ID_HEADER, Capacity, create_app
 from geo_busyness.serving.bundle import (
     BUNDLE_FILES,
     Manifest,
@@ -35,6 +39,7 @@ from geo_busyness.serving.demo import (
 from geo_busyness.serving.requests import (
     RequestError,
     RequestLimits,
+    _json_structure,
     parse_csv,
     parse_json,
     parse_request,
@@ -408,22 +413,22 @@ TS = "2025-03-03T10:00:00Z"
 @pytest.mark.parametrize(
     ("body", "status", "field", "instance", "message"),
     [
-        (b'{"instances": [', 400, None, None, "malformed JSON"),
-        (b"\xff\xfe garbage", 400, None, None, "malformed JSON"),
-        (b"[1, 2]", 400, None, None, "JSON object like"),
+        (b'{"instances": [', 400, "body", None, "malformed JSON"),
+        (b"\xff\xfe garbage", 400, "body", None, "malformed JSON"),
+        (b"[1, 2]", 400, "body", None, "JSON object like"),
         (b'{"instances": {"a": 1}}', 400, "instances", None, "must be a list"),
         (b'{"instances": []}', 400, "instances", None, "no instances"),
         (
             json.dumps({"instances": [{"h3_cell": GOOD_CELL, "timestamp": TS}, 5]}).encode(),
             400,
-            None,
+            "instances",
             1,
             r"instances\[1\] must be a JSON object",
         ),
         (
             json.dumps({"instances": [{"h3_cell": GOOD_CELL, "timestamp": TS}, None]}).encode(),
             400,
-            None,
+            "instances",
             1,
             r"instances\[1\] must be a JSON object",
         ),
@@ -591,11 +596,11 @@ def test_json_errors_name_the_field_and_instance(body, status, field, instance, 
 @pytest.mark.parametrize(
     ("body", "field", "instance", "message"),
     [
-        (b"", None, None, "empty CSV"),
+        (b"", "body", None, "empty CSV"),
         (b"cell,timestamp\nabc,def\n", "h3_cell", None, r"lacks h3_cell \(or lat and lon\)"),
         (b"lat,timestamp\n1,2\n", "lon", None, "lacks lon"),
         (f"h3_cell\n{GOOD_CELL}\n".encode(), "timestamp", None, "lacks timestamp"),
-        (f"h3_cell,timestamp\n{GOOD_CELL},{TS},extra\n".encode(), None, None, "malformed CSV"),
+        (f"h3_cell,timestamp\n{GOOD_CELL},{TS},extra\n".encode(), "body", None, "malformed CSV"),
         (
             f"lat,lon,timestamp\n50.4,-104.6,{TS}\n50.4,west,{TS}\n".encode(),
             "lon",
@@ -650,6 +655,363 @@ def test_deeply_nested_json_is_a_400_not_a_crash():
     with pytest.raises(RequestError, match="nested too deeply") as caught:
         parse_json(b"[" * 100_000 + b"]" * 100_000, RESOLUTION, 10)
     assert caught.value.status == 400
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile and odd input: bounded cost, a 4xx naming the field, never a 500
+
+
+def test_distinct_unknown_keys_cost_linear_time():
+    """12,000 instances with one extra key each used to cost 8.7 s and 1.6 GB (Arrow unified a
+    12,000-field struct); unknown fields are now never looked at."""
+    document = {
+        "instances": [
+            {"h3_cell": GOOD_CELL, "timestamp": TS, f"extra_{i}": i} for i in range(12_000)
+        ]
+    }
+    body = json.dumps(document).encode()
+    started = time.perf_counter()
+    parsed = parse_json(body, RESOLUTION, 50_000)
+    elapsed = time.perf_counter() - started
+    assert len(parsed) == 12_000
+    assert elapsed < 1.0, f"{elapsed:.2f}s for {len(body)} bytes"
+
+
+def raw_json(**fields: str) -> bytes:
+    """``{"instances": [{...}]}`` with each field's JSON text as given, for what ``json.dumps``
+    cannot write (integers of 5,000 digits, deep nesting)."""
+    inner = ", ".join(f'"{name}": {text}' for name, text in fields.items())
+    return ('{"instances": [{' + inner + "}]}").encode()
+
+
+def test_nesting_is_bounded_even_inside_an_ignored_field():
+    """900 levels inside an ignored field cost 0.5 s and 200 MB for a 6 KB body."""
+
+    def nested(depth: int) -> bytes:
+        return raw_json(
+            h3_cell=json.dumps(GOOD_CELL), timestamp=json.dumps(TS), x="[" * depth + "]" * depth
+        )
+
+    for depth in (900, 30):  # 30 in the field + 3 of the envelope = 33
+        with pytest.raises(RequestError, match="nested too deeply: more than 32 levels") as caught:
+            parse_json(nested(depth), RESOLUTION, 10)
+        assert (caught.value.status, caught.value.field) == (400, "body")
+    assert len(parse_json(nested(29), RESOLUTION, 10)) == 1
+    # brackets inside strings do not count, nor after an escaped quote inside the string
+    brackets = "[" * 40 + '\\\\\\"' + "{" * 40
+    fine = raw_json(h3_cell=json.dumps(GOOD_CELL), timestamp=json.dumps(TS), x=f'"{brackets}"')
+    assert len(parse_json(fine, RESOLUTION, 10)) == 1
+
+
+HUGE = "9" * 5_000  # more digits than Python converts to an int (4,300 by default)
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "instance", "message"),
+    [
+        (
+            raw_json(lat=HUGE, lon="0", timestamp=json.dumps(TS)),
+            "lat",
+            0,
+            r"instances\[0\]\.lat: an integer of 5000 digits is outside \[-90, 90\]",
+        ),
+        (
+            raw_json(h3_cell=json.dumps(GOOD_CELL), timestamp="-" + HUGE),
+            "timestamp",
+            0,
+            "must be a string, got an integer of 5000 digits",
+        ),
+        (
+            json.dumps({"instances": [{"lat": 2**53 + 1, "lon": 0, "timestamp": TS}]}),
+            "lat",
+            0,
+            r"9007199254740993 is outside \[-90, 90\]",
+        ),
+        (
+            json.dumps(
+                {
+                    "instances": [
+                        {"lat": 50.4, "lon": -104.6, "timestamp": TS},
+                        {"lat": 50.4, "lon": -(2**63), "timestamp": TS},
+                    ]
+                }
+            ),
+            "lon",
+            1,
+            r"instances\[1\]\.lon: -9223372036854775808 is outside \[-180, 180\]",
+        ),
+        (
+            json.dumps(
+                {"instances": [{"h3_cell": GOOD_CELL, "timestamp": "1677-09-21T00:12:44Z"}]}
+            ),
+            "timestamp",
+            0,
+            "'1677-09-21T00:12:44Z' is outside the range of 64-bit nanosecond timestamps "
+            r"\(1677-09-21T01:00:00Z to 2262-04-11T23:59:59Z\)",
+        ),
+        (
+            json.dumps(
+                {"instances": [{"h3_cell": GOOD_CELL, "timestamp": "9999-12-31T23:00:00Z"}]}
+            ),
+            "timestamp",
+            0,
+            "'9999-12-31T23:00:00Z' is outside the range of 64-bit nanosecond timestamps",
+        ),
+        (
+            json.dumps(
+                {
+                    "instances": [
+                        {"h3_cell": GOOD_CELL, "timestamp": TS},
+                        {"h3_cell": GOOD_CELL, "timestamp": "0001-01-01T00:00:00"},
+                    ]
+                }
+            ),
+            "timestamp",
+            1,
+            r"instances\[1\]\.timestamp: '0001-01-01T00:00:00' is outside the range",
+        ),
+    ],
+)
+def test_out_of_range_numbers_and_times_name_the_field(body, field, instance, message):
+    with pytest.raises(RequestError, match=message) as caught:
+        parse_json(body if isinstance(body, bytes) else body.encode(), RESOLUTION, 10)
+    assert (caught.value.status, caught.value.field, caught.value.instance) == (
+        400,
+        field,
+        instance,
+    )
+
+
+def test_a_number_too_long_for_python_in_an_ignored_field_is_ignored():
+    body = raw_json(h3_cell=json.dumps(GOOD_CELL), timestamp=json.dumps(TS), n=HUGE)
+    assert len(parse_json(body, RESOLUTION, 10)) == 1
+
+
+def test_the_edges_of_the_timestamp_range_are_accepted():
+    times = ["1677-09-21T01:00:00Z", "2262-04-11T23:59:59Z", "2262-04-11T23:30:00"]
+    document = {"instances": [{"h3_cell": GOOD_CELL, "timestamp": t} for t in times]}
+    parsed = parse_json(json.dumps(document).encode(), RESOLUTION, 10)
+    expected = [pd.Timestamp(t[:13] + ":00:00Z").value for t in times]
+    assert parsed.hour_ns.tolist() == expected
+    csv_body = "h3_cell,timestamp\n" + "".join(f"{GOOD_CELL},{t}\n" for t in times)
+    assert parse_csv(csv_body.encode(), RESOLUTION, 10).hour_ns.tolist() == expected
+    with pytest.raises(RequestError, match="outside the range") as caught:
+        parse_csv(f"h3_cell,timestamp\n{GOOD_CELL},9999-01-01T00:00:00Z\n".encode(), RESOLUTION, 10)
+    assert (caught.value.field, caught.value.instance) == ("timestamp", 0)
+
+
+@pytest.mark.parametrize("newline", ["\r", "\n", "\r\n"])
+def test_csv_line_endings(newline):
+    """CR-only line endings (old Mac exports) used to be a 500."""
+    rows = [f"{GOOD_CELL},{TS}", f"{GOOD_CELL},2025-03-03T11:00:00Z"]
+    body = newline.join(["h3_cell,timestamp", *rows]) + newline
+    parsed = parse_csv(body.encode(), RESOLUTION, 10)
+    assert parsed.hour_ns.tolist() == pd.to_datetime([TS, "2025-03-03T11:00:00Z"]).asi8.tolist()
+    coordinates = newline.join(["lat,lon,timestamp", f"50.45,-104.6,{TS}"])
+    assert len(parse_csv(coordinates.encode(), RESOLUTION, 10)) == 1
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "H3_CELL,TIMESTAMP",
+        " h3_cell , Timestamp ",
+        "H3_Cell,\tTIMESTAMP\t",
+        '"H3_CELL","TIMESTAMP"',
+    ],
+)
+def test_csv_headers_match_as_in_ingestion(header):
+    """Ingestion matches header names case- and blank-insensitively; so does serving."""
+    parsed = parse_csv(f"{header}\n{GOOD_CELL},{TS}\n".encode(), RESOLUTION, 10)
+    assert h3.int_to_str(int(parsed.cells[0])) == GOOD_CELL
+    parsed = parse_csv(f"LAT, Lon ,TimeStamp\n50.45,-104.6,{TS}\n".encode(), RESOLUTION, 10)
+    assert h3.int_to_str(int(parsed.cells[0])) == h3.latlng_to_cell(50.45, -104.6, RESOLUTION)
+    with pytest.raises(RequestError, match="repeats a column"):
+        parse_csv(f"h3_cell,H3_CELL,timestamp\n{GOOD_CELL},{GOOD_CELL},{TS}\n".encode(), 7, 10)
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        (b'{"instances": [1e99999, {"a": [}]}', "body", "malformed JSON"),
+        (b'h3_cell,timestamp\n"unterminated,x\n', "body", "malformed CSV"),
+        (b"h3_cell,timestamp\n\xff\xfe,\x00\n", "body", "malformed CSV"),
+    ],
+)
+def test_malformed_bodies_name_the_body(body, field, message):
+    kind = "application/json" if body.startswith(b"{") else "text/csv"
+    with pytest.raises(RequestError, match=message) as caught:
+        parse_request(body, kind, RESOLUTION, RequestLimits())
+    assert (caught.value.status, caught.value.field) == (400, field)
+
+
+SYNTAX_TEXT = st.text(alphabet='[]{}"\\,:ab \u00e9', max_size=12)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | SYNTAX_TEXT,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(SYNTAX_TEXT, children, max_size=4)
+    ),
+    max_leaves=30,
+)
+
+
+def _reference_structure(value, depth: int = 1) -> tuple[int, int, int]:
+    """``(containers, depth, values + empty containers)`` by walking the decoded value."""
+    if isinstance(value, list | dict):
+        children = list(value.values() if isinstance(value, dict) else value)
+        counted = [_reference_structure(child, depth + 1) for child in children]
+        return (
+            1 + sum(c for c, _, _ in counted),
+            max([depth, *(d for _, d, _ in counted)]),
+            1 + sum(v for _, _, v in counted) + (not children),
+        )
+    return 0, depth - 1, 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON_VALUES, st.booleans())
+def test_the_structure_scan_agrees_with_the_decoder(value, ascii_only):
+    """Containers, depth and values counted on the bytes, strings with brackets, commas,
+    quotes and backslashes included, equal what the decoded document has."""
+    body = json.dumps(value, ensure_ascii=ascii_only).encode()
+    assert _json_structure(body) == _reference_structure(value)
+
+
+ODD_VALUES = JSON_VALUES | st.sampled_from(
+    [2**53 + 1, -(2**63), 2**64, float("inf"), float("nan"), "1677-09-21T00:12:44Z", "9999-01-01"]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(["h3_cell", "lat", "lon", "timestamp", "other"]) | SYNTAX_TEXT,
+            ODD_VALUES | st.sampled_from([GOOD_CELL, TS, 50.45, -104.6]),
+            max_size=5,
+        )
+        | ODD_VALUES,
+        max_size=6,
+    )
+)
+def test_any_instances_parse_or_get_a_4xx_naming_the_field(instances):
+    body = json.dumps({"instances": instances}).encode()
+    try:
+        parsed = parse_json(body, RESOLUTION, 100)
+    except RequestError as error:
+        assert 400 <= error.status < 500 and error.field is not None, error.to_dict()
+    else:
+        assert len(parsed) == len(instances)
+
+
+def _call_with_disconnect(app, body_parts: list[bytes]):
+    """A client that sends ``body_parts`` of a longer body, then goes away."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/invocations",
+        "raw_path": b"/invocations",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"100000")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8080),
+    }
+    messages = [{"type": "http.request", "body": p, "more_body": True} for p in body_parts]
+    messages.append({"type": "http.disconnect"})
+    sent: list[dict] = []
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+def test_a_large_body_is_parsed_off_the_event_loop(loaded, features, monkeypatch):
+    from geo_busyness.serving import app as app_module
+
+    where = []
+    answer = app_module._answer
+
+    def recording(*args):
+        where.append(threading.current_thread() is threading.main_thread())
+        return answer(*args)
+
+    monkeypatch.setattr(app_module, "_answer", recording)
+    app = create_app(loaded, capacity=Capacity(inline_bytes=2_000))
+    instance = {"h3_cell": features["h3_cell"].iloc[0], "timestamp": TS}
+    assert post_json(app, {"instances": [instance]})[0] == 200  # small: on the loop
+    assert post_json(app, {"instances": [instance] * 100})[0] == 200  # large: in a thread
+    assert where == [True, False]
+
+
+def test_a_request_that_gets_no_turn_in_time_is_a_503(loaded, features):
+    """One slot, held by a client that trickles its body: the next request waits its
+    queue timeout, then gets 503 with Retry-After, and the slot serves again afterwards."""
+    app = create_app(loaded, capacity=Capacity(max_active=1, queue_timeout_s=0.2))
+    body = json.dumps({"instances": [{"h3_cell": features["h3_cell"].iloc[0], "timestamp": TS}]})
+
+    async def one(receive) -> dict:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/invocations",
+            "raw_path": b"/invocations",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"content-type", b"application/json")],
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8080),
+        }
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        await app(scope, receive, send)
+        start = next(m for m in sent if m["type"] == "http.response.start")
+        return {"status": start["status"], "headers": dict(start["headers"])}
+
+    async def slow_receive():
+        await asyncio.sleep(0.6)
+        return {"type": "http.request", "body": body.encode(), "more_body": False}
+
+    async def fast_receive():
+        return {"type": "http.request", "body": body.encode(), "more_body": False}
+
+    async def scenario():
+        slow = asyncio.create_task(one(slow_receive))
+        await asyncio.sleep(0.05)
+        started = time.perf_counter()
+        refused = await one(fast_receive)
+        waited = time.perf_counter() - started
+        return await slow, refused, waited, await one(fast_receive)
+
+    slow, refused, waited, after = asyncio.run(scenario())
+    assert slow["status"] == 200 and after["status"] == 200
+    assert refused["status"] == 503 and refused["headers"][b"retry-after"] == b"1"
+    assert 0.15 < waited < 0.5
+
+
+def test_a_client_disconnect_is_not_an_error(app, caplog):
+    logger = logging.getLogger("geo_busyness.serving")
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        _call_with_disconnect(app, [b'{"instances": [', b'{"h3_cell": "87'])
+    records = [r for r in caplog.records if r.name == logger.name]
+    assert [r.levelno for r in records] == [logging.INFO]  # no traceback, no ERROR
+    line = json.loads(records[0].getMessage())
+    assert (line["event"], line["status"]) == ("client_disconnected", 499)
+    assert "disconnected" in line["error"]
 
 
 def test_too_many_instances_is_413_in_both_formats():

@@ -17,11 +17,14 @@ from geo_busyness.core.schema import (
     QuarantineReason,
     UnparseableFileError,
     ValidationResult,
+    read_landing_file,
     read_raw_file,
     unparseable_file_rows,
     validate_pings,
 )
 from geo_busyness.simulate import (
+    EXPORT_KINDS,
+    LATIN1_SUFFIX,
     LEGACY_ROWS,
     ROW_DIRT,
     SCENARIOS,
@@ -340,6 +343,8 @@ def test_scenario_names_are_listed():
         ({"scenario_start": "2026-10-01"}, "scenario_start must be a datetime.date"),
         ({"city": City(timezone="Mars/Olympus_Mons")}, "not a known time zone"),
         ({"city": City(n_restaurant_clusters=0)}, "n_restaurant_clusters"),
+        ({"export_files": frozenset({"xlsx"})}, "export_files must be a subset of"),
+        ({"export_files": frozenset(EXPORT_KINDS[:4])}, "need files_per_day >= 4, got 3"),
     ],
 )
 def test_bad_config_raises_a_clear_error(changes, message):
@@ -351,3 +356,93 @@ def test_landing_key_rejects_paths():
     assert landing_key(START, "part-000.csv") == "raw/dt=2026-10-01/part-000.csv"
     with pytest.raises(ValueError, match="plain non-empty name"):
         landing_key(START, "a/b.csv")
+
+
+# --- Part files written as other exports write them (issue 14, item 7) -----------------------
+
+EXPORT_NAME = {
+    "gzip": "part-000.csv.gz",
+    "zip": "part-000.csv.zip",
+    "tsv": "part-000.tsv",
+    "upper_case_extension": "part-000.CSV",
+}
+EXPORT_FORMAT = {  # what read_landing_file reports for the rewritten part
+    "gzip": {"compression": "gzip"},
+    "zip": {"compression": "zip"},
+    "tsv": {"delimiter": "\t"},
+    "semicolon": {"delimiter": ";"},
+    "excel": {"delimiter": ";", "encoding": "utf-8-sig"},
+    "tab_in_csv": {"delimiter": "\t"},
+    "latin1": {"encoding": "utf-8+cp1252", "fallback_rows": 1},
+    "utf16": {"encoding": "utf-16-le"},
+    "epoch": {"encoding": "utf-8"},
+}
+
+
+def clean_without_source_file(result: ValidationResult) -> pd.DataFrame:
+    return result.clean.drop(columns="source_file").reset_index(drop=True)
+
+
+@pytest.mark.parametrize("kind", EXPORT_KINDS)
+def test_each_export_kind_reads_to_the_rows_of_the_plain_part(kind):
+    day = START + datetime.timedelta(days=1)
+    plain = SimulationConfig(start_date=START, pings_per_day=2_000, dirty_share=0.05)
+    export = SimulationConfig(
+        start_date=START, pings_per_day=2_000, dirty_share=0.05, export_files=frozenset({kind})
+    )
+    plain_files, export_files = simulate_day(plain, day), simulate_day(export, day)
+    name = EXPORT_NAME.get(kind, "part-000.csv")
+    assert name in export_files
+    assert {n: c for n, c in export_files.items() if n != name and "redelivered" not in n} == {
+        n: c for n, c in plain_files.items() if n != "part-000.csv" and "redelivered" not in n
+    }
+    assert (name, export_files[name]) != ("part-000.csv", plain_files["part-000.csv"])
+    read = read_landing_file(name, export_files[name])
+    assert read.error is None
+    assert {key: getattr(read.format, key) for key in EXPORT_FORMAT.get(kind, {})} == (
+        EXPORT_FORMAT.get(kind, {})
+    )
+    expected = validate_files(plain_files, plain.city, day)
+    result = validate_files(export_files, export.city, day)
+    assert result.reason_counts() == expected.reason_counts()
+    assert (
+        result.reason_counts()[QuarantineReason.UNPARSEABLE_FILE.value]
+        == (expected.reason_counts()[QuarantineReason.UNPARSEABLE_FILE.value])
+    )
+    clean, plain_clean = clean_without_source_file(result), clean_without_source_file(expected)
+    if kind == "latin1":  # one courier id carries the non-UTF-8 byte, read as cp1252
+        changed = clean["courier_id"] != plain_clean["courier_id"]
+        assert changed.sum() == 1
+        assert clean["courier_id"][changed].str.endswith(LATIN1_SUFFIX).all()
+        clean.loc[changed, "courier_id"] = plain_clean.loc[changed, "courier_id"]
+    pd.testing.assert_frame_equal(clean, plain_clean)
+
+
+def test_every_export_kind_at_once_keeps_the_summary_exact():
+    kinds = frozenset(EXPORT_KINDS)
+    config = SimulationConfig(
+        start_date=START, days=2, pings_per_day=3_000, files_per_day=len(kinds), export_files=kinds
+    )
+    plain = SimulationConfig(
+        start_date=START, days=2, pings_per_day=3_000, files_per_day=len(kinds)
+    )
+    landed: dict[str, bytes] = {}
+    summary = simulate(config, landed.__setitem__, progress=False)
+    plain_summary = simulate(plain, {}.__setitem__, progress=False)
+    assert (summary.rows, summary.dirty_rows) == (plain_summary.rows, plain_summary.dirty_rows)
+    clean = quarantined = 0
+    for day in days(config):
+        prefix = landing_key(day, "x")[:-1]
+        files = {k[len(prefix) :]: v for k, v in landed.items() if k.startswith(prefix)}
+        result = validate_files(files, config.city, day)
+        clean += len(result.clean)
+        quarantined += len(result.quarantined)
+    assert clean == summary.rows - summary.dirty_rows
+    assert quarantined == summary.dirty_rows
+
+
+def test_export_files_are_off_by_default():
+    assert SimulationConfig().export_files == frozenset()
+    files = simulate_day(SimulationConfig(start_date=START, pings_per_day=600), START)
+    assert all(name.endswith(".csv") for name in files)
+    assert all(not content.startswith(b"\xef\xbb\xbf") for content in files.values())
