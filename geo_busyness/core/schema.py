@@ -190,6 +190,12 @@ def read_landing_file(name: str, content: bytes) -> LandingRead:
     return LandingRead(frame=_with_lineage(frame, name), format=file_format)
 
 
+def header_name(name: object) -> str:
+    """A column name as the contract compares it: case and surrounding blanks do not matter
+    (``' Courier_ID '`` is ``courier_id``). The model server reads CSV headers by the same rule."""
+    return str(name).strip().lower()
+
+
 def read_raw_file(name: str, content: bytes) -> pd.DataFrame:
     """Parse one landing file (CSV or Parquet) into text columns plus lineage.
 
@@ -498,7 +504,7 @@ def _pandas_table(name: str, data: bytes, file_format: FileFormat) -> pd.DataFra
         raise UnparseableFileError(
             f"{name}: cannot be parsed ({type(error).__name__}: {error})"
         ) from error
-    table.columns = [str(column).strip().lower() for column in table.columns]
+    table.columns = [header_name(column) for column in table.columns]
     return table
 
 
@@ -539,7 +545,7 @@ def _read_csv_with_arrow(content: bytes, delimiter: str = ",") -> pd.DataFrame |
     if any(column[-1].as_py() != sentinel for column in table.columns):
         return None  # the file ends inside a quoted value
     header = [column[0].as_py() for column in table.columns]
-    normalized = [column.strip().lower() for column in header]
+    normalized = [header_name(column) for column in header]
     if any(normalized.count(column) != 1 for column in RAW_COLUMNS):
         return None
     body = table.slice(1, table.num_rows - 2)

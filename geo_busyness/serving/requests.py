@@ -36,6 +36,7 @@ import pyarrow.csv as pa_csv
 
 from geo_busyness.core.features import HOUR_NS
 from geo_busyness.core.geo import cells_for
+from geo_busyness.core.schema import header_name
 
 JSON_MEDIA_TYPE = "application/json"
 CSV_MEDIA_TYPE = "text/csv"
@@ -432,12 +433,6 @@ def parse_csv(body: bytes, resolution: int, max_instances: int) -> Instances:
         if name in columns:
             columns[name] = _csv_numbers(columns[name], name)
     return _resolve(columns, table.num_rows, resolution, _csv_location)
-
-
-def header_name(name: str) -> str:
-    """A CSV header name as ingestion compares it (``core/schema.py`` reads landing files with
-    ``str(column).strip().lower()``): ``' H3_Cell '`` → ``'h3_cell'``."""
-    return name.strip().lower()
 
 
 def _line_end(body: bytes) -> int:

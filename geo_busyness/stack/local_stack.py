@@ -249,12 +249,7 @@ def up(config: StackConfig, say: Callable[[str], None] = print) -> StackState:
         )
         state.process_groups["mlflow"] = mlflow.pid
         state.save()
-        wait_http(
-            f"{env['MLFLOW_TRACKING_URI']}/health", mlflow, "mlflow server", Path(logs["mlflow"])
-        )
-        state.urls["mlflow"] = env["MLFLOW_TRACKING_URI"]
-        say(f"  MLflow          {state.urls['mlflow']}  (artifacts in s3://{BUCKET}/mlflow)")
-
+        # Seeding needs only S3: it runs while the MLflow server starts.
         state.seeded = _seed(config, env, say)
 
         dagster_url = f"http://{LOOPBACK}:{ports['dagster']}"
@@ -275,6 +270,11 @@ def up(config: StackConfig, say: Callable[[str], None] = print) -> StackState:
         )
         state.process_groups["dagster"] = dagster.pid
         state.save()
+        wait_http(
+            f"{env['MLFLOW_TRACKING_URI']}/health", mlflow, "mlflow server", Path(logs["mlflow"])
+        )
+        state.urls["mlflow"] = env["MLFLOW_TRACKING_URI"]
+        say(f"  MLflow          {state.urls['mlflow']}  (artifacts in s3://{BUCKET}/mlflow)")
         wait_http(f"{dagster_url}/server_info", dagster, "dagster dev", Path(logs["dagster"]))
         state.urls["dagster"] = dagster_url
         state.urls["endpoint"] = f"http://{LOOPBACK}:{ports['endpoint']}"
