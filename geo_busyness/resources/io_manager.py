@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import os
 import pickle
+import typing
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import IO, Any
 
 import dagster as dg
 import pandas as pd
-from dagster._core.storage.upath_io_manager import is_dict_type
 from upath import UPath
 
 from geo_busyness.resources.settings import default_data_dir
@@ -46,6 +46,13 @@ def write_atomically(path: UPath, write: Callable[[IO[bytes]], None]) -> None:
     else:
         with path.open("wb") as handle:
             write(handle)
+
+
+def _is_dict_type(annotation: Any) -> bool:
+    """Whether an input is annotated as a dict (``dict``, ``dict[str, X]``, a ``Mapping``): such
+    an input always gets ``{partition: value}``. Written here because Dagster's own check
+    (``upath_io_manager.is_dict_type``) is not public API."""
+    return annotation is dict or typing.get_origin(annotation) in (dict, Mapping)
 
 
 class ParquetIOManager(dg.UPathIOManager):
@@ -84,7 +91,10 @@ class ParquetIOManager(dg.UPathIOManager):
         if metadata.get("lazy", False):
             return {key: partial(self.load_from_path, context, path) for key, path in paths.items()}
         loaded = {key: self.load_from_path(context, path) for key, path in paths.items()}
-        if is_dict_type(context.dagster_type.typing_type) or len(context.asset_partition_keys) != 1:
+        if (
+            _is_dict_type(context.dagster_type.typing_type)
+            or len(context.asset_partition_keys) != 1
+        ):
             return loaded
         return next(iter(loaded.values()), None)
 
