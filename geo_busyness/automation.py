@@ -7,79 +7,94 @@ the first week would never run). These conditions keep eager's "a dependency upd
 upstream still running" core and choose the window per asset.
 """
 
+from collections.abc import Sequence
+
 import dagster as dg
 
+from geo_busyness.core.city import City
 from geo_busyness.resources.settings import sensor_interval_seconds
 
-# Unpartitioned inputs that change with every new day but only matter to new partitions:
-# reacting to them would recompute every historical partition each day.
-SLOWLY_CHANGING = dg.AssetSelection.assets("restaurant_clusters")
-# Unpartitioned inputs a daily partition cannot do without. Missing history days are fine (the
-# features treat them as unknown); a missing one of these is waited for, not failed on.
-REQUIRED_SINGLETONS = SLOWLY_CHANGING | dg.AssetSelection.assets("champion_model", "training_set")
+
+def _slowly_changing(city: City) -> dg.AssetSelection:
+    """Unpartitioned inputs that change with every new day but only matter to new partitions:
+    reacting to them would recompute every historical partition each day."""
+    return dg.AssetSelection.assets(dg.AssetKey([city.key, "restaurant_clusters"]))
 
 
-def _updated_and_settled(updates: dg.AutomationCondition) -> dg.AutomationCondition:
-    """``updates`` happened since the last request, nothing upstream runs, and the required
-    unpartitioned inputs exist (on a fresh deployment days land before the first restaurant
-    clusters or the first champion: their features and forecasts wait instead of failing)."""
-    required_input_missing = dg.AutomationCondition.any_deps_match(
-        dg.AutomationCondition.missing()
-    ).allow(REQUIRED_SINGLETONS)
-    return (
-        updates.since_last_handled()
-        & ~dg.AutomationCondition.any_deps_in_progress()
-        & ~dg.AutomationCondition.in_progress()
-        & ~required_input_missing
+def _required_singletons(city: City) -> dg.AssetSelection:
+    """Unpartitioned inputs a daily partition cannot do without. Missing history days are fine
+    (the features treat them as unknown); a missing one of these is waited for, not failed on."""
+    return _slowly_changing(city) | dg.AssetSelection.assets(
+        dg.AssetKey([city.key, "champion_model"]), dg.AssetKey([city.key, "training_set"])
     )
 
 
-def on_new_data() -> dg.AutomationCondition:
+def _updated_and_settled(
+    updates: dg.AutomationCondition, city: City | None
+) -> dg.AutomationCondition:
+    """``updates`` happened since the last request, nothing upstream runs, and the required
+    unpartitioned inputs exist (on a fresh deployment days land before the first restaurant
+    clusters or the first champion: their features and forecasts wait instead of failing)."""
+    settled = (
+        updates.since_last_handled()
+        & ~dg.AutomationCondition.any_deps_in_progress()
+        & ~dg.AutomationCondition.in_progress()
+    )
+    if city is None:
+        return settled
+    required_input_missing = dg.AutomationCondition.any_deps_match(
+        dg.AutomationCondition.missing()
+    ).allow(_required_singletons(city))
+    return settled & ~required_input_missing
+
+
+def on_new_data(city: City) -> dg.AutomationCondition:
     """Any partition whose dependencies updated, in any time window (late files re-run their
     day and the days whose history they are)."""
-    updates = dg.AutomationCondition.any_deps_updated().ignore(SLOWLY_CHANGING)
-    return _updated_and_settled(updates).with_label("on_new_data")
+    updates = dg.AutomationCondition.any_deps_updated().ignore(_slowly_changing(city))
+    return _updated_and_settled(updates, city).with_label("on_new_data")
 
 
-def on_new_data_latest_day() -> dg.AutomationCondition:
+def on_new_data_latest_day(city: City) -> dg.AutomationCondition:
     """Only the latest day: forecasts and drift reports matter for the newest data; their
     unpartitioned inputs (the champion, the training set) would otherwise re-run every day."""
-    updates = dg.AutomationCondition.any_deps_updated().ignore(SLOWLY_CHANGING)
+    updates = dg.AutomationCondition.any_deps_updated().ignore(_slowly_changing(city))
     return (
-        dg.AutomationCondition.in_latest_time_window() & _updated_and_settled(updates)
+        dg.AutomationCondition.in_latest_time_window() & _updated_and_settled(updates, city)
     ).with_label("on_new_data_latest_day")
 
 
-def on_new_day_of_monitoring() -> dg.AutomationCondition:
+def on_new_day_of_monitoring(city: City) -> dg.AutomationCondition:
     """Drift reports: the latest day, when its features or actuals land. Not when the training
     set or champion changes: a retrain would otherwise re-report the same day, and a report
     that still shows drift would request the next retrain, forever."""
     updates = dg.AutomationCondition.any_deps_updated().ignore(
-        SLOWLY_CHANGING | dg.AssetSelection.assets("training_set")
+        _slowly_changing(city) | dg.AssetSelection.assets(dg.AssetKey([city.key, "training_set"]))
     )
     return (
-        dg.AutomationCondition.in_latest_time_window() & _updated_and_settled(updates)
+        dg.AutomationCondition.in_latest_time_window() & _updated_and_settled(updates, city)
     ).with_label("on_new_day_of_monitoring")
 
 
-def after_passed_checks() -> dg.AutomationCondition:
-    """Promotion and deployment: a dependency updated and every blocking check upstream passed."""
+def after_passed_checks(city: City) -> dg.AutomationCondition:
+    """Promotion: a dependency updated and every blocking check upstream passed."""
     return (
-        _updated_and_settled(dg.AutomationCondition.any_deps_updated())
+        _updated_and_settled(dg.AutomationCondition.any_deps_updated(), city)
         & dg.AutomationCondition.all_deps_blocking_checks_passed()
     ).with_label("after_passed_checks")
 
 
-def ready_to_deploy() -> dg.AutomationCondition:
+def ready_to_deploy(cities: Sequence[City]) -> dg.AutomationCondition:
     """Deployment: when a forecast lands and every blocking check upstream passed. Not on a
     promotion itself: the promotion re-forecasts the latest day, and deploying beside that
     rewrite would ship the old model's forecast (measured on the stack: the deployment read a
     half-replaced Parquet object on S3 and failed). The new forecast then triggers the deploy."""
     updates = dg.AutomationCondition.any_deps_updated().ignore(
-        dg.AssetSelection.assets("champion_model")
+        dg.AssetSelection.assets(*(dg.AssetKey([city.key, "champion_model"]) for city in cities))
     )
     return (
-        _updated_and_settled(updates) & dg.AutomationCondition.all_deps_blocking_checks_passed()
+        _updated_and_settled(updates, None)
+        & dg.AutomationCondition.all_deps_blocking_checks_passed()
     ).with_label("ready_to_deploy")
 
 

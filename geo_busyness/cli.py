@@ -60,13 +60,25 @@ def _add_simulation_arguments(parser: argparse.ArgumentParser, default_days: int
         "--dirty-share", type=float, default=0.02, help="share of dirty rows (default %(default)s)"
     )
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--city",
+        dest="simulated_city",
+        default=None,
+        help="id of the catalog's city to simulate (default: the simulated default city, regina)",
+    )
 
 
 def _simulation_config(args: argparse.Namespace):
     from geo_busyness.simulate import SimulationConfig
 
     start = args.start or _yesterday() - dt.timedelta(days=args.days - 1)
+    city = {}
+    if args.simulated_city:
+        from geo_busyness.core.catalog import load_configured_catalog
+
+        city = {"city": load_configured_catalog().get(args.simulated_city)}
     return SimulationConfig(
+        **city,
         start_date=start,
         days=args.days,
         pings_per_day=args.pings_per_day,
@@ -98,102 +110,145 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         if existing:
             print(f"{zone.location('raw/')} already holds {len(existing)} files; nothing written")
             return 0
-        summary = simulate(config, put=zone.write, progress=not args.quiet)
+        summary = simulate(config, put=zone.write, progress=not args.quiet, city_folder=True)
     print(
         f"wrote {summary.files} files, {summary.rows:,} rows ({summary.dirty_rows:,} dirty) to {zone.location('raw/')}"
     )
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from geo_busyness.runner import (
-        dagster_home,
-        day_range,
-        deploy_endpoint,
-        forecast_next_day,
-        format_summary,
-        format_training_summary,
-        materialize_days,
-        train_and_promote,
-    )
+def _use_settings(cities: str | None = None, landing: str | None = None) -> None:
+    """Point this process (and what it starts) at a catalog and a landing zone, before the
+    definitions are built from them."""
+    import os
+    from pathlib import Path
+
+    from geo_busyness.resources.settings import CITIES_ENV, LANDING_ZONE_ENV
+
+    if cities:
+        os.environ[CITIES_ENV] = str(Path(cities).expanduser().resolve())
+    if landing:
+        os.environ[LANDING_ZONE_ENV] = (
+            landing if landing.startswith("s3://") else str(Path(landing).expanduser().resolve())
+        )
+
+
+def _selected_cities(catalog, wanted: list[str] | None):
+    if not wanted:
+        return list(catalog.cities)
+    return [catalog.get(city_id) for city_id in wanted]
+
+
+def _run_landing(args: argparse.Namespace, training_config: dict, heading: str) -> int:
+    """Ingest the landing zone on the persistent instance, then train, forecast and deploy:
+    the one code path of ``run`` and ``demo``."""
+    from geo_busyness.runner import dagster_home, format_landing_run, run_landing
 
     home = dagster_home()  # before Dagster reads DAGSTER_HOME
     import dagster as dg
 
-    from geo_busyness.definitions import defs
-    from geo_busyness.simulate import simulate
+    from geo_busyness.core.catalog import load_configured_catalog
+    from geo_busyness.definitions import build_definitions
 
-    config = _simulation_config(args)
+    catalog = load_configured_catalog()
+    cities = _selected_cities(catalog, args.city)
+    defs = build_definitions(catalog)
     zone = defs.resources["landing_zone"]
     print(
-        f"1/5 simulating {config.days} days of {config.city.name} ({config.scenario}) into {zone.location('raw/')}"
-    )
-    simulate(config, put=zone.write, progress=True)
-    days = day_range(config.start_date, config.days)
-    print(
-        f"2/5 materializing the data assets for {days[0]} .. {days[-1]} on the instance in {home}"
+        f"{heading}: {', '.join(c.id for c in cities)} from {zone.location('raw/')} "
+        f"(catalog {catalog.path}) on the instance in {home}"
     )
     with dg.DagsterInstance.get() as instance:
-        summary = materialize_days(days, defs, instance)
-        print(format_summary(summary))
-        print("3/5 training, evaluating and promoting a model")
-        training = train_and_promote(
+        outcome = run_landing(
             defs,
             instance,
-            run_config={
-                "ops": {
-                    "busyness_model": {
-                        "config": {
-                            "time_budget_s": args.train_budget,
-                            "train_poc_baseline": args.poc_baseline,
-                        }
-                    }
-                }
-            },
+            cities,
+            train=args.train,
+            training_config={"ops": {"busyness_model": {"config": training_config}}},
         )
-        print(format_training_summary(training))
-        forecast = {}
-        if training.champion_version:
-            print(
-                f"4/5 forecasting the day after {days[-1]} with champion version {training.champion_version}"
-            )
-            forecast = forecast_next_day(days[-1], defs, instance)
-            print("5/5 deploying the champion to the local endpoint")
-            deployment, deploy_error = deploy_endpoint(defs, instance)
-        else:
-            print("4/5 no champion model yet: no forecast, no endpoint")
-            deployment, deploy_error = {}, None
-    if forecast:
+    print()
+    print(format_landing_run(outcome))
+    if outcome.deployment:
+        deployment = outcome.deployment
         print(
-            f"forecast for {forecast['forecast_day']}: {forecast['rows']} hexagon-hours over "
-            f"{forecast['hexagons']} hexagons, {forecast['predicted_orders']:,.0f} orders predicted "
-            f"(model version {forecast['model_version']}) in {forecast['path']}"
+            f"\nendpoint: {deployment['model_version']} serves the forecasts at "
+            f"{deployment['address']} (keeps running; `uv run geo-busyness endpoint stop` "
+            f"ends it). Try:\n  {deployment['try_it'].strip().strip('`').strip()}"
         )
-    if deployment:
-        print(
-            f"endpoint: model version {deployment['model_version']} serves the forecast for "
-            f"{deployment['snapshot_day']} at {deployment['address']} (keeps running; "
-            f"`uv run geo-busyness endpoint stop` ends it). Try:\n"
-            f"  {deployment['try_it'].strip().strip('`').strip()}"
-        )
-    elif deploy_error:
-        print(f"endpoint deployment failed: {redact_text(str(deploy_error))}")
+    elif outcome.deploy_error:
+        print(f"\nendpoint deployment failed: {redact_text(str(outcome.deploy_error))}")
+    if not outcome.cities:
+        print("geo-busyness: nothing to ingest", file=sys.stderr)
+        return 1
     storage = defs.resources["io_manager"].base_path
     tracking = defs.resources["mlflow_tracking"]
     print(
         f"\nWhere to look:\n"
         f"  landing zone   {zone.location('raw/')}\n"
-        f"  asset files    {storage}/<asset>/<day>.parquet (quarantine: {storage}/quarantined_pings/)\n"
+        f"  asset files    {storage}/<city>/<asset>/<day>.parquet "
+        f"(quarantine: {storage}/<city>/quarantined_pings/)\n"
         f"  MLflow         {tracking.display_uri}  (UI: scripts/dev mlflow-ui)\n"
-        f"  Dagster UI     scripts/dev ui   (DAGSTER_HOME={home}: runs, metadata, maps and checks of this run)"
+        f"  Dagster UI     scripts/dev ui   (DAGSTER_HOME={home}: runs, metadata, maps and "
+        "checks of this run)"
     )
-    return 1 if summary.failed_checks or training.error or deploy_error else 0
+    return 1 if outcome.failed else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _use_settings(args.cities, args.landing)
+    return _run_landing(args, {"time_budget_s": args.train_budget}, "ingesting")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from geo_busyness.simulate import simulate
+
+    config = _simulation_config(args)
+    with _resource("landing_zone") as zone:
+        print(
+            f"simulating {config.days} days of {config.city.name} ({config.scenario}) into "
+            f"{zone.location('raw/')}"
+        )
+        simulate(config, put=zone.write, progress=True, city_folder=True)
+    args.city, args.train = [config.city.id], True
+    return _run_landing(
+        args,
+        {"time_budget_s": args.train_budget, "train_poc_baseline": args.poc_baseline},
+        "demo",
+    )
+
+
+def cmd_cities(args: argparse.Namespace) -> int:
+    _use_settings(args.cities)
+    from geo_busyness.core.catalog import load_configured_catalog
+    from geo_busyness.partitions import first_day
+
+    catalog = load_configured_catalog()
+    print(f"{len(catalog)} cities in {catalog.path}")
+    for city in catalog.cities:
+        area = (
+            f"polygon of {len(city.service_area)} vertices"
+            if city.service_area
+            else f"{city.service_radius_km:g} km radius"
+        )
+        print(
+            f"  {city.id:<16} {city.name:<24} ({city.center_lat:.4f}, {city.center_lon:.4f}) "
+            f"{area}, {city.timezone}, H3 {city.h3_resolution}, "
+            f"{city.n_restaurant_clusters} clusters, days from {first_day(city)}"
+        )
+    return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    with _resource("mlflow_tracking") as tracking:
+    from geo_busyness.core.catalog import load_configured_catalog
+
+    catalog = load_configured_catalog()
+    if args.city is None and len(catalog) != 1:
+        raise ValueError(f"name the city to roll back: --city one of {', '.join(catalog.ids)}")
+    city = catalog.get(args.city) if args.city else catalog.cities[0]
+    with _resource("mlflow_tracking") as base:
         from mlflow.exceptions import MlflowException
 
+        tracking = base.for_city(city.id)
         try:
             before = tracking.champion()
             restored = tracking.rollback()
@@ -326,9 +381,41 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the PoC's RandomForest grid search baseline (about a minute of the demo)",
     )
     demo_parser.set_defaults(handler=cmd_demo)
+    run_parser = commands.add_parser(
+        "run",
+        help="ingest every (city, day) of a landing zone, then train, forecast and deploy per city",
+    )
+    run_parser.add_argument(
+        "--landing",
+        help="landing zone: a directory or s3://bucket/prefix holding raw/city=<id>/dt=D/ "
+        "and/or raw/dt=D/ (default: GEO_BUSYNESS_LANDING_ZONE or <data dir>/landing)",
+    )
+    run_parser.add_argument(
+        "--cities", help="city catalog YAML (default: GEO_BUSYNESS_CITIES or the packaged one)"
+    )
+    run_parser.add_argument(
+        "--city", action="append", help="only this city id (repeatable; default: every city)"
+    )
+    run_parser.add_argument(
+        "--no-train",
+        dest="train",
+        action="store_false",
+        help="ingest and featurize only: no training, forecast or deployment",
+    )
+    run_parser.add_argument(
+        "--train-budget",
+        type=float,
+        default=30.0,
+        help="seconds for each city's hyperparameter search (default %(default)s)",
+    )
+    run_parser.set_defaults(handler=cmd_run)
+    cities_parser = commands.add_parser("cities", help="list the city catalog")
+    cities_parser.add_argument("--cities", help="city catalog YAML (default: as for run)")
+    cities_parser.set_defaults(handler=cmd_cities)
     rollback_parser = commands.add_parser(
         "rollback", help="point the champion alias back at the version it replaced"
     )
+    rollback_parser.add_argument("--city", help="city id (needed when the catalog has several)")
     rollback_parser.set_defaults(handler=cmd_rollback)
     endpoint_parser = commands.add_parser(
         "endpoint", help="status of the local endpoint, or stop it"

@@ -1,44 +1,63 @@
-"""The code location: one Definitions object with assets, checks, sensors, jobs and resources."""
+"""The code location: one Definitions object with assets, checks, sensors, jobs and resources,
+built from the city catalog (``GEO_BUSYNESS_CITIES``, else the packaged ``cities.yaml``): every
+city gets its own assets (``<city>/raw_courier_pings`` ...), partitions and jobs; one endpoint
+serves them all."""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import dagster as dg
 
-from geo_busyness.assets import deployment, features, ingestion, monitoring, training
-from geo_busyness.assets.deployment import endpoint_answers_known_request
+from geo_busyness.assets.deployment import build_endpoint, build_forecast
+from geo_busyness.assets.features import build_features
+from geo_busyness.assets.ingestion import UNROUTED, build_ingestion, build_unrouted
+from geo_busyness.assets.metadata import city_key, stage_selection
+from geo_busyness.assets.monitoring import build_monitoring
+from geo_busyness.assets.training import build_training
 from geo_busyness.automation import automation_sensor
-from geo_busyness.checks import data_checks, model_checks
+from geo_busyness.checks import build_checks
+from geo_busyness.core.catalog import Catalog, load_configured_catalog
+from geo_busyness.core.city import City
 from geo_busyness.resources.environment import build_resources
 from geo_busyness.resources.settings import EXECUTOR_ENV
 from geo_busyness.retraining import (
+    TRAINING,
     TRAINING_RUN_TAGS,
-    drift_retrain_sensor,
-    first_model_sensor,
+    build_drift_retrain_sensor,
+    build_first_model_sensor,
     retrain_job,
     weekly_retrain,
 )
-from geo_busyness.sensors import landing_zone_sensor
+from geo_busyness.sensors import build_landing_sensor
 
-all_assets = dg.load_assets_from_modules([ingestion, features, training, deployment, monitoring])
 
-data_pipeline_job = dg.define_asset_job(
-    "daily_data_job",
-    selection=dg.AssetSelection.groups("ingestion")
-    | dg.AssetSelection.assets("hex_hourly_busyness", "busyness_features"),
-    description="Ingest, validate and featurize one day partition.",
-)
+def ingest_job_name(city: City | None) -> str:
+    return f"{city.key}__ingest" if city else f"{UNROUTED}__ingest"
 
-training_job = dg.define_asset_job(
-    "training_job",
-    selection=dg.AssetSelection.groups("training"),
-    tags=TRAINING_RUN_TAGS,
-    description=(
-        "Assemble the training set, train and evaluate a candidate, and promote it to champion "
-        "if every blocking check passes."
-    ),
-)
+
+def daily_data_job_name(city: City) -> str:
+    return f"{city.key}__daily_data_job"
+
+
+def _city_jobs(city: City) -> list:
+    ingest = stage_selection("ingestion", city)
+    return [
+        dg.define_asset_job(
+            ingest_job_name(city),
+            selection=ingest,
+            description=f"Ingest and validate one day of {city.name} (the landing sensor's runs).",
+        ),
+        dg.define_asset_job(
+            daily_data_job_name(city),
+            selection=ingest
+            | dg.AssetSelection.assets(
+                city_key(city, "hex_hourly_busyness"), city_key(city, "busyness_features")
+            ),
+            description=f"Ingest, validate and featurize one day of {city.name}.",
+        ),
+    ]
 
 
 def executor() -> dg.ExecutorDefinition:
@@ -61,12 +80,53 @@ def executor() -> dg.ExecutorDefinition:
     )
 
 
-defs = dg.Definitions(
-    assets=all_assets,
-    asset_checks=[*data_checks, *model_checks, endpoint_answers_known_request],
-    jobs=[data_pipeline_job, training_job, retrain_job],
-    sensors=[automation_sensor, landing_zone_sensor, drift_retrain_sensor, first_model_sensor],
-    schedules=[weekly_retrain],
-    resources=build_resources(),
-    executor=executor(),
-)
+def build_definitions(catalog: Catalog) -> dg.Definitions:
+    """Everything the code location holds, for the cities of ``catalog``."""
+    cities = catalog.cities
+    assets, checks, jobs = [], [], []
+    ingest_jobs: dict[str | None, Any] = {}
+    for city in cities:
+        assets += [
+            *build_ingestion(city, cities),
+            *build_features(city),
+            *build_training(city),
+            build_forecast(city),
+            build_monitoring(city),
+        ]
+        checks += build_checks(city, catalog.path)
+        city_jobs = _city_jobs(city)
+        ingest_jobs[city.id] = city_jobs[0]
+        jobs += city_jobs
+    unrouted = build_unrouted(cities)
+    ingest_jobs[None] = dg.define_asset_job(
+        ingest_job_name(None),
+        selection=dg.AssetSelection.assets(unrouted),
+        description="Quarantine the rows of one day's export of every city that no city takes.",
+    )
+    endpoint, *endpoint_checks = build_endpoint(cities)
+    training_job = dg.define_asset_job(
+        "training_job",
+        selection=stage_selection(TRAINING),
+        tags=TRAINING_RUN_TAGS,
+        description=(
+            "For every city: assemble the training set, train and evaluate a candidate, and "
+            "promote it to champion if every blocking check passes."
+        ),
+    )
+    return dg.Definitions(
+        assets=[*assets, unrouted, endpoint],
+        asset_checks=[*checks, *endpoint_checks],
+        jobs=[*jobs, ingest_jobs[None], training_job, retrain_job],
+        sensors=[
+            automation_sensor,
+            build_landing_sensor(cities, ingest_jobs),
+            build_drift_retrain_sensor(cities),
+            build_first_model_sensor(cities),
+        ],
+        schedules=[weekly_retrain],
+        resources=build_resources(),
+        executor=executor(),
+    )
+
+
+defs = build_definitions(load_configured_catalog())

@@ -1,18 +1,22 @@
-"""Daily partitions (UTC days, as in the landing zone's ``dt=`` folders).
+"""Daily partitions per city (UTC days, as in the landing zone's ``dt=`` folders).
 
-The days run from ``GEO_BUSYNESS_START_DATE`` to the last complete UTC day, moving with the
-clock; ``GEO_BUSYNESS_END_DATE`` stops them at a fixed last day instead (inclusive), to replay a
-historical export as if it were current: that day is then the latest partition, which forecasts,
-drift reports and the freshness check treat as "yesterday".
+A city's days run from its catalog ``first_day`` (else ``GEO_BUSYNESS_START_DATE``) to the last
+complete UTC day, moving with the clock; ``GEO_BUSYNESS_END_DATE`` stops them at a fixed last
+day instead (inclusive), to replay a historical export as if it were current: that day is then
+the latest partition, which forecasts, drift reports and the freshness check treat as
+"yesterday". Each city has its own definition, so a city onboarded with two weeks of data shows
+two weeks of partitions, not every day since the first city started.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 
 import dagster as dg
 
+from geo_busyness.core.city import City
 from geo_busyness.resources.settings import END_DATE_ENV, START_DATE_ENV
 
 DEFAULT_START_DATE = "2025-01-01"
@@ -28,11 +32,17 @@ def _day_setting(name: str, default: str | None) -> dt.date | None:
         raise ValueError(f"{name} must be a day as YYYY-MM-DD, got {value!r}") from None
 
 
-def _daily_partitions() -> dg.DailyPartitionsDefinition:
-    start = _day_setting(START_DATE_ENV, DEFAULT_START_DATE)
-    last = _day_setting(END_DATE_ENV, None)
-    if last is not None and last < start:
-        raise ValueError(f"{END_DATE_ENV}={last} is before {START_DATE_ENV}={start}")
+def first_day(city: City) -> dt.date:
+    """The city's first partition day: its catalog ``first_day``, else the global setting."""
+    return city.first_day or _day_setting(START_DATE_ENV, DEFAULT_START_DATE)
+
+
+def last_day_setting() -> dt.date | None:
+    return _day_setting(END_DATE_ENV, None)
+
+
+@functools.cache
+def _daily(start: dt.date, last: dt.date | None) -> dg.DailyPartitionsDefinition:
     return dg.DailyPartitionsDefinition(
         start_date=start.isoformat(),
         # Dagster's end_date is exclusive.
@@ -41,10 +51,42 @@ def _daily_partitions() -> dg.DailyPartitionsDefinition:
     )
 
 
-daily_partitions = _daily_partitions()
+def city_partitions(city: City) -> dg.DailyPartitionsDefinition:
+    """The days of ``city``: from :func:`first_day` to the last complete day (or the end date)."""
+    start, last = first_day(city), last_day_setting()
+    if last is not None and last < start:
+        source = f"first_day of city {city.id!r}" if city.first_day else START_DATE_ENV
+        raise ValueError(f"{END_DATE_ENV}={last} is before {source}={start}")
+    return _daily(start, last)
 
 
-def latest_complete_day() -> dt.date | None:
-    """The newest partition day as of now (``None`` before the first day has ended)."""
-    key = daily_partitions.get_last_partition_key()
+def day_range_problem(city: City, day: str) -> str | None:
+    """Why ``day`` is not a partition of ``city`` (naming the setting to change), or None."""
+    partitions = city_partitions(city)
+    if partitions.has_partition_key(day):
+        return None
+    start = first_day(city)
+    source = f"the catalog's first_day of {city.id}" if city.first_day else f"{START_DATE_ENV}"
+    if dt.date.fromisoformat(day) < start:
+        return f"{day} is before {start}, the first day of {city.id} ({source}): lower it"
+    last = partitions.get_last_partition_key()
+    if last is None or day > last:
+        return (
+            f"{day} is after {last or 'today'}, the last complete day of {city.id} "
+            f"({END_DATE_ENV} or the clock)"
+        )
+    return f"{day} is not a day of {city.id}"
+
+
+def latest_complete_day(city: City) -> dt.date | None:
+    """The city's newest partition day as of now (``None`` before the first day has ended)."""
+    key = city_partitions(city).get_last_partition_key()
     return dt.date.fromisoformat(key) if key else None
+
+
+def export_partitions(cities) -> dg.DailyPartitionsDefinition:
+    """Days of the export of every city (``raw/dt=``): from the earliest city's first day."""
+    start, last = min(first_day(city) for city in cities), last_day_setting()
+    if last is not None and last < start:
+        raise ValueError(f"{END_DATE_ENV}={last} is before the first day of every city ({start})")
+    return _daily(start, last)

@@ -1,9 +1,10 @@
 """Run the asset graph end to end on a persistent local Dagster instance.
 
-This is what ``geo-busyness demo`` does: simulate days into the landing zone, then materialize
-every asset for every day in dependency order, on the same instance the UI reads
-(``$DAGSTER_HOME``, by default ``<data dir>/dagster_home``), so the runs, metadata and check
-results are there to look at afterwards.
+This is what ``geo-busyness run`` (and ``demo``, after simulating) does: find every (city, day)
+in the landing zone, materialize every asset of each city for its days in dependency order,
+then train, gate, forecast and deploy, on the same instance the UI reads (``$DAGSTER_HOME``, by
+default ``<data dir>/dagster_home``), so the runs, metadata and check results are there to
+look at afterwards.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from geo_busyness.checks import raw_pings_are_fresh
+from geo_busyness.assets.ingestion import UNROUTED
+from geo_busyness.assets.metadata import city_key, stage_selection
+from geo_busyness.core.city import City
 from geo_busyness.resources.settings import default_data_dir
 
 INGEST_ASSETS = (
@@ -30,7 +33,11 @@ INGEST_ASSETS = (
 )
 RESTAURANT_ASSETS = ("restaurants", "restaurant_clusters")
 FEATURE_ASSETS = ("busyness_features",)
-TRAINING_GROUP = "training"
+TRAINING_STAGE = "training"
+
+
+def _assets(city: City, names: tuple[str, ...]) -> dg.AssetSelection:
+    return dg.AssetSelection.assets(*(city_key(city, name) for name in names))
 
 
 @dataclass
@@ -45,12 +52,31 @@ class DaySummary:
 
 @dataclass
 class RunSummary:
+    city: str = ""
     days: list[DaySummary] = field(default_factory=list)
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     restaurants: int = 0
     failed_checks: list[str] = field(default_factory=list)
     warned_checks: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+
+def catalog_cities(defs: dg.Definitions) -> list[City]:
+    """The cities the definitions were built for (from their raw assets' tags)."""
+    from geo_busyness.core.catalog import load_configured_catalog
+
+    catalog = load_configured_catalog()
+    keys = {key.path[0] for key in defs.resolve_all_asset_keys() if len(key.path) == 2}
+    return [city for city in catalog.cities if city.key in keys]
+
+
+def only_city(defs: dg.Definitions) -> City:
+    cities = catalog_cities(defs)
+    if len(cities) != 1:
+        raise ValueError(
+            f"the catalog has {len(cities)} cities ({', '.join(c.id for c in cities)}): name one"
+        )
+    return cities[0]
 
 
 LOCAL_INSTANCE_SETTINGS = Path(__file__).with_name("dagster.local.yaml")
@@ -76,11 +102,11 @@ def dagster_home() -> Path:
     return home
 
 
-def _latest(instance: dg.DagsterInstance, asset: str, partition: str | None = None) -> dict:
-    event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+def _latest(instance: dg.DagsterInstance, asset: dg.AssetKey, partition: str | None = None) -> dict:
+    event = instance.get_latest_materialization_event(asset)
     if partition is not None:
         records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]),
+            dg.AssetRecordsFilter(asset_key=asset, asset_partitions=[partition]),
             limit=1,
         ).records
         event = records[0].event_log_entry if records else None
@@ -94,14 +120,20 @@ def materialize_days(
     defs: dg.Definitions,
     instance: dg.DagsterInstance,
     log: Callable[[str], None] = print,
+    city: City | None = None,
 ) -> RunSummary:
-    """Materialize the data assets for ``days`` (ingest each day, restaurants once, then features)."""
+    """Materialize the data assets of ``city`` (default: the catalog's only city) for ``days``:
+    ingest each day, restaurants once, then features. A day whose blocking data checks fail
+    (e.g. mostly quarantined) is reported and not featurized."""
+    city = city or only_city(defs)
     started = time.perf_counter()
     assets = [*defs.assets, *defs.asset_checks]
     resources = defs.resources
-    summary = RunSummary()
+    summary = RunSummary(city=city.id)
     # Freshness is about the newest day after the whole load, not about each day as it lands.
-    freshness = dg.AssetSelection.checks(raw_pings_are_fresh)
+    freshness = dg.AssetSelection.checks(
+        dg.AssetCheckKey(city_key(city, "raw_courier_pings"), "raw_pings_are_fresh")
+    )
 
     def run(selection: dg.AssetSelection, partition: str | None) -> None:
         result = dg.materialize(
@@ -110,8 +142,8 @@ def materialize_days(
             partition_key=partition,
             instance=instance,
             resources=resources,
-            raise_on_error=True,
-            run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
         )
         # execute_in_process keeps every step output in reference cycles until a full
         # collection; without this a 30-day load holds ~30 days of frames (BENCHMARKS.md).
@@ -124,21 +156,26 @@ def materialize_days(
                     else summary.failed_checks
                 )
                 failed.append(
-                    f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name} [{partition or 'all'}]"
+                    f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name} "
+                    f"[{partition or 'all'}]: {evaluation.description or 'failed'}"
                 )
+        # A failed blocking check is a verdict (reported above), anything else an error.
+        failures = _step_failures(result)
+        if failures:
+            raise RuntimeError(f"{city.id} [{partition or 'all'}]: " + "; ".join(failures))
 
     for day in days:
-        log(f"  ingest   {day}")
-        run(dg.AssetSelection.assets(*INGEST_ASSETS) - freshness, day)
-    log("  restaurants, clusters and freshness")
-    run(dg.AssetSelection.assets(*RESTAURANT_ASSETS) | freshness, None)
+        log(f"  ingest   {city.id} {day}")
+        run(_assets(city, INGEST_ASSETS) - freshness, day)
+    log(f"  restaurants, clusters and freshness of {city.id}")
+    run(_assets(city, RESTAURANT_ASSETS) | freshness, None)
     for day in days:
-        log(f"  features {day}")
-        run(dg.AssetSelection.assets(*FEATURE_ASSETS), day)
+        log(f"  features {city.id} {day}")
+        run(_assets(city, FEATURE_ASSETS), day)
 
     for day in days:
-        clean = _latest(instance, "clean_courier_pings", day)
-        quarantine = _latest(instance, "quarantined_pings", day)
+        clean = _latest(instance, city_key(city, "clean_courier_pings"), day)
+        quarantine = _latest(instance, city_key(city, "quarantined_pings"), day)
         for key, value in quarantine.items():
             if key.startswith("reason/"):
                 reason = key.removeprefix("reason/")
@@ -151,11 +188,17 @@ def materialize_days(
                 raw_rows=int(clean.get("raw_rows", 0)),
                 clean_rows=int(clean.get("dagster/row_count", 0)),
                 quarantined_rows=int(clean.get("quarantined_rows", 0)),
-                hexagons=int(_latest(instance, "hex_hourly_busyness", day).get("hexagons", 0)),
-                feature_rows=int(_latest(instance, "busyness_features", day).get("rows", 0)),
+                hexagons=int(
+                    _latest(instance, city_key(city, "hex_hourly_busyness"), day).get("hexagons", 0)
+                ),
+                feature_rows=int(
+                    _latest(instance, city_key(city, "busyness_features"), day).get("rows", 0)
+                ),
             )
         )
-    summary.restaurants = int(_latest(instance, "restaurants").get("restaurants", 0))
+    summary.restaurants = int(
+        _latest(instance, city_key(city, "restaurants")).get("restaurants", 0)
+    )
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -165,6 +208,7 @@ class TrainingSummary:
     """What one training run decided: the candidate's test metrics next to the baselines',
     each promotion gate's verdict, and the champion afterwards."""
 
+    city: str = ""
     test_mae: dict[str, float] = field(default_factory=dict)
     gates: dict[str, tuple[bool, str]] = field(default_factory=dict)
     promoted: bool = False
@@ -181,36 +225,45 @@ def train_and_promote(
     instance: dg.DagsterInstance,
     run_config: dict | None = None,
     log: Callable[[str], None] = print,
+    city: City | None = None,
 ) -> TrainingSummary:
-    """One run of the training group: training_set → busyness_model → model_evaluation →
-    [blocking checks] → champion_model. A refused candidate is a normal outcome here (the
-    summary says why and the champion stays); any other failure is reported in ``error``."""
+    """One run of the training stage of ``city`` (default: the catalog's only city):
+    training_set → busyness_model → model_evaluation → [blocking checks] → champion_model. A
+    refused candidate is a normal outcome here (the summary says why and the champion stays);
+    any other failure is reported in ``error``. ``run_config`` ops are named without the
+    city (``{"ops": {"busyness_model": ...}}``)."""
+    city = city or only_city(defs)
     started = time.perf_counter()
-    log("  training set, candidate model, evaluation, checks, champion")
+    log(f"  training set, candidate model, evaluation, checks, champion of {city.id}")
+    ops = {
+        f"{city.key}__{name}": config for name, config in (run_config or {}).get("ops", {}).items()
+    }
     result = dg.materialize(
         [*defs.assets, *defs.asset_checks],
-        selection=dg.AssetSelection.groups(TRAINING_GROUP),
+        selection=stage_selection(TRAINING_STAGE, city),
         instance=instance,
         resources=defs.resources,
         raise_on_error=False,
         run_config={
-            **(run_config or {}),
+            **({"ops": ops} if ops else {}),
             # A refused candidate logs its failed check at ERROR; the summary reports it.
             "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
         },
     )
     gc.collect()
-    summary = TrainingSummary()
+    summary = TrainingSummary(city=city.id)
     for evaluation in result.get_asset_check_evaluations():
         verdict = evaluation.metadata.get("verdict")
         summary.gates[evaluation.check_name] = (
             evaluation.passed,
             str(verdict.value) if verdict else "",
         )
-    materialized = {
-        event.asset_key.to_user_string() for event in result.get_asset_materialization_events()
-    }
-    evaluation = _latest(instance, "model_evaluation") if "model_evaluation" in materialized else {}
+    materialized = {event.asset_key.path[-1] for event in result.get_asset_materialization_events()}
+    evaluation = (
+        _latest(instance, city_key(city, "model_evaluation"))
+        if "model_evaluation" in materialized
+        else {}
+    )
     summary.test_mae = {
         name: float(evaluation[key])
         for name, key in (
@@ -221,15 +274,19 @@ def train_and_promote(
         )
         if key in evaluation
     }
-    model = _latest(instance, "busyness_model") if "busyness_model" in materialized else {}
+    model = (
+        _latest(instance, city_key(city, "busyness_model"))
+        if "busyness_model" in materialized
+        else {}
+    )
     summary.mlflow_run_id = model.get("mlflow_run_id")
     summary.training_seconds = model.get("training_seconds")
     summary.poc_training_seconds = model.get("poc_training_seconds")
-    champion = _latest(instance, "champion_model")
+    champion = _latest(instance, city_key(city, "champion_model"))
     summary.promoted = "champion_model" in materialized and bool(champion.get("changed"))
     summary.champion_version = champion.get("version")
     failures = _step_failures(result)
-    if failures and not any(not passed for passed, _ in summary.gates.values()):
+    if failures:
         summary.error = "; ".join(failures)
     summary.seconds = time.perf_counter() - started
     return summary
@@ -237,11 +294,14 @@ def train_and_promote(
 
 def _step_failures(result: dg.ExecuteInProcessResult) -> list[str]:
     """``step: message`` per failed step, with the innermost error rather than Dagster's
-    wrapping 'Error occurred while executing'."""
+    wrapping 'Error occurred while executing'; not the failed blocking checks (verdicts, read
+    from the check evaluations)."""
     failures = []
     for event in result.all_events:
         if event.is_step_failure:
             error = event.step_failure_data.error
+            if error is not None and error.cls_name == "DagsterAssetCheckFailedError":
+                continue
             while error is not None and error.cause is not None:
                 error = error.cause
             message = error.message.strip() if error is not None else "unknown error"
@@ -283,20 +343,26 @@ def format_training_summary(summary: TrainingSummary) -> str:
 
 
 def forecast_next_day(
-    day: str, defs: dg.Definitions, instance: dg.DagsterInstance, log: Callable[[str], None] = print
+    day: str,
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    log: Callable[[str], None] = print,
+    city: City | None = None,
 ) -> dict:
-    """Materialize ``busyness_forecast[day]`` (the day after ``day``); its metadata."""
-    log(f"  forecast of the day after {day}")
+    """Materialize ``busyness_forecast[day]`` of ``city`` (the day after ``day``); its
+    metadata."""
+    city = city or only_city(defs)
+    log(f"  forecast of {city.id} for the day after {day}")
     dg.materialize(
         [*defs.assets, *defs.asset_checks],
-        selection=dg.AssetSelection.assets("busyness_forecast"),
+        selection=_assets(city, ("busyness_forecast",)),
         partition_key=day,
         instance=instance,
         resources=defs.resources,
         run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
     )
     gc.collect()
-    return _latest(instance, "busyness_forecast", day)
+    return _latest(instance, city_key(city, "busyness_forecast"), day)
 
 
 def deploy_endpoint(
@@ -315,7 +381,7 @@ def deploy_endpoint(
     )
     gc.collect()
     failures = _step_failures(result)
-    metadata = _latest(instance, "endpoint_deployment") if result.success else {}
+    metadata = _latest(instance, dg.AssetKey("endpoint_deployment")) if result.success else {}
     return metadata, "; ".join(failures) or None
 
 
@@ -340,3 +406,171 @@ def format_summary(summary: RunSummary) -> str:
         "warnings: " + (", ".join(summary.warned_checks) or "none"),
     ]
     return "\n".join(lines)
+
+
+@dataclass
+class LandingDays:
+    """What the landing zone holds, as work: the days to ingest per city, the days of
+    exports of every city (whose rows no city takes go to ``unrouted_pings``), and what was
+    left out and why."""
+
+    by_city: dict[str, list[str]] = field(default_factory=dict)
+    export_days: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)
+
+
+def landing_days(listing, cities: list[City]) -> LandingDays:
+    """The (city, day)s a full ingestion of ``listing`` covers: a city's folder days, and the
+    days of exports of every city for every city whose days include them. Days still in
+    progress, unknown cities and days outside a city's range are left out, with the reason."""
+    from geo_busyness.partitions import city_partitions, day_range_problem, latest_complete_day
+    from geo_busyness.resources.landing_zone import city_day_of_key
+
+    found = LandingDays()
+    by_id = {city.id: city for city in cities}
+    own: dict[str, set[str]] = {}
+    export: set[str] = set()
+    unknown: set[str] = set()
+    for item in listing:
+        located = city_day_of_key(item.key)
+        if located is None:
+            continue
+        city_id, day = located
+        if city_id is None:
+            export.add(day)
+        elif city_id in by_id:
+            own.setdefault(city_id, set()).add(day)
+        else:
+            unknown.add(city_id)
+    found.left_out += [
+        f"raw/city={city_id}/: not a city of the catalog (or not selected)"
+        for city_id in sorted(unknown)
+    ]
+    last = latest_complete_day(cities[0]) if cities else None
+    in_progress = sorted(
+        day
+        for day in export | set().union(*own.values(), set())
+        if last is None or day > last.isoformat()
+    )
+    if in_progress:
+        found.left_out.append(
+            f"{len(in_progress)} day(s) not complete yet ({in_progress[0]} ..): ingested once "
+            "they have ended"
+        )
+    for city in cities:
+        days = sorted(own.get(city.id, set()) | export)
+        kept = [day for day in days if city_partitions(city).has_partition_key(day)]
+        outside = [day for day in days if day not in kept and day not in in_progress]
+        if outside:
+            problem = day_range_problem(city, outside[0])
+            found.left_out.append(f"{city.id}: {len(outside)} day(s) left out, e.g. {problem}")
+        if kept:
+            found.by_city[city.id] = kept
+    found.export_days = sorted(day for day in export if day not in in_progress)
+    return found
+
+
+@dataclass
+class CityOutcome:
+    """Everything a landing run did for one city."""
+
+    data: RunSummary
+    training: TrainingSummary | None = None
+    forecast: dict = field(default_factory=dict)
+
+
+@dataclass
+class LandingRun:
+    cities: list[CityOutcome] = field(default_factory=list)
+    unrouted_reasons: dict[str, int] = field(default_factory=dict)
+    unrouted_rows: int = 0
+    left_out: list[str] = field(default_factory=list)
+    deployment: dict = field(default_factory=dict)
+    deploy_error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return bool(
+            self.deploy_error
+            or any(c.data.failed_checks or (c.training and c.training.error) for c in self.cities)
+        )
+
+
+def run_landing(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    cities: list[City],
+    train: bool = True,
+    training_config: dict | None = None,
+    log: Callable[[str], None] = print,
+) -> LandingRun:
+    """Ingest every (city, day) of the landing zone for ``cities``, then (``train``) train,
+    gate and forecast each city and deploy one endpoint for all: what ``geo-busyness run`` and
+    ``demo`` do."""
+    with dg.build_resources({"landing_zone": defs.resources["landing_zone"]}) as built:
+        listing = built.landing_zone.list_files()
+    work = landing_days(listing, cities)
+    outcome = LandingRun(left_out=work.left_out)
+    for note in work.left_out:
+        log(f"  left out: {note}")
+    for day in work.export_days:
+        log(f"  unrouted rows of the export of {day}")
+        dg.materialize(
+            [*defs.assets, *defs.asset_checks],
+            selection=dg.AssetSelection.assets(UNROUTED),
+            partition_key=day,
+            instance=instance,
+            resources=defs.resources,
+            run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
+        )
+        gc.collect()
+        metadata = _latest(instance, dg.AssetKey(UNROUTED), day)
+        outcome.unrouted_rows += int(metadata.get("unrouted_rows", 0))
+        for key, value in metadata.items():
+            if key.startswith("reason/"):
+                reason = key.removeprefix("reason/")
+                outcome.unrouted_reasons[reason] = outcome.unrouted_reasons.get(reason, 0) + int(
+                    value
+                )
+    for city in cities:
+        days = work.by_city.get(city.id, [])
+        if not days:
+            log(f"  {city.id}: no landed day")
+            continue
+        log(f"{city.id}: {len(days)} day(s), {days[0]} .. {days[-1]}")
+        result = CityOutcome(data=materialize_days(days, defs, instance, log, city=city))
+        outcome.cities.append(result)
+        if not train:
+            continue
+        result.training = train_and_promote(defs, instance, training_config, log, city=city)
+        if result.training.champion_version:
+            result.forecast = forecast_next_day(days[-1], defs, instance, log, city=city)
+    if train and any(c.forecast for c in outcome.cities):
+        outcome.deployment, outcome.deploy_error = deploy_endpoint(defs, instance, log)
+    return outcome
+
+
+def format_landing_run(run: LandingRun) -> str:
+    """The per-city summary ``geo-busyness run`` and ``demo`` print."""
+    blocks = []
+    for city in run.cities:
+        lines = [f"== {city.data.city} ==", format_summary(city.data)]
+        if city.training is not None:
+            lines.append(format_training_summary(city.training))
+        if city.forecast:
+            forecast = city.forecast
+            lines.append(
+                f"forecast for {forecast['forecast_day']}: {forecast['rows']} hexagon-hours over "
+                f"{forecast['hexagons']} hexagons, {forecast['predicted_orders']:,.0f} orders "
+                f"predicted (model version {forecast['model_version']})"
+            )
+        blocks.append("\n".join(lines))
+    if run.unrouted_rows or run.unrouted_reasons:
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(run.unrouted_reasons.items()) if v)
+        blocks.append(
+            f"rows of exports of every city that no city takes: {run.unrouted_rows:,} "
+            f"quarantined in unrouted_pings ({reasons or 'none'})"
+        )
+    if run.left_out:
+        blocks.append("left out:\n" + "\n".join(f"  {note}" for note in run.left_out))
+    return "\n\n".join(blocks)

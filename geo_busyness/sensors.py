@@ -1,48 +1,106 @@
-"""Sensors: the landing zone starts ingestion for every day whose files changed."""
+"""Sensors: the landing zone starts ingestion for every city-day whose files changed."""
 
 import datetime as dt
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 
-from geo_busyness.assets.ingestion import raw_courier_pings, validated_courier_pings
-from geo_busyness.core.landing import DayRun, DayWindow, LandingPlan, plan_landing_runs
-from geo_busyness.partitions import daily_partitions, latest_complete_day
-from geo_busyness.resources.landing_zone import RAW_PREFIX, LandingZone, day_of_key, day_prefix
+from geo_busyness.assets.ingestion import UNROUTED
+from geo_busyness.assets.metadata import city_key
+from geo_busyness.core.city import City
+from geo_busyness.core.landing import (
+    DayWindow,
+    LandingPlan,
+    city_day_digest,
+    landing_slot,
+    plan_landing_runs,
+)
+from geo_busyness.partitions import city_partitions, export_partitions, latest_complete_day
+from geo_busyness.resources.landing_zone import (
+    RAW_PREFIX,
+    LandingZone,
+    city_day_of_key,
+    day_prefix,
+)
 from geo_busyness.resources.settings import sensor_interval_seconds
 
 # Cleaning up or fixing the layout of a large batch should not flood the tick log.
 MAX_LOGGED_IGNORED_KEYS = 20
 
 
-def partition_window() -> DayWindow:
-    """Days of ``daily_partitions`` as of now; before the first day ends, none is complete."""
-    first = daily_partitions.start.date()
-    last = latest_complete_day() or first - dt.timedelta(days=1)
+def partition_window(cities: Sequence[City]) -> DayWindow:
+    """Days of any city as of now; before the first day ends, none is complete."""
+    first = export_partitions(cities).start.date()
+    last = latest_complete_day(cities[0]) or first - dt.timedelta(days=1)
     return DayWindow(first=first, last=last)
 
 
+@dataclass(frozen=True)
+class IngestRun:
+    """One run the landing asks for: a city's day, or the unrouted rows of an export's day."""
+
+    city: City | None
+    day: str
+    digest: str
+
+    @property
+    def run_key(self) -> str:
+        return f"{landing_slot(self.city.id if self.city else UNROUTED, self.day)}:{self.digest}"
+
+
+def ingest_runs(plan: LandingPlan, cities: Sequence[City]) -> tuple[list[IngestRun], list[str]]:
+    """The runs for the changed slots of ``plan`` and a note per city-day outside its city's
+    days: a city's folder changes its day; an export of every city changes that day of every
+    city it may hold and its unrouted rows."""
+    by_id = {city.id: city for city in cities}
+    wanted: dict[tuple[str | None, str], None] = {}
+    for run in plan.runs:
+        targets = [run.city] if run.city else [*by_id, None]
+        for city in targets:
+            wanted[(city, run.day)] = None
+    runs, outside = [], []
+    for city_id, day in wanted:
+        if city_id is None:
+            runs.append(IngestRun(None, day, plan.digests[day]))
+            continue
+        city = by_id[city_id]
+        if not city_partitions(city).has_partition_key(day):
+            if city.first_day and day < city.first_day.isoformat():
+                outside.append(
+                    f"{city.id} {day}: before its first_day {city.first_day} in the catalog"
+                )
+            continue
+        runs.append(IngestRun(city, day, city_day_digest(plan, city_id, day)))
+    return runs, outside
+
+
 def _not_yet_ingested(
-    instance: dg.DagsterInstance, runs: tuple[DayRun, ...], listing
-) -> tuple[DayRun, ...]:
-    """Drop days new to the cursor whose ingestion already ran after their newest file landed:
-    a first tick over a loaded landing zone would otherwise re-ingest all of its history."""
-    newest: dict[str, float] = {}
+    instance: dg.DagsterInstance, runs: list[IngestRun], listing, previous_slots
+) -> list[IngestRun]:
+    """Drop city-days new to the cursor whose ingestion already ran after their newest file
+    landed: a first tick over a loaded landing zone would otherwise re-ingest all of history."""
+    newest: dict[tuple[str | None, str], float] = {}
     for item in listing:
-        day = day_of_key(item.key)
-        if day is not None:
-            newest[day] = max(newest.get(day, 0.0), item.modified.timestamp())
+        found = city_day_of_key(item.key)
+        if found is not None:
+            newest[found] = max(newest.get(found, 0.0), item.modified.timestamp())
     kept = []
     for run in runs:
-        if run.is_new_day and run.day in newest:
-            records = instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=raw_courier_pings.key, asset_partitions=[run.day]),
-                limit=1,
-            ).records
-            if records and records[0].timestamp > newest[run.day]:
-                continue
-        kept.append(run)
-    return tuple(kept)
+        city_id = run.city.id if run.city else None
+        slots = {landing_slot(city_id, run.day), run.day}
+        if slots & previous_slots:
+            kept.append(run)
+            continue
+        landed = max(newest.get((city_id, run.day), 0.0), newest.get((None, run.day), 0.0))
+        key = city_key(run.city, "raw_courier_pings") if run.city else dg.AssetKey(UNROUTED)
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[run.day]), limit=1
+        ).records
+        if not (records and records[0].timestamp > landed):
+            kept.append(run)
+    return kept
 
 
 def _log_findings(log, plan: LandingPlan, landing_zone: LandingZone) -> None:
@@ -56,50 +114,77 @@ def _log_findings(log, plan: LandingPlan, landing_zone: LandingZone) -> None:
         log.warning(f"Ignoring {landing_zone.location(item.key)}: {item.reason}")
     if len(plan.newly_ignored) > len(shown):
         log.warning(f"... and {len(plan.newly_ignored) - len(shown)} more newly ignored key(s)")
-    for day in plan.emptied_days:
+    for slot in plan.emptied_days:
+        city, _, day = slot.rpartition("/")
         log.warning(
-            f"No ingestible file left under {landing_zone.location(day_prefix(day))}: "
+            f"No ingestible file left under {landing_zone.location(day_prefix(day, city or None))}: "
             f"no run requested, partition {day} keeps its last materialization"
         )
 
 
-@dg.sensor(
-    target=[raw_courier_pings, validated_courier_pings],
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=sensor_interval_seconds(),
-    description=(
-        "Lists the landing zone's `raw/` each tick and ingests (raw, clean and quarantined pings) "
-        "every complete day whose files were added, overwritten or deleted since the last tick, "
-        "once per version of the day."
-    ),
-)
-def landing_zone_sensor(
-    context: dg.SensorEvaluationContext, landing_zone: LandingZone
-) -> dg.SensorResult:
-    listing = landing_zone.list_files(RAW_PREFIX + "/")
-    plan = plan_landing_runs(listing, context.cursor, partition_window())
-    _log_findings(context.log, plan, landing_zone)
-    runs = _not_yet_ingested(context.instance, plan.runs, listing)
-    if len(runs) < len(plan.runs):
-        context.log.info(
-            f"{len(plan.runs) - len(runs)} day(s) new to the cursor were already ingested after "
-            "their newest file landed (e.g. by the demo, or before a cursor reset): not re-run"
+def build_landing_sensor(
+    cities: Sequence[City], jobs: dict[str | None, Any]
+) -> dg.SensorDefinition:
+    """The landing sensor over every catalogued city; ``jobs``: the ingestion job per city id
+    (None: the unrouted rows of exports of every city)."""
+
+    @dg.sensor(
+        name="landing_zone_sensor",
+        jobs=list(jobs.values()),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=sensor_interval_seconds(),
+        description=(
+            "Lists the landing zone's `raw/` each tick and ingests (raw, clean and quarantined "
+            "pings) every complete city-day whose files were added, overwritten or deleted "
+            "since the last tick, once per version: `raw/city=<id>/dt=D/` for that city, "
+            "`raw/dt=D/` (an export of every city) for every city and its unrouted rows."
+        ),
+    )
+    def landing_zone_sensor(
+        context: dg.SensorEvaluationContext, landing_zone: LandingZone
+    ) -> dg.SensorResult:
+        listing = landing_zone.list_files(RAW_PREFIX + "/")
+        plan = plan_landing_runs(
+            listing, context.cursor, partition_window(cities), {c.id for c in cities}
         )
-    plan = replace(plan, runs=runs)
-    if not plan.runs:
+        _log_findings(context.log, plan, landing_zone)
+        runs, outside = ingest_runs(plan, cities)
+        for note in outside:
+            context.log.warning(f"Not ingesting {note}: lower it to ingest this day")
+        previous = set(_previous_slots(context.cursor))
+        kept = _not_yet_ingested(context.instance, runs, listing, previous)
+        if len(kept) < len(runs):
+            context.log.info(
+                f"{len(runs) - len(kept)} city-day(s) new to the cursor were already ingested "
+                "after their newest file landed (e.g. by the demo, or before a cursor reset)"
+            )
+        if not kept:
+            return dg.SensorResult(
+                skip_reason=f"No landing day changed under "
+                f"{landing_zone.location(RAW_PREFIX)}: {plan.summary()}",
+                cursor=plan.cursor,
+            )
+        context.log.info(f"Ingesting {len(kept)} city-day(s); {plan.summary()}")
         return dg.SensorResult(
-            skip_reason=f"No landing day changed under {landing_zone.location(RAW_PREFIX)}: "
-            f"{plan.summary()}",
+            run_requests=[
+                dg.RunRequest(
+                    job_name=jobs[run.city.id if run.city else None].name,
+                    partition_key=run.day,
+                    run_key=run.run_key,
+                )
+                for run in kept
+            ],
             cursor=plan.cursor,
         )
-    new_days = sum(run.is_new_day for run in plan.runs)
-    context.log.info(
-        f"Ingesting {len(plan.runs)} day(s) ({new_days} new, {len(plan.runs) - new_days} with "
-        f"changed files); {plan.summary()}"
-    )
-    return dg.SensorResult(
-        run_requests=[
-            dg.RunRequest(partition_key=run.day, run_key=run.run_key) for run in plan.runs
-        ],
-        cursor=plan.cursor,
-    )
+
+    return landing_zone_sensor
+
+
+def _previous_slots(cursor: str | None) -> list[str]:
+    """Slots the previous cursor knew (none when it cannot be read)."""
+    import json
+
+    try:
+        return list(json.loads(cursor)["days"]) if cursor else []
+    except (ValueError, KeyError, TypeError):
+        return []

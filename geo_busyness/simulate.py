@@ -15,15 +15,17 @@ bytes depend only on the configuration and the day, never on which other days ar
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import gzip
 import io
 import sys
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -33,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 from tqdm import tqdm
 
-from geo_busyness.core.city import DEFAULT_CITY, City
+from geo_busyness.core.city import CITY_ID, DEFAULT_CITY, City
 from geo_busyness.core.features import (
     busyness_features,
     cluster_restaurants,
@@ -95,6 +97,7 @@ GLITCH_SHARE = 0.30  # of pings, split evenly: null island, swapped signs, jitte
 FILE_DIRT_PROBABILITY = 1 / 3
 FILE_DIRT_KINDS = ("empty", "legacy", "redelivered")
 LEGACY_ROWS = 100
+IN_AREA_MARGIN_KM = 0.01  # valid courier pings stay this far inside the service radius
 # Part files written the way other exports write them (SimulationConfig.export_files). Each
 # holds exactly the rows and values of the plain part it replaces, so a day reads to the same
 # clean and quarantined rows whatever the kinds; only names and bytes differ.
@@ -115,7 +118,7 @@ EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
 
 # Random-stream tags: every purpose gets its own stream, so changing one knob (say dirty_files)
 # leaves everything else byte-identical.
-_WORLD, _DISTRICT, _NOISE, _ROWS, _FILES = range(5)
+_WORLD, _DISTRICT, _NOISE, _ROWS, _FILES, _STRAYS = range(6)
 
 
 @dataclass(frozen=True)
@@ -215,10 +218,25 @@ class SimulationSummary:
 
 
 @dataclass(frozen=True)
+class _Rows:
+    """One city-day's part-file rows (text, in ping-time order) and what the simulator knows
+    of them: simulated ping time and courier position (before text dirt), refused or not."""
+
+    table: pa.Table
+    ping_time: np.ndarray
+    courier_lat: np.ndarray
+    courier_lon: np.ndarray
+    invalid: np.ndarray
+    plain: np.ndarray
+    scenario_index: int
+
+
+@dataclass(frozen=True)
 class _Day:
     files: dict[str, bytes]
     rows: int
     dirty_rows: int
+    data: _Rows
 
 
 @dataclass(frozen=True)
@@ -247,9 +265,14 @@ def simulate_day(config: SimulationConfig, day: datetime.date) -> dict[str, byte
 
 
 def simulate(
-    config: SimulationConfig, put: Callable[[str, bytes], None], progress: bool = True
+    config: SimulationConfig,
+    put: Callable[[str, bytes], None],
+    progress: bool = True,
+    city_folder: bool = False,
 ) -> SimulationSummary:
-    """Simulate every configured day and hand each file to ``put(key, content)``."""
+    """Simulate every configured day and hand each file to ``put(key, content)``: under the
+    city's own folder (``raw/city=<id>/dt=D/``) with ``city_folder``, else as an export of
+    every city (``raw/dt=D/``, which the platform routes row by row)."""
     keys: list[str] = []
     rows = dirty_rows = 0
     days = [config.start_date + datetime.timedelta(days=i) for i in range(config.days)]
@@ -258,7 +281,11 @@ def simulate(
     ):
         result = _simulate_day(config, day)
         for name, content in result.files.items():
-            key = landing_key(day, name)
+            key = (
+                city_landing_key(config.city.id, day, name)
+                if city_folder
+                else landing_key(day, name)
+            )
             put(key, content)
             keys.append(key)
         rows += result.rows
@@ -268,7 +295,529 @@ def simulate(
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# Several cities at once: per-city folders or one mixed export for all cities
+
+Layout = Literal["per_city", "mixed"]
+LAYOUTS: tuple[str, ...] = ("per_city", "mixed")
+
+# Three cities unlike each other in every way the platform must handle: a clock without DST
+# (Regina, the one-city default, so a one-city deployment matches), one with DST (New York) and
+# a half-hour offset (Kolkata); radius 12/8/5 km, H3 resolution 7/8/8; three continents.
+MULTI_CITIES: tuple[City, ...] = (
+    DEFAULT_CITY,
+    City(
+        name="New York, NY",
+        id="new-york",
+        center_lat=40.7549,
+        center_lon=-73.9840,
+        service_radius_km=8.0,
+        timezone="America/New_York",
+        h3_resolution=8,
+        n_restaurant_clusters=8,
+    ),
+    City(
+        name="Kolkata",
+        id="kolkata",
+        center_lat=22.5726,
+        center_lon=88.3639,
+        service_radius_km=5.0,
+        timezone="Asia/Kolkata",
+        h3_resolution=8,
+        n_restaurant_clusters=4,
+    ),
+)
+# Per city of MULTI_CITIES: (restaurants, couriers, pings per day as a multiple of the base).
+# Regina keeps SimulationConfig's defaults; Kolkata is the densest (most restaurants per km2).
+MULTI_CITY_SCALE: dict[str, tuple[int, int, float]] = {
+    "regina": (120, 250, 1.0),
+    "new-york": (400, 600, 2.0),
+    "kolkata": (220, 300, 1.5),
+}
+STRAY_DISTANCE = (1.5, 3.0)  # stray pings lie this many service radii from a city's centre
+MIXED_EXPORT_ID = "mixed"
+
+
+def multi_city_configs(
+    cities: Sequence[City] = MULTI_CITIES, pings_per_day: int = 20_000, **changes
+) -> tuple[SimulationConfig, ...]:
+    """One :class:`SimulationConfig` per city, scaled by :data:`MULTI_CITY_SCALE` (cities not
+    listed there get SimulationConfig's defaults); ``changes`` apply to every config. Regina's
+    config equals ``SimulationConfig(pings_per_day=pings_per_day, **changes)``."""
+    configs = []
+    for city in cities:
+        restaurants, couriers, scale = MULTI_CITY_SCALE.get(city.id, (120, 250, 1.0))
+        settings = {
+            "n_restaurants": restaurants,
+            "n_couriers": couriers,
+            "pings_per_day": max(1, round(pings_per_day * scale)),
+            **changes,
+        }
+        configs.append(SimulationConfig(city=city, **settings))
+    return tuple(configs)
+
+
+def city_landing_key(city_id: str, day: datetime.date, file_name: str) -> str:
+    """Object key of a raw file of one city: ``raw/city=<id>/dt=YYYY-MM-DD/<file>``."""
+    if not CITY_ID.match(city_id):
+        raise ValueError(f"city id must be a lowercase slug, got {city_id!r}")
+    return f"raw/city={city_id}/{landing_key(day, file_name).removeprefix('raw/')}"
+
+
+@dataclass(frozen=True)
+class LandedFile:
+    """One file :func:`simulate_cities` wrote.
+
+    ``rows``: data rows (lines after the header; 0 for an empty file).
+    ``city_rows``: of them, rows attributed to each city (by city id): every row of a per-city
+    file, or the rows a city's simulation put in a readable mixed file. An unreadable mixed
+    file (the legacy header) is attributed to no city: ``{}``.
+    ``dirty_rows``: of ``city_rows``, rows meant to be refused (see :class:`CityTally`).
+    ``stray_rows``: rows of stray pings (mixed only; a re-delivered part repeats its strays).
+    ``readable``: False for the legacy-header file, which the ingestion refuses whole.
+    ``rows == sum(city_rows.values()) + stray_rows`` for every file but an unreadable mixed one.
+    """
+
+    key: str
+    day: datetime.date
+    city_id: str | None  # None: the mixed export
+    rows: int
+    city_rows: dict[str, int]
+    dirty_rows: int
+    stray_rows: int
+    readable: bool
+
+
+@dataclass(frozen=True)
+class CityTally:
+    """What one city's simulation contributed.
+
+    ``rows``: rows attributed to the city, the sum of its ``LandedFile.city_rows`` (per_city:
+    exactly ``simulate(config).rows``; mixed: its rows in readable mixed files, i.e. its part
+    rows plus its rows in a re-delivered part).
+    ``dirty_rows``: of ``rows``, those meant to be refused whatever the routing: row-level dirt
+    (one :data:`ROW_DIRT` reason each), broken sensor-glitch pings (null island, swapped sign),
+    every row of a re-delivered part (duplicates) and, per_city only, the rows of the
+    legacy-header file. Per_city it equals ``simulate(config).dirty_rows``.
+    ``outside_rows``: of ``rows - dirty_rows``, valid pings whose courier lies outside the
+    city's service area (only sensor-glitch jitter beyond the edge, and cities with a
+    ``service_area`` polygon, whose pings are simulated in the disc): ``validate_pings`` keeps
+    them, routing row by row refuses them as outside every service area.
+    ``days``: the UTC days simulated for the city.
+    """
+
+    city_id: str
+    days: tuple[datetime.date, ...]
+    rows: int
+    dirty_rows: int
+    outside_rows: int
+
+
+@dataclass(frozen=True)
+class MultiCitySummary:
+    """What :func:`simulate_cities` wrote, for exact bookkeeping.
+
+    ``rows``: data rows of all files. ``rows == sum(c.rows for c in cities) + stray_rows +
+    unreadable_rows``.
+    ``dirty_rows``: ``sum(c.dirty_rows) + unreadable_rows``: every row refused for a data
+    problem (strays and outside rows are not dirty: they are well-formed pings of nowhere).
+    ``stray_rows``: rows of stray pings, in no city's service area but plausible (within
+    ``implausible_distance_km`` of the centre of the city they stray from), in every file.
+    ``unreadable_rows``: rows of unreadable mixed files (legacy header), which no city owns.
+    A router refusing strays and outside rows keeps exactly
+    ``rows - dirty_rows - stray_rows - sum(c.outside_rows)`` clean rows.
+    """
+
+    layout: str
+    days: tuple[datetime.date, ...]
+    files: tuple[LandedFile, ...]
+    cities: tuple[CityTally, ...]
+    rows: int
+    dirty_rows: int
+    stray_rows: int
+    unreadable_rows: int
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(file.key for file in self.files)
+
+    def city(self, city_id: str) -> CityTally:
+        return next(tally for tally in self.cities if tally.city_id == city_id)
+
+
+def simulate_cities(
+    configs: Sequence[SimulationConfig],
+    layout: Layout,
+    put: Callable[[str, bytes], None],
+    progress: bool = False,
+    stray_share: float = 0.01,
+) -> MultiCitySummary:
+    """Simulate several cities, each as :func:`simulate` would (its days, seed, time zone and
+    dirt), and land them in one of two layouts:
+
+    ``per_city``: each city's day files, byte for byte those of :func:`simulate_day`, under
+    ``raw/city=<id>/dt=D/`` (:func:`city_landing_key`); ``stray_share`` is not used.
+
+    ``mixed``: one export per UTC day for all cities that have the day, under ``raw/dt=D/``:
+    the cities' part rows of the day (the rows of their part files, dirt included, unchanged)
+    plus ``round(stray_share * those rows)`` stray pings, all ordered by simulated ping time
+    (stable: config order, then strays) and split into ``max(files_per_day)`` parts
+    ``part-XXX.csv``. A stray copies a valid row of a city (courier, order, restaurant) with
+    the courier 1.5-3 service radii from the centre (a courier between towns) and the ping a
+    few seconds to two minutes later. File dirt of the export is the union of what the
+    cities' days would get (:func:`_file_dirt_choice`): an empty ``part-<n>.csv``, a
+    ``legacy-export.csv`` with the export's first LEGACY_ROWS rows, a re-delivered part (the
+    first re-delivering city's part index, modulo the export's parts). Export formats
+    (``export_files``) are per-city only: a mixed run refuses them.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    configs = tuple(configs)
+    if not configs:
+        raise ValueError("simulate_cities needs at least one config")
+    ids = [config.city.id for config in configs]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"city ids must be unique, got {ids}")
+    if not 0 <= stray_share < 0.5:
+        raise ValueError(f"stray_share must be in [0, 0.5), got {stray_share!r}")
+    cities = tuple(config.city for config in configs)
+    _check_disjoint(cities)
+    if layout == "mixed":
+        exporting = [config.city.id for config in configs if config.export_files]
+        if exporting:
+            raise ValueError(f"export_files are per-city only; set for {exporting}")
+        for city in cities:
+            _stray_range(city)  # raises if the city leaves no room for strays
+
+    city_days = [
+        tuple(config.start_date + datetime.timedelta(days=i) for i in range(config.days))
+        for config in configs
+    ]
+    all_days = sorted(set().union(*city_days))
+    tallies = {city.id: [0, 0, 0] for city in cities}  # rows, dirty, outside
+    files: list[LandedFile] = []
+    stray_rows = unreadable_rows = 0
+
+    def land(key: str, content: bytes, day: datetime.date, city_id: str | None, **counts) -> None:
+        put(key, content)
+        files.append(LandedFile(key=key, day=day, city_id=city_id, **counts))
+
+    for day in tqdm(
+        all_days, desc="simulating days", unit="day", file=sys.stderr, disable=not progress
+    ):
+        present = [i for i, days in enumerate(city_days) if day in days]
+        if layout == "per_city":
+            for i in present:
+                config, city_id = configs[i], cities[i].id
+                result = _simulate_day(config, day)
+                data = result.data
+                outside = ~data.invalid & ~_in_service_area(
+                    cities[i], _micro(data.courier_lat), _micro(data.courier_lon)
+                )
+                tally = tallies[city_id]
+                tally[0] += result.rows
+                tally[1] += result.dirty_rows
+                tally[2] += int(outside.sum())
+                n, parts = data.table.num_rows, config.files_per_day
+                bounds = _bounds(n, parts)
+                for name, content in result.files.items():
+                    rows = _data_rows(content, name, bounds, n)
+                    dirty = _dirty_in(name, data.invalid, bounds, rows)
+                    land(
+                        city_landing_key(city_id, day, name),
+                        content,
+                        day,
+                        city_id,
+                        rows=rows,
+                        city_rows={city_id: rows},
+                        dirty_rows=dirty,
+                        stray_rows=0,
+                        readable=name != "legacy-export.csv",
+                    )
+            continue
+
+        export = _mixed_day(configs, present, cities, day, stray_share)
+        for counts in export.files:
+            land(landing_key(day, counts.pop("name")), counts.pop("content"), day, None, **counts)
+            if counts["readable"]:
+                stray_rows += counts["stray_rows"]
+            else:
+                unreadable_rows += counts["rows"]
+        for i in present:
+            tally = tallies[cities[i].id]
+            for k, value in enumerate(export.tallies[i]):
+                tally[k] += value
+
+    city_tallies = tuple(
+        CityTally(
+            city_id=city.id,
+            days=days,
+            rows=tallies[city.id][0],
+            dirty_rows=tallies[city.id][1],
+            outside_rows=tallies[city.id][2],
+        )
+        for city, days in zip(cities, city_days, strict=True)
+    )
+    return MultiCitySummary(
+        layout=layout,
+        days=tuple(all_days),
+        files=tuple(files),
+        cities=city_tallies,
+        rows=sum(file.rows for file in files),
+        dirty_rows=sum(t.dirty_rows for t in city_tallies) + unreadable_rows,
+        stray_rows=stray_rows,
+        unreadable_rows=unreadable_rows,
+    )
+
+
+@dataclass(frozen=True)
+class _MixedDay:
+    files: list[dict]  # LandedFile fields but key/day/city_id, plus name and content
+    tallies: dict[int, tuple[int, int, int]]  # config index -> rows, dirty, outside
+
+
+def _mixed_day(
+    configs: tuple[SimulationConfig, ...],
+    present: list[int],
+    cities: tuple[City, ...],
+    day: datetime.date,
+    stray_share: float,
+) -> _MixedDay:
+    """One UTC day's export for all ``present`` cities (see :func:`simulate_cities`)."""
+    data = {i: _day_rows(configs[i], day) for i in present}
+    tables = [data[i].table for i in present]
+    origin = np.concatenate([np.full(data[i].table.num_rows, i) for i in present])
+    ping_time = np.concatenate([data[i].ping_time for i in present])
+    invalid = np.concatenate([data[i].invalid for i in present])
+    outside = np.concatenate(
+        [
+            ~data[i].invalid
+            & ~_in_service_area(cities[i], _micro(data[i].courier_lat), _micro(data[i].courier_lon))
+            for i in present
+        ]
+    )
+    n_city = len(origin)
+    strays, stray_time = _strays(configs, present, cities, day, stray_share, data)
+    table = pa.concat_tables([*tables, strays])
+    origin = np.concatenate([origin, np.full(strays.num_rows, -1)])
+    ping_time = np.concatenate([ping_time, stray_time])
+    invalid = np.concatenate([invalid, np.zeros(strays.num_rows, bool)])
+    outside = np.concatenate([outside, np.zeros(strays.num_rows, bool)])
+    order = np.argsort(ping_time, kind="stable")
+    table, origin, invalid, outside = (
+        table.take(order),
+        origin[order],
+        invalid[order],
+        outside[order],
+    )
+    n = n_city + strays.num_rows
+
+    def counts(rows: slice, refused_all: bool, readable: bool = True) -> dict:
+        mine = origin[rows]
+        city_rows = {cities[i].id: int((mine == i).sum()) for i in present} if readable else {}
+        refused = (mine >= 0) if refused_all else ((mine >= 0) & invalid[rows])
+        return {
+            "rows": len(mine),
+            "city_rows": city_rows,
+            "dirty_rows": int(refused.sum()) if readable else 0,
+            "stray_rows": int((mine < 0).sum()) if readable else 0,
+            "readable": readable,
+        }
+
+    n_parts = max(configs[i].files_per_day for i in present)
+    bounds = _bounds(n, n_parts)
+    files = []
+    for k in range(n_parts):
+        rows = slice(bounds[k], bounds[k + 1])
+        name, content = (
+            f"part-{k:03d}.csv",
+            _csv(RAW_COLUMNS, table.slice(rows.start, rows.stop - rows.start)),
+        )
+        files.append({"name": name, "content": content, **counts(rows, refused_all=False)})
+    per_city = {
+        i: [int((origin == i).sum()), int((invalid & (origin == i)).sum()), 0] for i in present
+    }
+    for i in present:
+        per_city[i][2] = int((outside & (origin == i)).sum())
+
+    choices = [
+        _file_dirt_choice(configs[i], day, data[i].scenario_index)
+        for i in present
+        if configs[i].dirty_files
+    ]
+    if any(choice[0] for choice in choices):
+        files.append(
+            {"name": f"part-{n_parts:03d}.csv", "content": b"", **counts(slice(0, 0), False)}
+        )
+    if any(choice[1] for choice in choices):
+        k = min(LEGACY_ROWS, n)
+        files.append(
+            {
+                "name": "legacy-export.csv",
+                "content": _csv(LEGACY_HEADER, table.slice(0, k)),
+                **counts(slice(0, k), refused_all=True, readable=False),
+            }
+        )
+    redelivering = [choice[3] for choice in choices if choice[2]]
+    if redelivering:
+        k = redelivering[0] % n_parts
+        part = files[k]
+        rows = slice(bounds[k], bounds[k + 1])
+        extra = counts(rows, refused_all=True)
+        files.append({"name": f"redelivered-{part['name']}", "content": part["content"], **extra})
+        mine = origin[rows]
+        for i in present:
+            per_city[i][0] += int((mine == i).sum())
+            per_city[i][1] += int((mine == i).sum())
+    return _MixedDay(files=files, tallies={i: tuple(v) for i, v in per_city.items()})
+
+
+def _strays(
+    configs: tuple[SimulationConfig, ...],
+    present: list[int],
+    cities: tuple[City, ...],
+    day: datetime.date,
+    share: float,
+    data: dict[int, _Rows],
+) -> tuple[pa.Table, np.ndarray]:
+    """Stray pings of one mixed day: each copies a random valid row of a present city (so the
+    cities stray in proportion to their valid rows) with the courier 1.5-3 service radii from
+    that city's centre, outside every service area, and the ping 1 s to 2 min later."""
+    keys = [key for i in present for key in (configs[i].seed, _city_key(cities[i]))]
+    rng = np.random.default_rng([_STRAYS, day.toordinal(), *keys])
+    n_rows = sum(data[i].table.num_rows for i in present)
+    source = np.concatenate([np.full(data[i].table.num_rows, i) for i in present])
+    valid = np.flatnonzero(np.concatenate([~data[i].invalid for i in present]))
+    n = round(share * n_rows) if len(valid) else 0
+    table = pa.concat_tables([data[i].table for i in present])
+    picked = np.sort(rng.choice(valid, size=n)) if n else np.zeros(0, np.int64)
+    city_of = source[picked]
+    centre_lat = np.array([cities[i].center_lat for i in city_of], dtype=np.float64)
+    centre_lon = np.array([cities[i].center_lon for i in city_of], dtype=np.float64)
+    low, high = (
+        np.array([_stray_range(cities[i])[k] for i in city_of], dtype=np.float64) for k in (0, 1)
+    )
+    lat, lon = np.zeros(n), np.zeros(n)
+    todo = np.arange(n)
+    for _ in range(100):  # redraw the few that land in some (other) city's area
+        if not len(todo):
+            break
+        km = rng.uniform(low[todo], high[todo])
+        lat[todo], lon[todo] = _move(
+            centre_lat[todo], centre_lon[todo], km, rng.uniform(0, 2 * np.pi, len(todo))
+        )
+        lat[todo], lon[todo] = _micro(lat[todo]), _micro(lon[todo])
+        inside = np.zeros(len(todo), bool)
+        for city in cities:
+            inside |= _in_service_area(city, lat[todo], lon[todo])
+        todo = todo[inside]
+    if len(todo):
+        raise ValueError(f"no room for stray pings outside the service areas on {day}")
+    ping_time = np.concatenate([data[i].ping_time for i in present])[picked]
+    day_end = (day.toordinal() + 1 - EPOCH_ORDINAL) * 24 * US_PER_HOUR
+    ping_time = np.minimum(ping_time + rng.integers(1_000_000, 120_000_000, n), day_end - 1)
+    rows = table.take(picked)
+    columns = {name: rows.column(name) for name in RAW_COLUMNS}
+    columns["courier_location_timestamp"] = _iso(ping_time)
+    columns["courier_lat"], columns["courier_lon"] = _fixed6(lat), _fixed6(lon)
+    return pa.table([columns[c] for c in RAW_COLUMNS], names=list(RAW_COLUMNS)), ping_time
+
+
+def _stray_range(city: City) -> tuple[float, float]:
+    """Distances (km) from the centre at which strays of ``city`` lie: 1.5-3 service radii,
+    kept well inside the plausible distance."""
+    radius, limit = city.service_radius_km, city.implausible_distance_km
+    low = min(STRAY_DISTANCE[0] * radius, radius + 0.5 * (limit - radius))
+    high = min(STRAY_DISTANCE[1] * radius, radius + 0.9 * (limit - radius))
+    if low <= radius * 1.01:
+        raise ValueError(
+            f"{city.id}: implausible_distance_km must exceed service_radius_km for stray pings"
+        )
+    return low, high
+
+
+def _check_disjoint(cities: tuple[City, ...]) -> None:
+    """Rows are attributed by the city that simulated them: service discs must not overlap."""
+    for a, city in enumerate(cities):
+        for other in cities[a + 1 :]:
+            km = float(
+                haversine_km(city.center_lat, city.center_lon, other.center_lat, other.center_lon)
+            )
+            if km < city.service_radius_km + other.service_radius_km:
+                raise ValueError(f"service areas of {city.id} and {other.id} overlap")
+
+
+def _in_service_area(city: City, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    """Whether each point lies in the city's service area: inside its ``service_area`` polygon
+    (even-odd rule on (lat, lon)), or without one within ``service_radius_km`` of the centre."""
+    lat, lon = np.asarray(lat, np.float64), np.asarray(lon, np.float64)
+    if city.service_area is None:
+        km = haversine_km(lat, lon, city.center_lat, city.center_lon)
+        return km <= city.service_radius_km
+    vertices = np.asarray(city.service_area, np.float64)
+    y0, x0 = vertices[:, 0], vertices[:, 1]
+    y1, x1 = np.roll(y0, -1), np.roll(x0, -1)
+    py, px = lat[:, None], lon[:, None]
+    crosses = (y0 > py) != (y1 > py)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x_at = x0 + (py - y0) * (x1 - x0) / (y1 - y0)
+    return ((crosses & (px < x_at)).sum(axis=1) % 2) == 1
+
+
+def _micro(values: np.ndarray) -> np.ndarray:
+    """Coordinates as written (6 decimals), so area checks see what a reader parses."""
+    return np.rint(np.asarray(values, np.float64) * 1e6) / 1e6
+
+
+def _data_rows(content: bytes, name: str, bounds: np.ndarray, n: int) -> int:
+    """Data rows of a per-city file, from what the simulator wrote (not by counting lines:
+    exports may be compressed)."""
+    if not content:
+        return 0
+    if name == "legacy-export.csv":
+        return min(LEGACY_ROWS, n)
+    part = int(name.removeprefix("redelivered-").split(".")[0].removeprefix("part-"))
+    return int(bounds[part + 1] - bounds[part])
+
+
+def _dirty_in(name: str, invalid: np.ndarray, bounds: np.ndarray, rows: int) -> int:
+    if not rows or name == "legacy-export.csv" or name.startswith("redelivered-"):
+        return rows
+    part = int(name.split(".")[0].removeprefix("part-"))
+    return int(invalid[bounds[part] : bounds[part + 1]].sum())
+
+
 def _simulate_day(config: SimulationConfig, day: datetime.date) -> _Day:
+    data = _day_rows(config, day)
+    table, n = data.table, data.table.num_rows
+    bounds = _bounds(n, config.files_per_day)
+    parts = [
+        (f"part-{i:03d}.csv", _csv(RAW_COLUMNS, table.slice(bounds[i], bounds[i + 1] - bounds[i])))
+        for i in range(config.files_per_day)
+    ]
+    if config.export_files:
+        kinds = [kind for kind in EXPORT_KINDS if kind in config.export_files]
+        for i, kind in enumerate(kinds):
+            part = table.slice(bounds[i], bounds[i + 1] - bounds[i])
+            parts[i] = _export_file(kind, i, part, data.plain[bounds[i] : bounds[i + 1]])
+    files = dict(parts)
+    rows_written = n
+    refused = int(data.invalid.sum())
+    if config.dirty_files:
+        extra, extra_rows = _file_dirt(config, day, data.scenario_index, parts, bounds, table)
+        files.update(extra)
+        rows_written += extra_rows
+        refused += extra_rows
+    return _Day(files=files, rows=rows_written, dirty_rows=refused, data=data)
+
+
+def _bounds(n: int, parts: int) -> np.ndarray:
+    """Row bounds of ``parts`` near-equal consecutive part files of ``n`` rows."""
+    return np.linspace(0, n, parts + 1).round().astype(int)
+
+
+def _day_rows(config: SimulationConfig, day: datetime.date) -> _Rows:
+    """The rows of one UTC day's part files, in ping-time order, before any file is written."""
     city = config.city
     active = config.scenario_active(day)
     scenario_index = SCENARIOS.index(config.scenario) if active else 0
@@ -309,6 +858,7 @@ def _simulate_day(config: SimulationConfig, day: datetime.date) -> _Day:
     r_lat, r_lon = world.lat[restaurant[owner]], world.lon[restaurant[owner]]
     distance_km = np.clip(rng.lognormal(np.log(0.06), 0.7, len(owner)), 0.005, 0.4)
     c_lat, c_lon = _move(r_lat, r_lon, distance_km, rng.uniform(0, 2 * np.pi, len(owner)))
+    c_lat, c_lon = _into_radius(city, c_lat, c_lon)
 
     order = np.argsort(ping_time, kind="stable")
     owner, ping_time, c_lat, c_lon = owner[order], ping_time[order], c_lat[order], c_lon[order]
@@ -356,29 +906,18 @@ def _simulate_day(config: SimulationConfig, day: datetime.date) -> _Day:
         mask[rows] = True
         columns[column] = pc.replace_with_mask(columns[column], pa.array(mask), values)
     table = pa.table([columns[c] for c in RAW_COLUMNS], names=list(RAW_COLUMNS))
-
-    bounds = np.linspace(0, n, config.files_per_day + 1).round().astype(int)
-    parts = [
-        (f"part-{i:03d}.csv", _csv(RAW_COLUMNS, table.slice(bounds[i], bounds[i + 1] - bounds[i])))
-        for i in range(config.files_per_day)
-    ]
-    if config.export_files:
-        # rows whose courier id may change: valid, and no duplicate copies them
-        plain = ~invalid
-        plain[row[duplicates]] = False
-        kinds = [kind for kind in EXPORT_KINDS if kind in config.export_files]
-        for i, kind in enumerate(kinds):
-            part = table.slice(bounds[i], bounds[i + 1] - bounds[i])
-            parts[i] = _export_file(kind, i, part, plain[bounds[i] : bounds[i + 1]])
-    files = dict(parts)
-    rows_written = n
-    refused = int(invalid.sum())
-    if config.dirty_files:
-        extra, extra_rows = _file_dirt(config, day, scenario_index, parts, bounds, table)
-        files.update(extra)
-        rows_written += extra_rows
-        refused += extra_rows
-    return _Day(files=files, rows=rows_written, dirty_rows=refused)
+    # rows whose courier id an export may change: valid, and no duplicate copies them
+    plain = ~invalid
+    plain[row[duplicates]] = False
+    return _Rows(
+        table=table,
+        ping_time=ping_time,
+        courier_lat=c_lat,
+        courier_lon=c_lon,
+        invalid=invalid,
+        plain=plain,
+        scenario_index=scenario_index,
+    )
 
 
 def _file_dirt(
@@ -391,11 +930,7 @@ def _file_dirt(
 ) -> tuple[dict[str, bytes], int]:
     """Empty file, wrong-header file and a re-delivered part: each on about a third of days, or
     exactly those of ``config.file_dirt``."""
-    rng = _rng(_FILES, config, day.toordinal(), scenario_index)
-    empty, legacy, redeliver = rng.random(3) < FILE_DIRT_PROBABILITY
-    part = int(rng.integers(config.files_per_day))
-    if config.file_dirt is not None:
-        empty, legacy, redeliver = (kind in config.file_dirt for kind in FILE_DIRT_KINDS)
+    empty, legacy, redeliver, part = _file_dirt_choice(config, day, scenario_index)
     files: dict[str, bytes] = {}
     rows = 0
     if empty:
@@ -409,6 +944,19 @@ def _file_dirt(
         files[f"redelivered-{name}"] = content
         rows += int(bounds[part + 1] - bounds[part])
     return files, rows
+
+
+def _file_dirt_choice(
+    config: SimulationConfig, day: datetime.date, scenario_index: int
+) -> tuple[bool, bool, bool, int]:
+    """Whether the day has an empty file, a legacy-header file and a re-delivered part, and
+    which part is re-delivered."""
+    rng = _rng(_FILES, config, day.toordinal(), scenario_index)
+    empty, legacy, redeliver = (bool(b) for b in rng.random(3) < FILE_DIRT_PROBABILITY)
+    part = int(rng.integers(config.files_per_day))
+    if config.file_dirt is not None:
+        empty, legacy, redeliver = (kind in config.file_dirt for kind in FILE_DIRT_KINDS)
+    return empty, legacy, redeliver, part
 
 
 def _row_dirt(
@@ -609,6 +1157,22 @@ def _clip_to_disc(xy: np.ndarray, radius: float) -> np.ndarray:
     return xy * np.minimum(1.0, radius / np.maximum(norm, 1e-12))[:, None]
 
 
+def _into_radius(city: City, lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Courier positions pulled just inside the service radius where they lie beyond it, so
+    valid pings stay in the service area (restaurants lie within 0.95 of the radius and
+    couriers within 0.4 km of them: this never moves a ping of a city of radius 8.2 km or more,
+    every other position is returned bit for bit)."""
+    limit = city.service_radius_km - IN_AREA_MARGIN_KM
+    km = haversine_km(lat, lon, city.center_lat, city.center_lon)
+    beyond = km > limit
+    if not beyond.any():
+        return lat, lon
+    scale = limit / np.maximum(km, 1e-12)
+    new_lat = np.where(beyond, city.center_lat + (lat - city.center_lat) * scale, lat)
+    new_lon = np.where(beyond, city.center_lon + (lon - city.center_lon) * scale, lon)
+    return new_lat, new_lon
+
+
 def _move(
     lat: np.ndarray, lon: np.ndarray, km: np.ndarray, bearing: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -737,8 +1301,32 @@ def _rng(purpose: int, config: SimulationConfig, *keys: int) -> np.random.Genera
     return np.random.default_rng([purpose, config.seed, _city_key(config.city), *keys])
 
 
+# Fields a City had before the catalog: their repr keys the city's random streams, so adding
+# fields to City leaves every simulated byte as it was. A later field enters the key only when
+# set (a catalog city's ``id``, a ``service_area``); ``first_day`` never does: a day's data does
+# not depend on when the city started.
+_STREAM_FIELDS = (
+    "name",
+    "center_lat",
+    "center_lon",
+    "service_radius_km",
+    "implausible_distance_km",
+    "timezone",
+    "h3_resolution",
+    "n_restaurant_clusters",
+)
+_NOT_IN_STREAM = ("first_day",)
+
+
 def _city_key(city: City) -> int:
-    return zlib.crc32(repr(city).encode())
+    text = ", ".join(f"{name}={getattr(city, name)!r}" for name in _STREAM_FIELDS)
+    for field in dataclasses.fields(City):
+        if field.name in _STREAM_FIELDS or field.name in _NOT_IN_STREAM:
+            continue
+        value = getattr(city, field.name)
+        if value != field.default:
+            text += f", {field.name}={value!r}"
+    return zlib.crc32(f"City({text})".encode())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,154 +1,287 @@
-"""Ingestion group: landing-zone files → raw pings → clean pings + quarantine."""
+"""Ingestion group, per city: landing-zone files → raw pings → clean pings + quarantine; and,
+for exports of every city, the rows no city takes (``unrouted_pings``)."""
 
 import datetime
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import dagster as dg
 import pandas as pd
 
-from geo_busyness.assets.metadata import OWNER, preview
+from geo_busyness.assets.metadata import OWNER, STAGE_TAG, city_asset, city_in, preview
 from geo_busyness.automation import on_new_data
+from geo_busyness.core.catalog import city_fingerprint
+from geo_busyness.core.city import City
+from geo_busyness.core.export import route_export, unrouted_quarantine
 from geo_busyness.core.landing import day_folder_problem
 from geo_busyness.core.schema import QuarantineReason, read_landing_file, validate_pings
-from geo_busyness.partitions import daily_partitions
-from geo_busyness.resources.city import CityResource
-from geo_busyness.resources.landing_zone import LandingZone, day_of_key, day_prefix
+from geo_busyness.partitions import city_partitions, export_partitions
+from geo_busyness.resources.landing_zone import LandingZone, city_day_of_key, day_prefix
 
 GROUP = "ingestion"
+UNROUTED = "unrouted_pings"
 
 
-@dg.asset(
-    partitions_def=daily_partitions,
-    group_name=GROUP,
-    owners=[OWNER],
-    kinds={"pandas", "parquet"},
-    freshness_policy=dg.FreshnessPolicy.time_window(
-        fail_window=datetime.timedelta(hours=48), warn_window=datetime.timedelta(hours=30)
-    ),
-    description=(
-        "Every file of the day from the landing zone (`raw/dt=YYYY-MM-DD/`), as text columns with "
-        "the source file and row: CSV/TSV/Parquet in any letter case, compressed or not, in "
-        "UTF-8/UTF-16 or a legacy 8-bit encoding, with any common delimiter. A file that cannot "
-        "be read as the contract keeps one record per source row, each carrying the file's "
-        "error, so that all its rows are quarantined. The metadata lists every file seen under "
-        "the day folder: how it was read and its rows, or why it was not read."
-    ),
-)
-def raw_courier_pings(context: dg.AssetExecutionContext, landing_zone: LandingZone) -> pd.DataFrame:
-    day = context.partition_key
-    prefix = day_prefix(day)
-    seen = landing_zone.day_listing(day)
-    not_read = {
-        f.key: day_folder_problem(f.key[len(prefix) :]) or "not a file of this day's layout"
-        for f in seen
-        if day_of_key(f.key) != day
-    }
-    for key, why in not_read.items():
-        context.log.warning(f"Not reading {landing_zone.location(key)}: {why}")
-    files = [f for f in seen if f.key not in not_read]
-    if not files:
-        found = f"; found only {len(not_read)} unreadable key(s): {not_read}" if not_read else ""
-        raise dg.Failure(
-            description=f"No landing files for {day} under {landing_zone.location(prefix)}{found}",
-            allow_retries=False,
-        )
-    frames, unreadable, records = [], {}, {}
-    for landing_file in files:
-        read = read_landing_file(landing_file.key, landing_zone.read(landing_file.key))
-        frames.append(read.frame)
+@dataclass
+class _Folder:
+    """What one day folder held: the frames read and a record per key seen."""
+
+    frames: list[pd.DataFrame] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
+    unreadable: dict[str, str] = field(default_factory=dict)
+    fallback_rows: int = 0
+    read: int = 0
+    bytes: int = 0
+
+
+def _read_folder(
+    context: dg.AssetExecutionContext, zone: LandingZone, day: str, city: str | None
+) -> _Folder:
+    """Every readable file of one day folder, as text columns with source file and row; a file
+    that cannot be read as the contract keeps one record per source row with its error."""
+    prefix = day_prefix(day, city)
+    folder = _Folder()
+    for landing_file in zone.day_listing(day, city):
+        if city_day_of_key(landing_file.key) != (city, day):
+            why = day_folder_problem(landing_file.key[len(prefix) :]) or "not of the layout"
+            context.log.warning(f"Not reading {zone.location(landing_file.key)}: {why}")
+            folder.records.append(
+                {
+                    "key": landing_file.key,
+                    "bytes": landing_file.size,
+                    "read": False,
+                    "rows": None,
+                    "not_read": why,
+                }
+            )
+            continue
+        read = read_landing_file(landing_file.key, zone.read(landing_file.key))
+        folder.frames.append(read.frame)
+        folder.read += 1
+        folder.bytes += landing_file.size
         if read.error is not None:
             context.log.warning(read.error)
-            unreadable[landing_file.key] = read.error
+            folder.unreadable[landing_file.key] = read.error
         if read.format.fallback_rows:
             context.log.warning(
                 f"{landing_file.key}: bytes that are not UTF-8 were read as cp1252 in "
                 f"{read.format.fallback_rows} row(s), e.g. source rows "
                 f"{list(read.format.fallback_source_rows)}"
             )
-        records[landing_file.key] = {
-            "read": True,
-            "rows": len(read.frame),
-            "quarantined_whole": read.error is not None,
-            **read.format.as_metadata(),
-            "error": read.error,
-        }
-    raw = pd.concat(frames, ignore_index=True)
-    context.add_output_metadata(
-        {
-            "files": dg.MetadataValue.json(
-                [
-                    {
-                        "key": f.key,
-                        "bytes": f.size,
-                        **records.get(
-                            f.key, {"read": False, "rows": None, "not_read": not_read.get(f.key)}
-                        ),
-                    }
-                    for f in seen
-                ]
-            ),
-            "files_read": len(files),
-            "files_not_read": dg.MetadataValue.json(not_read),
-            "source_rows": len(raw),
-            "bytes": sum(f.size for f in files),
-            "unreadable_files": dg.MetadataValue.json(unreadable),
-            "fallback_decoded_rows": sum(r["fallback_decoded_rows"] for r in records.values()),
-            "landing_zone": landing_zone.location(prefix),
-            "preview": preview(raw),
-        }
-    )
-    return raw
-
-
-@dg.multi_asset(
-    partitions_def=daily_partitions,
-    group_name=GROUP,
-    outs={
-        "clean_courier_pings": dg.AssetOut(
-            owners=[OWNER],
-            kinds={"pandas", "parquet"},
-            description="Typed pings that passed every rule of the data contract (DESIGN §2).",
-            automation_condition=on_new_data(),
-        ),
-        "quarantined_pings": dg.AssetOut(
-            owners=[OWNER],
-            kinds={"pandas", "parquet"},
-            description="Refused rows exactly as they arrived, with `reason` and `detail`.",
-            automation_condition=on_new_data(),
-        ),
-    },
-)
-def validated_courier_pings(
-    context: dg.AssetExecutionContext, raw_courier_pings: pd.DataFrame, city: CityResource
-):
-    """Split the day's raw rows into clean and quarantined (rows in = clean + quarantined)."""
-    result = validate_pings(raw_courier_pings, city.to_city(), partition_day=context.partition_key)
-    counts = result.reason_counts()
-    share = len(result.quarantined) / max(len(raw_courier_pings), 1)
-    yield dg.Output(
-        result.clean,
-        output_name="clean_courier_pings",
-        metadata={
-            "raw_rows": len(raw_courier_pings),
-            "quarantined_rows": len(result.quarantined),
-            "quarantined_share": round(share, 4),
-            "preview": preview(result.clean),
-        },
-    )
-    yield dg.Output(
-        result.quarantined,
-        output_name="quarantined_pings",
-        metadata={
-            **{f"reason/{reason}": count for reason, count in counts.items()},
-            "preview": preview(result.quarantined),
-        },
-    )
-    unparseable_rows = counts[QuarantineReason.UNPARSEABLE_FILE.value]
-    if unparseable_rows:
-        quarantined = result.quarantined
-        files = quarantined.loc[
-            quarantined["reason"] == QuarantineReason.UNPARSEABLE_FILE.value, "source_file"
-        ].nunique()
-        context.log.warning(
-            f"{files} landing file(s) could not be parsed; their {unparseable_rows} row(s) "
-            "are quarantined"
+        folder.fallback_rows += read.format.fallback_rows
+        folder.records.append(
+            {
+                "key": landing_file.key,
+                "bytes": landing_file.size,
+                "read": True,
+                "rows": len(read.frame),
+                "quarantined_whole": read.error is not None,
+                **read.format.as_metadata(),
+                "error": read.error,
+            }
         )
+    return folder
+
+
+def _concat(frames: list[pd.DataFrame], like: list[pd.DataFrame]) -> pd.DataFrame:
+    if frames:
+        return pd.concat(frames, ignore_index=True)
+    return like[0].iloc[:0] if like else pd.DataFrame()
+
+
+def _no_files(zone: LandingZone, folders: dict[str, _Folder], day: str) -> dg.Failure:
+    not_read = {
+        record["key"]: record["not_read"]
+        for folder in folders.values()
+        for record in folder.records
+        if not record["read"]
+    }
+    found = f"; found only {len(not_read)} unreadable key(s): {not_read}" if not_read else ""
+    where = " or ".join(zone.location(prefix) for prefix in folders)
+    return dg.Failure(
+        description=f"No landing files for {day} under {where}{found}", allow_retries=False
+    )
+
+
+def build_ingestion(city: City, cities: Sequence[City]) -> list:
+    """The ingestion assets of ``city`` (``cities``: the whole catalog, for routing)."""
+    partitions = city_partitions(city)
+
+    @dg.asset(
+        name="raw_courier_pings",
+        partitions_def=partitions,
+        kinds={"pandas", "parquet"},
+        freshness_policy=dg.FreshnessPolicy.time_window(
+            fail_window=datetime.timedelta(hours=48), warn_window=datetime.timedelta(hours=30)
+        ),
+        description=(
+            f"The pings of {city.name} for the day: every file of `raw/city={city.id}/dt=DAY/` "
+            "and the rows of the export of every city (`raw/dt=DAY/`) whose courier is inside "
+            f"{city.id}'s service area, as text columns with the source file and row. "
+            "CSV/TSV/Parquet in any letter case, compressed or not, in UTF-8/UTF-16 or a legacy "
+            "8-bit encoding, with any common delimiter. A file that cannot be read as the "
+            "contract keeps one record per source row, each carrying the file's error, so that "
+            "all its rows are quarantined. The metadata lists every file seen: how it was read, "
+            "its rows and the rows taken, or why it was not read."
+        ),
+        **city_asset(city, GROUP),
+    )
+    def raw_courier_pings(
+        context: dg.AssetExecutionContext, landing_zone: LandingZone
+    ) -> pd.DataFrame:
+        day = context.partition_key
+        own = _read_folder(context, landing_zone, day, city.id)
+        export = _read_folder(context, landing_zone, day, None)
+        if not own.read and not export.read:
+            raise _no_files(
+                landing_zone, {day_prefix(day, city.id): own, day_prefix(day): export}, day
+            )
+        export_rows = _concat(export.frames, own.frames)
+        taken = export_rows
+        if len(export_rows):
+            index = [c.id for c in cities].index(city.id)
+            taken = export_rows.loc[route_export(export_rows, cities) == index]
+        taken_per_file = taken["source_file"].value_counts() if len(taken) else pd.Series()
+        for record in export.records:
+            if record["read"]:
+                record["rows_of_city"] = int(taken_per_file.get(record["key"], 0))
+        raw = _concat([*own.frames, taken.reset_index(drop=True)], own.frames + export.frames)
+        context.add_output_metadata(
+            {
+                "files": dg.MetadataValue.json(own.records + export.records),
+                "files_read": own.read + export.read,
+                "export_files_read": export.read,
+                "source_rows": len(raw),
+                "export_rows_taken": len(taken),
+                "bytes": own.bytes + export.bytes,
+                "unreadable_files": dg.MetadataValue.json({**own.unreadable, **export.unreadable}),
+                "fallback_decoded_rows": own.fallback_rows + export.fallback_rows,
+                "landing_zone": landing_zone.location(day_prefix(day, city.id)),
+                "preview": preview(raw),
+            }
+        )
+        return raw
+
+    @dg.multi_asset(
+        name=f"{city.key}__validated_courier_pings",
+        partitions_def=partitions,
+        group_name=city.key,
+        code_version=city_fingerprint(city),
+        ins={"raw_courier_pings": city_in(city, "raw_courier_pings")},
+        outs={
+            "clean_courier_pings": dg.AssetOut(
+                key_prefix=[city.key],
+                owners=[OWNER],
+                kinds={"pandas", "parquet"},
+                tags={STAGE_TAG: GROUP},
+                code_version=city_fingerprint(city),
+                description="Typed pings that passed every rule of the data contract (DESIGN §2).",
+                automation_condition=on_new_data(city),
+            ),
+            "quarantined_pings": dg.AssetOut(
+                key_prefix=[city.key],
+                owners=[OWNER],
+                kinds={"pandas", "parquet"},
+                tags={STAGE_TAG: GROUP},
+                code_version=city_fingerprint(city),
+                description="Refused rows exactly as they arrived, with `reason` and `detail`.",
+                automation_condition=on_new_data(city),
+            ),
+        },
+    )
+    def validated_courier_pings(context: dg.AssetExecutionContext, raw_courier_pings):
+        """Split the day's raw rows into clean and quarantined (rows in = clean + quarantined)."""
+        result = validate_pings(raw_courier_pings, city, partition_day=context.partition_key)
+        counts = result.reason_counts()
+        share = len(result.quarantined) / max(len(raw_courier_pings), 1)
+        yield dg.Output(
+            result.clean,
+            output_name="clean_courier_pings",
+            metadata={
+                "raw_rows": len(raw_courier_pings),
+                "quarantined_rows": len(result.quarantined),
+                "quarantined_share": round(share, 4),
+                "preview": preview(result.clean),
+            },
+        )
+        yield dg.Output(
+            result.quarantined,
+            output_name="quarantined_pings",
+            metadata={
+                **{f"reason/{reason}": count for reason, count in counts.items()},
+                "preview": preview(result.quarantined),
+            },
+        )
+        unparseable_rows = counts[QuarantineReason.UNPARSEABLE_FILE.value]
+        if unparseable_rows:
+            quarantined = result.quarantined
+            files = quarantined.loc[
+                quarantined["reason"] == QuarantineReason.UNPARSEABLE_FILE.value, "source_file"
+            ].nunique()
+            context.log.warning(
+                f"{files} landing file(s) could not be parsed; their {unparseable_rows} row(s) "
+                "are quarantined"
+            )
+
+    return [raw_courier_pings, validated_courier_pings]
+
+
+def catalog_fingerprint(cities: Sequence[City]) -> str:
+    joined = ",".join(city_fingerprint(city) for city in cities)
+    return hashlib.sha256(joined.encode()).hexdigest()[:12]
+
+
+def build_unrouted(cities: Sequence[City]) -> dg.AssetsDefinition:
+    """``unrouted_pings``: the rows of the day's export of every city that no city takes."""
+
+    @dg.asset(
+        name=UNROUTED,
+        partitions_def=export_partitions(cities),
+        group_name="landing",
+        owners=[OWNER],
+        kinds={"pandas", "parquet"},
+        tags={STAGE_TAG: GROUP},
+        code_version=catalog_fingerprint(cities),
+        description=(
+            "Rows of the export of every city (`raw/dt=DAY/`) whose courier is inside no "
+            "city's service area, quarantined with the first contract rule they break against "
+            "the nearest city (e.g. `implausible_location` for a swapped sign), else "
+            "`outside_service_area`. With the cities' raw pings, every row of such a file is "
+            "accounted for exactly once."
+        ),
+    )
+    def unrouted_pings(context: dg.AssetExecutionContext, landing_zone: LandingZone):
+        day = context.partition_key
+        export = _read_folder(context, landing_zone, day, None)
+        frame = _concat(export.frames, [])
+        table = (
+            unrouted_quarantine(frame, cities, partition_day=day)
+            if len(frame)
+            else unrouted_quarantine(_empty_raw(), cities)
+        )
+        per_file = table["source_file"].value_counts()
+        for record in export.records:
+            if record["read"]:
+                record["rows_unrouted"] = int(per_file.get(record["key"], 0))
+        counts = table["reason"].value_counts()
+        context.add_output_metadata(
+            {
+                "files": dg.MetadataValue.json(export.records),
+                "export_rows": len(frame),
+                "unrouted_rows": len(table),
+                **{f"reason/{reason}": int(count) for reason, count in counts.items()},
+                "preview": preview(table),
+            }
+        )
+        return table
+
+    return unrouted_pings
+
+
+def _empty_raw() -> pd.DataFrame:
+    from geo_busyness.core.schema import RAW_COLUMNS, SOURCE_COLUMNS
+
+    return pd.DataFrame(
+        {column: pd.Series(dtype=object) for column in (*RAW_COLUMNS, *SOURCE_COLUMNS)}
+    )

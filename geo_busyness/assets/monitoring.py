@@ -14,8 +14,9 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from geo_busyness.assets.metadata import OWNER
+from geo_busyness.assets.metadata import city_asset, city_in
 from geo_busyness.automation import on_new_day_of_monitoring
+from geo_busyness.core.city import City
 from geo_busyness.core.drift import (
     CALENDAR_COLUMNS,
     DEFAULT_REFERENCE_ROWS,
@@ -32,8 +33,7 @@ from geo_busyness.core.forecast import FORECAST_COLUMN
 from geo_busyness.core.lifecycle import MODEL, SPLIT_COLUMN
 from geo_busyness.core.plots import markdown_image
 from geo_busyness.core.redact import redact_text
-from geo_busyness.partitions import daily_partitions
-from geo_busyness.resources.city import CityResource
+from geo_busyness.partitions import city_partitions
 from geo_busyness.resources.reports import DriftPolicy, ReportStore, report_link
 from geo_busyness.resources.tracking import MlflowTracking
 
@@ -70,116 +70,128 @@ OptionalPartitions = dg.DagsterType(
 )
 
 
-@dg.asset(
-    partitions_def=daily_partitions,
-    automation_condition=on_new_day_of_monitoring(),
-    group_name=GROUP,
-    owners=[OWNER],
-    kinds={"evidently", "pandas", "parquet"},
-    ins={
-        "busyness_forecast": dg.AssetIn(
-            partition_mapping=dg.TimeWindowPartitionMapping(
-                start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True
+def build_monitoring(city: City) -> dg.AssetsDefinition:
+    """``drift_report`` of ``city``, against its own training set and champion."""
+
+    @dg.asset(
+        partitions_def=city_partitions(city),
+        automation_condition=on_new_day_of_monitoring(city),
+        **city_asset(city, GROUP),
+        kinds={"evidently", "pandas", "parquet"},
+        ins={
+            "busyness_features": city_in(city, "busyness_features"),
+            "training_set": city_in(city, "training_set"),
+            "busyness_forecast": city_in(
+                city,
+                "busyness_forecast",
+                partition_mapping=dg.TimeWindowPartitionMapping(
+                    start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True
+                ),
+                metadata={"allow_missing_partitions": True, "columns": FORECAST_COLUMNS},
+                dagster_type=OptionalPartitions,
             ),
-            metadata={"allow_missing_partitions": True, "columns": FORECAST_COLUMNS},
-            dagster_type=OptionalPartitions,
-        ),
-        "hex_hourly_busyness": dg.AssetIn(
-            metadata={"allow_missing_partitions": True, "columns": ACTUAL_COLUMNS},
-            dagster_type=OptionalPartitions,
-        ),
-    },
-    check_specs=[
-        dg.AssetCheckSpec(
-            CHECK_NAME,
-            asset="drift_report",
-            description=(
-                "WARN when the share of drifted features or the forecast error growth is above "
-                "the drift_policy limits: the model should be retrained."
+            "hex_hourly_busyness": city_in(
+                city,
+                "hex_hourly_busyness",
+                metadata={"allow_missing_partitions": True, "columns": ACTUAL_COLUMNS},
+                dagster_type=OptionalPartitions,
             ),
-        )
-    ],
-    description=(
-        "Data drift of the day's busyness_features against the train rows of training_set, "
-        "one row per monitored feature (Evidently score, test, threshold, drifted), with the "
-        "full Evidently HTML report in the report_store. Once the day's actual orders have "
-        "landed, also the MAE of busyness_forecast of the day before (the forecast FOR this "
-        "day) relative to the test MAE of the model version that made it."
-    ),
-)
-def drift_report(
-    context: dg.AssetExecutionContext,
-    config: DriftReportConfig,
-    busyness_features: pd.DataFrame,
-    training_set: pd.DataFrame,
-    busyness_forecast,
-    hex_hourly_busyness,
-    city: CityResource,
-    report_store: ReportStore,
-    drift_policy: DriftPolicy,
-    mlflow_tracking: MlflowTracking,
-):
-    day = context.partition_key
-    names = monitored_columns(feature_columns(city.to_city().n_restaurant_clusters))
-    reference = training_set.loc[training_set[SPLIT_COLUMN] == "train"]
-    for name, frame in (
-        ("training_set (train rows)", reference),
-        ("busyness_features", busyness_features),
-    ):
-        missing = [column for column in names if column not in frame.columns]
-        if missing:
-            raise dg.Failure(
-                f"{name} lacks feature columns {missing}: were they materialized with another "
-                "CityResource (n_restaurant_clusters)?"
-            )
-    if busyness_features.empty:
-        raise dg.Failure(
-            f"busyness_features of {day} has no rows (the first materialized day has no "
-            "history to build features from): nothing to compare with the reference"
-        )
-    if reference.empty:
-        raise dg.Failure("training_set has no train rows: materialize the training group first")
-
-    import evidently  # noqa: F401  (seconds on a process's first report: not in drift_seconds)
-
-    started = time.perf_counter()
-    try:
-        result = feature_drift(
-            reference, busyness_features, names, config.max_reference_rows, config.seed
-        )
-    except ValueError as error:
-        raise dg.Failure(f"drift of {day} against training_set: {error}") from error
-    drift_seconds = time.perf_counter() - started
-    location = report_store.save(
-        f"{REPORT_FOLDER}/{day}.html", result.html.encode(), "text/html; charset=utf-8"
-    )
-    growth, growth_note, version = _error_growth(
-        day, busyness_forecast or {}, hex_hourly_busyness or {}, mlflow_tracking
-    )
-
-    retrain, why = needs_retraining(
-        result.drift_share, growth.error_ratio if growth else None, drift_policy.to_thresholds()
-    )
-    metadata = {
-        **_drift_metadata(day, result, reference, busyness_features, location),
-        **_growth_metadata(growth, growth_note, version),
-        "drift_seconds": round(drift_seconds, 2),
-    }
-    yield dg.Output(_ordered(result.columns), metadata=metadata)
-    yield dg.AssetCheckResult(
-        check_name=CHECK_NAME,
-        passed=not retrain,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=("retraining due: " if retrain else "within limits: ") + why,
-        metadata={
-            "retraining_due": retrain,
-            "drift_share": result.drift_share,
-            "max_drift_share": drift_policy.max_drift_share,
-            "max_error_ratio": drift_policy.max_error_ratio,
-            # Only when known: a numeric series stays plottable across partitions.
-            **({"error_ratio": growth.error_ratio} if growth else {}),
         },
+        check_specs=[
+            dg.AssetCheckSpec(
+                CHECK_NAME,
+                asset=dg.AssetKey([city.key, "drift_report"]),
+                description=(
+                    "WARN when the share of drifted features or the forecast error growth is above "
+                    "the drift_policy limits: the model should be retrained."
+                ),
+            )
+        ],
+        description=(
+            "Data drift of the day's busyness_features against the train rows of training_set, "
+            "one row per monitored feature (Evidently score, test, threshold, drifted), with the "
+            "full Evidently HTML report in the report_store. Once the day's actual orders have "
+            "landed, also the MAE of busyness_forecast of the day before (the forecast FOR this "
+            "day) relative to the test MAE of the model version that made it."
+        ),
     )
+    def drift_report(
+        context: dg.AssetExecutionContext,
+        config: DriftReportConfig,
+        busyness_features: pd.DataFrame,
+        training_set: pd.DataFrame,
+        busyness_forecast,
+        hex_hourly_busyness,
+        report_store: ReportStore,
+        drift_policy: DriftPolicy,
+        mlflow_tracking: MlflowTracking,
+    ):
+        day = context.partition_key
+        names = monitored_columns(feature_columns(city.n_restaurant_clusters))
+        mlflow_tracking = mlflow_tracking.for_city(city.id)
+        reference = training_set.loc[training_set[SPLIT_COLUMN] == "train"]
+        for name, frame in (
+            ("training_set (train rows)", reference),
+            ("busyness_features", busyness_features),
+        ):
+            missing = [column for column in names if column not in frame.columns]
+            if missing:
+                raise dg.Failure(
+                    f"{name} lacks feature columns {missing}: were they materialized before "
+                    f"{city.id}'s restaurant_clusters changed in the catalog?"
+                )
+        if busyness_features.empty:
+            raise dg.Failure(
+                f"busyness_features of {day} has no rows (the first materialized day has no "
+                "history to build features from): nothing to compare with the reference"
+            )
+        if reference.empty:
+            raise dg.Failure("training_set has no train rows: materialize the training group first")
+
+        import evidently  # noqa: F401  (seconds on a process's first report: not in drift_seconds)
+
+        started = time.perf_counter()
+        try:
+            result = feature_drift(
+                reference, busyness_features, names, config.max_reference_rows, config.seed
+            )
+        except ValueError as error:
+            raise dg.Failure(f"drift of {day} against training_set: {error}") from error
+        drift_seconds = time.perf_counter() - started
+        location = report_store.save(
+            f"{REPORT_FOLDER}/{city.id}/{day}.html",
+            result.html.encode(),
+            "text/html; charset=utf-8",
+        )
+        growth, growth_note, version = _error_growth(
+            day, busyness_forecast or {}, hex_hourly_busyness or {}, mlflow_tracking
+        )
+
+        retrain, why = needs_retraining(
+            result.drift_share, growth.error_ratio if growth else None, drift_policy.to_thresholds()
+        )
+        metadata = {
+            **_drift_metadata(day, result, reference, busyness_features, location),
+            **_growth_metadata(growth, growth_note, version),
+            "drift_seconds": round(drift_seconds, 2),
+        }
+        yield dg.Output(_ordered(result.columns), metadata=metadata)
+        yield dg.AssetCheckResult(
+            check_name=CHECK_NAME,
+            passed=not retrain,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=("retraining due: " if retrain else "within limits: ") + why,
+            metadata={
+                "retraining_due": retrain,
+                "drift_share": result.drift_share,
+                "max_drift_share": drift_policy.max_drift_share,
+                "max_error_ratio": drift_policy.max_error_ratio,
+                # Only when known: a numeric series stays plottable across partitions.
+                **({"error_ratio": growth.error_ratio} if growth else {}),
+            },
+        )
+
+    return drift_report
 
 
 def _ordered(columns: pd.DataFrame) -> pd.DataFrame:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from geo_busyness.assets.metadata import OWNER, preview
+from geo_busyness.assets.metadata import city_asset, city_in, preview
 from geo_busyness.automation import after_passed_checks
 from geo_busyness.core.city import City
 from geo_busyness.core.features import TARGET_COLUMN, feature_columns
@@ -41,7 +41,6 @@ from geo_busyness.core.model import (
     train_poc_baseline,
 )
 from geo_busyness.core.plots import hexagon_map_png, markdown_image, predicted_vs_actual_png
-from geo_busyness.resources.city import CityResource
 from geo_busyness.resources.promotion import PromotionPolicyResource
 from geo_busyness.resources.tracking import Champion, MlflowTracking
 from geo_busyness.resources.training_backend import TrainingBackend
@@ -107,199 +106,13 @@ def _features(city: City, frame: pd.DataFrame) -> list[str]:
     if missing:
         raise dg.Failure(
             f"the training set lacks feature columns {missing}: were busyness_features "
-            "materialized with another CityResource (n_restaurant_clusters)?"
+            f"materialized before {city.id}'s restaurant_clusters changed in the catalog?"
         )
     return names
 
 
 def _md_table(frame: pd.DataFrame, digits: int = 4) -> dg.MetadataValue:
     return dg.MetadataValue.md(frame.round(digits).to_markdown())
-
-
-@dg.asset(
-    group_name=GROUP,
-    owners=[OWNER],
-    kinds={"pandas", "parquet"},
-    ins={
-        "busyness_features": dg.AssetIn(
-            partition_mapping=dg.AllPartitionMapping(),
-            metadata={"allow_missing_partitions": True, "lazy": True},
-        )
-    },
-    description=(
-        "busyness_features of the last `window_days` days, split by time into train / "
-        "validation / test with a gap between slices (column `split`); never a random split."
-    ),
-)
-def training_set(
-    context: dg.AssetExecutionContext, config: TrainingSetConfig, busyness_features: dict
-) -> pd.DataFrame:
-    split = SplitConfig(
-        validation_days=config.validation_days,
-        test_days=config.test_days,
-        gap_hours=config.gap_hours,
-    )
-    try:
-        frame, ranges = training_set_from_features(busyness_features, config.window_days, split)
-    except ValueError as error:
-        raise dg.Failure(str(error)) from error
-    counts = frame[SPLIT_COLUMN].value_counts()
-    context.add_output_metadata(
-        {
-            "partitions_available": len(busyness_features),
-            **{f"{name}_rows": int(counts.get(name, 0)) for name in SPLITS},
-            "time_ranges": dg.MetadataValue.md(
-                pd.DataFrame(
-                    {
-                        "start (UTC)": [str(r.start) for r in ranges.values()],
-                        "end (UTC, exclusive)": [str(r.end) for r in ranges.values()],
-                    },
-                    index=list(ranges),
-                ).to_markdown()
-            ),
-            "hexagons": int(frame["h3_cell"].nunique()),
-            "preview": preview(frame),
-        }
-    )
-    return frame
-
-
-@dg.asset(
-    group_name=GROUP,
-    owners=[OWNER],
-    kinds={"xgboost", "mlflow"},
-    io_manager_key=OBJECT_IO,
-    # Sizes this step's pod under the k8s executor (ignored by the other executors): the search
-    # uses every core it gets, and 1M feature rows peak at ~3.2 GB (BENCHMARKS.md "Model").
-    op_tags={
-        "dagster-k8s/config": {
-            "container_config": {
-                "resources": {
-                    "requests": {"cpu": "4", "memory": "8Gi"},
-                    "limits": {"memory": "8Gi"},
-                }
-            }
-        }
-    },
-    description=(
-        "Candidate XGBoost count model (Poisson vs Tweedie, early-stopped, time-boxed search) "
-        "plus the PoC's RandomForest baseline on the same split; logged to MLflow with params, "
-        "metrics, feature importances, signature and input example."
-    ),
-)
-def busyness_model(
-    context: dg.AssetExecutionContext,
-    config: BusynessModelConfig,
-    training_set: pd.DataFrame,
-    city: CityResource,
-    mlflow_tracking: MlflowTracking,
-    training_backend: TrainingBackend,
-) -> CandidateModel:
-    import mlflow
-    import mlflow.xgboost
-    from mlflow.models import infer_signature
-
-    split = split_from_training_set(training_set)
-    names = _features(city.to_city(), training_set)
-    with mlflow_tracking.start_run(context, "busyness_model") as run:
-        # Where the candidate trains is the resource's business; baselines stay in-process.
-        outcome = training_backend.train(context, split, names, config.training_config())
-        trained = outcome.trained
-        poc, poc_seconds = (
-            train_poc_baseline(split, names, seed=config.seed, cv=config.poc_cv_folds)
-            if config.train_poc_baseline
-            else (None, None)
-        )
-        validation = {
-            MODEL: predict(trained, split.validation, names),
-            SEASONAL_NAIVE: seasonal_naive_predict(split.validation),
-        }
-        if poc is not None:
-            validation[POC_BASELINE] = poc.predict(split.validation[names])
-        scores = metrics_table(split.validation[TARGET_COLUMN], validation)
-        importance = (
-            pd.Series(trained.model.get_booster().get_score(importance_type="gain"), name="gain")
-            .reindex(names, fill_value=0.0)
-            .sort_values(ascending=False)
-        )
-        mlflow.log_params(
-            {
-                **config.model_dump(),
-                "training_backend": outcome.backend,
-                **outcome.details,
-                "chosen_objective": trained.objective,
-                **{f"chosen_{key}": value for key, value in trained.params.items()},
-                "best_iteration": trained.best_iteration,
-                "features": len(names),
-                **{f"{name}_rows": len(getattr(split, name)) for name in SPLITS},
-                **{f"{name}_start": str(r.start) for name, r in split.ranges.items()},
-                **{f"{name}_end": str(r.end) for name, r in split.ranges.items()},
-            }
-        )
-        mlflow.log_metrics(
-            {
-                **{
-                    f"validation_{predictor}_{metric}": float(value)
-                    for predictor, row in scores.iterrows()
-                    for metric, value in row.items()
-                    if np.isfinite(value)
-                },
-                "training_seconds": trained.seconds,
-                **({"poc_training_seconds": poc_seconds} if poc_seconds is not None else {}),
-            }
-        )
-        mlflow.log_dict(importance.to_dict(), "feature_importance_gain.json")
-        mlflow.log_dict({"fits": trained.search_log}, "search_log.json")
-        # As floats: every feature may be missing (NaN) at inference time.
-        example = split.validation[names].head(5).astype("float64")
-        logged = mlflow.xgboost.log_model(
-            trained.model,
-            name="model",
-            signature=infer_signature(example, trained.model.predict(example)),
-            input_example=example,
-            # Explicit: inferring them imports and inspects the environment (~9 s).
-            pip_requirements=[
-                f"xgboost=={importlib.metadata.version('xgboost')}",
-                f"pandas=={pd.__version__}",
-                f"numpy=={np.__version__}",
-            ],
-            model_format="ubj",
-        )
-        run_id = run.mlflow_run_id
-    candidate = CandidateModel(
-        trained=trained,
-        poc_baseline=poc.best_estimator_ if poc is not None else None,
-        poc_params=dict(poc.best_params_) if poc is not None else {},
-        poc_seconds=poc_seconds,
-        mlflow_run_id=run_id,
-        model_uri=logged.model_uri,
-    )
-    context.add_output_metadata(
-        {
-            "training_backend": outcome.backend,
-            **outcome.details,
-            "objective": trained.objective,
-            "params": dg.MetadataValue.json(trained.params),
-            "best_iteration": trained.best_iteration,
-            "training_seconds": round(trained.seconds, 2),
-            **(
-                {
-                    "poc_training_seconds": round(poc_seconds, 2),
-                    "poc_params": dg.MetadataValue.json(candidate.poc_params),
-                    "speedup_vs_poc": round(poc_seconds / trained.seconds, 1),
-                }
-                if poc_seconds is not None
-                else {}
-            ),
-            "validation_metrics": _md_table(scores),
-            "validation_mae": float(scores.loc[MODEL, "mae"]),
-            "feature_importance_top15": _md_table(importance.head(15).to_frame(), 2),
-            "search": dg.MetadataValue.md(pd.DataFrame(trained.search_log).round(4).to_markdown()),
-            "model_uri": logged.model_uri,
-            **mlflow_tracking.run_metadata(run_id),
-        }
-    )
-    return candidate
 
 
 def _champion_predictions(
@@ -321,139 +134,343 @@ def _champion_predictions(
     return champion_model.predict(test[names]).astype("float64"), champion.version, ""
 
 
-@dg.asset(
-    group_name=GROUP,
-    owners=[OWNER],
-    kinds={"xgboost", "mlflow"},
-    io_manager_key=OBJECT_IO,
-    description=(
-        "Test-slice MAE, RMSE, R² and Poisson deviance of the candidate, seasonal naive, the PoC "
-        "baseline and the current champion; error by hour of day and by hexagon, with a "
-        "predicted-vs-actual plot and an error map. Logged into the candidate's MLflow run."
-    ),
-)
-def model_evaluation(
-    context: dg.AssetExecutionContext,
-    training_set: pd.DataFrame,
-    busyness_model: CandidateModel,
-    mlflow_tracking: MlflowTracking,
-) -> Evaluation:
-    test = split_from_training_set(training_set).test
-    names = busyness_model.feature_names
-    predictions = {
-        MODEL: predict(busyness_model.trained, test, names),
-        SEASONAL_NAIVE: seasonal_naive_predict(test),
-    }
-    if busyness_model.poc_baseline is not None:
-        predictions[POC_BASELINE] = busyness_model.poc_baseline.predict(test[names])
-    champion, version, note = _champion_predictions(
-        test, busyness_model, mlflow_tracking, predictions[MODEL]
-    )
-    if champion is not None:
-        predictions[CHAMPION] = champion
-    evaluation = evaluate(test, predictions, busyness_model.mlflow_run_id, version, note)
+def build_training(city: City) -> list:
+    """The training assets of ``city``: its own training set, candidate, evaluation and
+    champion (a registered MLflow model per city)."""
 
-    compared = {
-        name: predictions[name]
-        for name in (MODEL, SEASONAL_NAIVE, POC_BASELINE)
-        if name in predictions
-    }
-    scatter = predicted_vs_actual_png(
-        test[TARGET_COLUMN].to_numpy(),
-        compared,
-        f"Predicted vs actual, {evaluation.test_rows} test rows",
+    @dg.asset(
+        **city_asset(city, GROUP),
+        kinds={"pandas", "parquet"},
+        ins={
+            "busyness_features": city_in(
+                city,
+                "busyness_features",
+                partition_mapping=dg.AllPartitionMapping(),
+                metadata={"allow_missing_partitions": True, "lazy": True},
+            )
+        },
+        description=(
+            "busyness_features of the last `window_days` days, split by time into train / "
+            "validation / test with a gap between slices (column `split`); never a random split."
+        ),
     )
-    error_map = hexagon_map_png(
-        evaluation.by_hexagon.index.to_numpy(),
-        evaluation.by_hexagon["mae"].to_numpy(),
-        "Model MAE per hexagon (test slice)",
-        "MAE (orders)",
-    )
-    client = mlflow_tracking.client()
-    run_id = busyness_model.mlflow_run_id
-    for predictor, row in evaluation.metrics.iterrows():
-        for metric, value in row.items():
-            if np.isfinite(value):
-                client.log_metric(run_id, f"test_{predictor}_{metric}", float(value))
-    with tempfile.TemporaryDirectory() as folder:
-        for name, png in (("predicted_vs_actual.png", scatter), ("error_map.png", error_map)):
-            (Path(folder) / name).write_bytes(png)
-        evaluation.by_hour.to_csv(Path(folder) / "error_by_hour.csv")
-        evaluation.by_hexagon.to_csv(Path(folder) / "error_by_hexagon.csv")
-        client.log_artifacts(run_id, folder, artifact_path="evaluation")
-
-    context.add_output_metadata(
-        {
-            "test_metrics": _md_table(evaluation.metrics),
-            "model_mae": evaluation.mae(MODEL),
-            "seasonal_naive_mae": evaluation.mae(SEASONAL_NAIVE),
-            **({"poc_mae": evaluation.mae(POC_BASELINE)} if POC_BASELINE in predictions else {}),
-            **({"champion_mae": evaluation.mae(CHAMPION)} if CHAMPION in predictions else {}),
-            "champion_version": str(version or "none"),
-            "champion_note": note or "compared on the same test slice",
-            "prediction_problems": dg.MetadataValue.json(evaluation.problems),
-            "predicted_vs_actual": dg.MetadataValue.md(
-                markdown_image(scatter, "predicted vs actual")
-            ),
-            "error_map": dg.MetadataValue.md(markdown_image(error_map, "error map")),
-            "error_by_hour_of_day": _md_table(evaluation.by_hour),
-            "worst_hexagons": _md_table(evaluation.by_hexagon.nlargest(10, "mae")),
-            "test_rows": evaluation.test_rows,
-            "test_range": f"{evaluation.test_range.start} to {evaluation.test_range.end}",
-            **mlflow_tracking.run_metadata(run_id),
-        }
-    )
-    return evaluation
-
-
-@dg.asset(
-    group_name=GROUP,
-    owners=[OWNER],
-    kinds={"mlflow"},
-    io_manager_key=OBJECT_IO,
-    automation_condition=after_passed_checks(),
-    description=(
-        "The MLflow registry's `champion` alias, moved to the candidate only when every promotion "
-        "gate passed (the blocking checks on model_evaluation); the replaced version is kept "
-        "as the new version's `previous_champion` tag for rollback (`geo-busyness rollback`)."
-    ),
-)
-def champion_model(
-    context: dg.AssetExecutionContext,
-    busyness_model: CandidateModel,
-    model_evaluation: Evaluation,
-    mlflow_tracking: MlflowTracking,
-    promotion_policy: PromotionPolicyResource,
-) -> Champion:
-    if model_evaluation.candidate_run_id != busyness_model.mlflow_run_id:
-        raise dg.Failure(
-            f"model_evaluation is for MLflow run {model_evaluation.candidate_run_id}, but "
-            f"busyness_model is run {busyness_model.mlflow_run_id}: materialize model_evaluation "
-            "(and its checks) for this candidate first"
+    def training_set(
+        context: dg.AssetExecutionContext, config: TrainingSetConfig, busyness_features: dict
+    ) -> pd.DataFrame:
+        split = SplitConfig(
+            validation_days=config.validation_days,
+            test_days=config.test_days,
+            gap_hours=config.gap_hours,
         )
-    failed = [
-        gate
-        for gate in promotion_gates(model_evaluation, promotion_policy.to_policy())
-        if not gate.passed
-    ]
-    if failed:
-        current = mlflow_tracking.champion()
-        raise dg.Failure(
-            "candidate refused, champion unchanged "
-            f"({'version ' + current.version if current else 'none yet'}): "
-            + "; ".join(f"{gate.name}: {gate.description}" for gate in failed)
+        try:
+            frame, ranges = training_set_from_features(busyness_features, config.window_days, split)
+        except ValueError as error:
+            raise dg.Failure(str(error)) from error
+        counts = frame[SPLIT_COLUMN].value_counts()
+        context.add_output_metadata(
+            {
+                "partitions_available": len(busyness_features),
+                **{f"{name}_rows": int(counts.get(name, 0)) for name in SPLITS},
+                "time_ranges": dg.MetadataValue.md(
+                    pd.DataFrame(
+                        {
+                            "start (UTC)": [str(r.start) for r in ranges.values()],
+                            "end (UTC, exclusive)": [str(r.end) for r in ranges.values()],
+                        },
+                        index=list(ranges),
+                    ).to_markdown()
+                ),
+                "hexagons": int(frame["h3_cell"].nunique()),
+                "preview": preview(frame),
+            }
         )
-    champion, changed = mlflow_tracking.promote(
-        busyness_model.model_uri, busyness_model.mlflow_run_id
+        return frame
+
+    @dg.asset(
+        **city_asset(city, GROUP),
+        kinds={"xgboost", "mlflow"},
+        io_manager_key=OBJECT_IO,
+        ins={"training_set": city_in(city, "training_set")},
+        # Sizes this step's pod under the k8s executor (ignored by the other executors): the search
+        # uses every core it gets, and 1M feature rows peak at ~3.2 GB (BENCHMARKS.md "Model").
+        op_tags={
+            "dagster-k8s/config": {
+                "container_config": {
+                    "resources": {
+                        "requests": {"cpu": "4", "memory": "8Gi"},
+                        "limits": {"memory": "8Gi"},
+                    }
+                }
+            }
+        },
+        description=(
+            "Candidate XGBoost count model (Poisson vs Tweedie, early-stopped, time-boxed search) "
+            "plus the PoC's RandomForest baseline on the same split; logged to MLflow with params, "
+            "metrics, feature importances, signature and input example."
+        ),
     )
-    context.add_output_metadata(
-        {
-            "version": champion.version,
-            "previous_version": champion.previous_version or "none",
-            "changed": changed,
-            "model_uri": champion.model_uri,
-            "registered_model": mlflow_tracking.registered_model_name,
-            **mlflow_tracking.run_metadata(champion.run_id),
+    def busyness_model(
+        context: dg.AssetExecutionContext,
+        config: BusynessModelConfig,
+        training_set: pd.DataFrame,
+        mlflow_tracking: MlflowTracking,
+        training_backend: TrainingBackend,
+    ) -> CandidateModel:
+        import mlflow
+        import mlflow.xgboost
+        from mlflow.models import infer_signature
+
+        split = split_from_training_set(training_set)
+        names = _features(city, training_set)
+        mlflow_tracking = mlflow_tracking.for_city(city.id)
+        with mlflow_tracking.start_run(context, "busyness_model") as run:
+            # Where the candidate trains is the resource's business; baselines stay in-process.
+            outcome = training_backend.train(context, split, names, config.training_config())
+            trained = outcome.trained
+            poc, poc_seconds = (
+                train_poc_baseline(split, names, seed=config.seed, cv=config.poc_cv_folds)
+                if config.train_poc_baseline
+                else (None, None)
+            )
+            validation = {
+                MODEL: predict(trained, split.validation, names),
+                SEASONAL_NAIVE: seasonal_naive_predict(split.validation),
+            }
+            if poc is not None:
+                validation[POC_BASELINE] = poc.predict(split.validation[names])
+            scores = metrics_table(split.validation[TARGET_COLUMN], validation)
+            importance = (
+                pd.Series(
+                    trained.model.get_booster().get_score(importance_type="gain"), name="gain"
+                )
+                .reindex(names, fill_value=0.0)
+                .sort_values(ascending=False)
+            )
+            mlflow.log_params(
+                {
+                    **config.model_dump(),
+                    "training_backend": outcome.backend,
+                    **outcome.details,
+                    "chosen_objective": trained.objective,
+                    **{f"chosen_{key}": value for key, value in trained.params.items()},
+                    "best_iteration": trained.best_iteration,
+                    "features": len(names),
+                    **{f"{name}_rows": len(getattr(split, name)) for name in SPLITS},
+                    **{f"{name}_start": str(r.start) for name, r in split.ranges.items()},
+                    **{f"{name}_end": str(r.end) for name, r in split.ranges.items()},
+                }
+            )
+            mlflow.log_metrics(
+                {
+                    **{
+                        f"validation_{predictor}_{metric}": float(value)
+                        for predictor, row in scores.iterrows()
+                        for metric, value in row.items()
+                        if np.isfinite(value)
+                    },
+                    "training_seconds": trained.seconds,
+                    **({"poc_training_seconds": poc_seconds} if poc_seconds is not None else {}),
+                }
+            )
+            mlflow.log_dict(importance.to_dict(), "feature_importance_gain.json")
+            mlflow.log_dict({"fits": trained.search_log}, "search_log.json")
+            # As floats: every feature may be missing (NaN) at inference time.
+            example = split.validation[names].head(5).astype("float64")
+            logged = mlflow.xgboost.log_model(
+                trained.model,
+                name="model",
+                signature=infer_signature(example, trained.model.predict(example)),
+                input_example=example,
+                # Explicit: inferring them imports and inspects the environment (~9 s).
+                pip_requirements=[
+                    f"xgboost=={importlib.metadata.version('xgboost')}",
+                    f"pandas=={pd.__version__}",
+                    f"numpy=={np.__version__}",
+                ],
+                model_format="ubj",
+            )
+            run_id = run.mlflow_run_id
+        candidate = CandidateModel(
+            trained=trained,
+            poc_baseline=poc.best_estimator_ if poc is not None else None,
+            poc_params=dict(poc.best_params_) if poc is not None else {},
+            poc_seconds=poc_seconds,
+            mlflow_run_id=run_id,
+            model_uri=logged.model_uri,
+        )
+        context.add_output_metadata(
+            {
+                "training_backend": outcome.backend,
+                **outcome.details,
+                "objective": trained.objective,
+                "params": dg.MetadataValue.json(trained.params),
+                "best_iteration": trained.best_iteration,
+                "training_seconds": round(trained.seconds, 2),
+                **(
+                    {
+                        "poc_training_seconds": round(poc_seconds, 2),
+                        "poc_params": dg.MetadataValue.json(candidate.poc_params),
+                        "speedup_vs_poc": round(poc_seconds / trained.seconds, 1),
+                    }
+                    if poc_seconds is not None
+                    else {}
+                ),
+                "validation_metrics": _md_table(scores),
+                "validation_mae": float(scores.loc[MODEL, "mae"]),
+                "feature_importance_top15": _md_table(importance.head(15).to_frame(), 2),
+                "search": dg.MetadataValue.md(
+                    pd.DataFrame(trained.search_log).round(4).to_markdown()
+                ),
+                "model_uri": logged.model_uri,
+                **mlflow_tracking.run_metadata(run_id),
+            }
+        )
+        return candidate
+
+    @dg.asset(
+        **city_asset(city, GROUP),
+        kinds={"xgboost", "mlflow"},
+        io_manager_key=OBJECT_IO,
+        ins={
+            "training_set": city_in(city, "training_set"),
+            "busyness_model": city_in(city, "busyness_model"),
+        },
+        description=(
+            "Test-slice MAE, RMSE, R² and Poisson deviance of the candidate, seasonal naive, the PoC "
+            "baseline and the current champion; error by hour of day and by hexagon, with a "
+            "predicted-vs-actual plot and an error map. Logged into the candidate's MLflow run."
+        ),
+    )
+    def model_evaluation(
+        context: dg.AssetExecutionContext,
+        training_set: pd.DataFrame,
+        busyness_model: CandidateModel,
+        mlflow_tracking: MlflowTracking,
+    ) -> Evaluation:
+        mlflow_tracking = mlflow_tracking.for_city(city.id)
+        test = split_from_training_set(training_set).test
+        names = busyness_model.feature_names
+        predictions = {
+            MODEL: predict(busyness_model.trained, test, names),
+            SEASONAL_NAIVE: seasonal_naive_predict(test),
         }
+        if busyness_model.poc_baseline is not None:
+            predictions[POC_BASELINE] = busyness_model.poc_baseline.predict(test[names])
+        champion, version, note = _champion_predictions(
+            test, busyness_model, mlflow_tracking, predictions[MODEL]
+        )
+        if champion is not None:
+            predictions[CHAMPION] = champion
+        evaluation = evaluate(test, predictions, busyness_model.mlflow_run_id, version, note)
+
+        compared = {
+            name: predictions[name]
+            for name in (MODEL, SEASONAL_NAIVE, POC_BASELINE)
+            if name in predictions
+        }
+        scatter = predicted_vs_actual_png(
+            test[TARGET_COLUMN].to_numpy(),
+            compared,
+            f"Predicted vs actual, {evaluation.test_rows} test rows",
+        )
+        error_map = hexagon_map_png(
+            evaluation.by_hexagon.index.to_numpy(),
+            evaluation.by_hexagon["mae"].to_numpy(),
+            "Model MAE per hexagon (test slice)",
+            "MAE (orders)",
+        )
+        client = mlflow_tracking.client()
+        run_id = busyness_model.mlflow_run_id
+        for predictor, row in evaluation.metrics.iterrows():
+            for metric, value in row.items():
+                if np.isfinite(value):
+                    client.log_metric(run_id, f"test_{predictor}_{metric}", float(value))
+        with tempfile.TemporaryDirectory() as folder:
+            for name, png in (("predicted_vs_actual.png", scatter), ("error_map.png", error_map)):
+                (Path(folder) / name).write_bytes(png)
+            evaluation.by_hour.to_csv(Path(folder) / "error_by_hour.csv")
+            evaluation.by_hexagon.to_csv(Path(folder) / "error_by_hexagon.csv")
+            client.log_artifacts(run_id, folder, artifact_path="evaluation")
+
+        context.add_output_metadata(
+            {
+                "test_metrics": _md_table(evaluation.metrics),
+                "model_mae": evaluation.mae(MODEL),
+                "seasonal_naive_mae": evaluation.mae(SEASONAL_NAIVE),
+                **(
+                    {"poc_mae": evaluation.mae(POC_BASELINE)} if POC_BASELINE in predictions else {}
+                ),
+                **({"champion_mae": evaluation.mae(CHAMPION)} if CHAMPION in predictions else {}),
+                "champion_version": str(version or "none"),
+                "champion_note": note or "compared on the same test slice",
+                "prediction_problems": dg.MetadataValue.json(evaluation.problems),
+                "predicted_vs_actual": dg.MetadataValue.md(
+                    markdown_image(scatter, "predicted vs actual")
+                ),
+                "error_map": dg.MetadataValue.md(markdown_image(error_map, "error map")),
+                "error_by_hour_of_day": _md_table(evaluation.by_hour),
+                "worst_hexagons": _md_table(evaluation.by_hexagon.nlargest(10, "mae")),
+                "test_rows": evaluation.test_rows,
+                "test_range": f"{evaluation.test_range.start} to {evaluation.test_range.end}",
+                **mlflow_tracking.run_metadata(run_id),
+            }
+        )
+        return evaluation
+
+    @dg.asset(
+        **city_asset(city, GROUP),
+        kinds={"mlflow"},
+        io_manager_key=OBJECT_IO,
+        ins={
+            "busyness_model": city_in(city, "busyness_model"),
+            "model_evaluation": city_in(city, "model_evaluation"),
+        },
+        automation_condition=after_passed_checks(city),
+        description=(
+            "The MLflow registry's `champion` alias, moved to the candidate only when every promotion "
+            "gate passed (the blocking checks on model_evaluation); the replaced version is kept "
+            "as the new version's `previous_champion` tag for rollback (`geo-busyness rollback`)."
+        ),
     )
-    return champion
+    def champion_model(
+        context: dg.AssetExecutionContext,
+        busyness_model: CandidateModel,
+        model_evaluation: Evaluation,
+        mlflow_tracking: MlflowTracking,
+        promotion_policy: PromotionPolicyResource,
+    ) -> Champion:
+        mlflow_tracking = mlflow_tracking.for_city(city.id)
+        if model_evaluation.candidate_run_id != busyness_model.mlflow_run_id:
+            raise dg.Failure(
+                f"model_evaluation is for MLflow run {model_evaluation.candidate_run_id}, but "
+                f"busyness_model is run {busyness_model.mlflow_run_id}: materialize model_evaluation "
+                "(and its checks) for this candidate first"
+            )
+        failed = [
+            gate
+            for gate in promotion_gates(model_evaluation, promotion_policy.to_policy())
+            if not gate.passed
+        ]
+        if failed:
+            current = mlflow_tracking.champion()
+            raise dg.Failure(
+                "candidate refused, champion unchanged "
+                f"({'version ' + current.version if current else 'none yet'}): "
+                + "; ".join(f"{gate.name}: {gate.description}" for gate in failed)
+            )
+        champion, changed = mlflow_tracking.promote(
+            busyness_model.model_uri, busyness_model.mlflow_run_id
+        )
+        context.add_output_metadata(
+            {
+                "version": champion.version,
+                "previous_version": champion.previous_version or "none",
+                "changed": changed,
+                "model_uri": champion.model_uri,
+                "registered_model": mlflow_tracking.registered_model_name,
+                **mlflow_tracking.run_metadata(champion.run_id),
+            }
+        )
+        return champion
+
+    return [training_set, busyness_model, model_evaluation, champion_model]

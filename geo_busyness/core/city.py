@@ -1,19 +1,28 @@
-"""The city a deployment serves: its centre, service area, time zone and H3 resolution.
+"""A served city: its centre, service area, time zone, H3 resolution and first day.
 
-Everything city-specific is configuration, so the same code serves any city.
+Everything city-specific is configuration (the catalog, ``geo_busyness/core/catalog.py``), so
+the same code serves any city.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from dataclasses import dataclass
+
+CITY_ID = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 
 @dataclass(frozen=True)
 class City:
     """Geography and calendar of one service area.
 
-    ``service_radius_km`` bounds where a ping is plausible: points further than
-    ``implausible_distance_km`` from the centre are quarantined as implausible.
+    A ping belongs to the city when it lies inside ``service_area`` (a polygon of
+    ``(lat, lon)`` vertices) or, without one, within ``service_radius_km`` of the centre.
+    Points further than ``implausible_distance_km`` from the centre cannot come from a courier
+    of this city (a swapped sign, null island): they are quarantined as implausible.
+    ``id`` is the slug used in landing folders (``raw/city=<id>/``), partition paths and
+    asset keys (as :attr:`key`, with ``_`` for ``-``).
     """
 
     name: str = "Regina, SK"
@@ -24,8 +33,16 @@ class City:
     timezone: str = "America/Regina"
     h3_resolution: int = 7
     n_restaurant_clusters: int = 5
+    id: str = "regina"
+    first_day: dt.date | None = None
+    service_area: tuple[tuple[float, float], ...] | None = None
 
     def __post_init__(self) -> None:
+        if not CITY_ID.match(self.id):
+            raise ValueError(
+                f"city id must be a lowercase slug (letters, digits, single hyphens), got "
+                f"{self.id!r}"
+            )
         if not -90 <= self.center_lat <= 90 or not -180 <= self.center_lon <= 180:
             raise ValueError(
                 f"city centre ({self.center_lat}, {self.center_lon}) is not a coordinate"
@@ -34,6 +51,13 @@ class City:
             raise ValueError(f"h3_resolution must be 0..15, got {self.h3_resolution}")
         if self.implausible_distance_km < self.service_radius_km:
             raise ValueError("implausible_distance_km must be at least service_radius_km")
+        if self.service_area is not None and len(self.service_area) < 3:
+            raise ValueError("service_area needs at least 3 vertices")
+
+    @property
+    def key(self) -> str:
+        """``id`` as a Dagster name (asset key prefix, group, job): hyphens become ``_``."""
+        return self.id.replace("-", "_")
 
 
 DEFAULT_CITY = City()

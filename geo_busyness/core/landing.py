@@ -13,11 +13,12 @@ Pure logic, no Dagster: the sensor in :mod:`geo_busyness.sensors` lists and logs
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Protocol
@@ -27,7 +28,8 @@ CURSOR_VERSION = 1
 # magic bytes decide how it is unpacked; see ``geo_busyness.core.schema``).
 SUPPORTED_EXTENSIONS = (".csv", ".tsv", ".parquet")
 COMPRESSION_EXTENSIONS = (".gz", ".gzip", ".zip", ".bz2", ".xz")
-_DAY_FOLDER = re.compile(r"^raw/dt=([^/]*)/(.*)$")
+# ``raw/dt=D/<file>`` (one export for every city) or ``raw/city=<id>/dt=D/<file>`` (one city's).
+_DAY_FOLDER = re.compile(r"^raw/(?:city=([^/]*)/)?dt=([^/]*)/(.*)$")
 _ISO_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 DAY_DIGEST_CHARS = 16  # 64 bits: run keys of one day never collide in practice
 IGNORED_KEY_HASH_CHARS = 12  # a collision only hides one log line
@@ -77,10 +79,21 @@ class DayRun:
     digest: str
     files: int
     is_new_day: bool
+    city: str | None = None
+    """The city of a ``raw/city=<id>/`` folder; None for an export of every city."""
+
+    @property
+    def slot(self) -> str:
+        """``<city>/<day>`` for a city's folder, ``<day>`` for the export of every city."""
+        return landing_slot(self.city, self.day)
 
     @property
     def run_key(self) -> str:
-        return f"{self.day}:{self.digest}"
+        return f"{self.slot}:{self.digest}"
+
+
+def landing_slot(city: str | None, day: str) -> str:
+    return f"{city}/{day}" if city else day
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,8 @@ class LandingPlan:
     days: int
     cursor_problem: str | None
     """Why the previous cursor was discarded, if it was."""
+    digests: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Digest of every landing slot (:func:`landing_slot`) now, changed or not."""
 
     def summary(self) -> str:
         """What the listing held, in one line for the sensor's messages."""
@@ -138,17 +153,23 @@ def day_folder_problem(rest: str) -> str | None:
     return file_name_problem(rest)
 
 
-def ignore_reason(key: str, window: DayWindow) -> str | None:
+def ignore_reason(
+    key: str, window: DayWindow, city_ids: Collection[str] | None = None
+) -> str | None:
     """Why ``key`` is not an ingestible file of a partition day, or None when it is one.
 
-    Accepts exactly what the ``raw_courier_pings`` asset reads (``day_of_key`` of the resource):
-    ``raw/dt=YYYY-MM-DD/<name>`` with a readable name (:func:`file_name_problem`), directly in
-    the day folder.
+    Accepts exactly what the ``raw_courier_pings`` assets read (``city_day_of_key`` of the
+    resource): ``raw/dt=YYYY-MM-DD/<name>`` or ``raw/city=<id>/dt=YYYY-MM-DD/<name>`` (``<id>``
+    one of ``city_ids`` when given) with a readable name (:func:`file_name_problem`), directly
+    in the day folder.
     """
     match = _DAY_FOLDER.match(key)
     if not match:
-        return "not in a raw/dt=YYYY-MM-DD/ folder"
-    day_text, name = match.groups()
+        return "not in a raw/dt=YYYY-MM-DD/ or raw/city=<id>/dt=YYYY-MM-DD/ folder"
+    city, day_text, name = match.groups()
+    if city is not None and city_ids is not None and city not in city_ids:
+        known = ", ".join(sorted(city_ids)) or "none"
+        return f"city={city} is not a city of the catalog (known: {known})"
     if not _ISO_DAY.match(day_text):
         return f"folder dt={day_text} is not a YYYY-MM-DD day"
     try:
@@ -214,7 +235,10 @@ def _load_cursor(cursor: str | None) -> tuple[_Cursor, str | None]:
 
 
 def plan_landing_runs(
-    listing: Iterable[ListedFile], cursor: str | None, window: DayWindow
+    listing: Iterable[ListedFile],
+    cursor: str | None,
+    window: DayWindow,
+    city_ids: Collection[str] | None = None,
 ) -> LandingPlan:
     """The days whose files changed since ``cursor`` (oldest first) and the cursor to store.
 
@@ -224,31 +248,33 @@ def plan_landing_runs(
     materialization stays as it is.
     """
     previous, cursor_problem = _load_cursor(cursor)
-    files_by_day: dict[str, list[ListedFile]] = {}
+    files_by_slot: dict[tuple[str, str | None], list[ListedFile]] = {}
     ignored: list[IgnoredKey] = []
     pending_files = 0
     day_in_progress = window.day_in_progress.isoformat()
     for listed in listing:
-        reason = ignore_reason(listed.key, window)
+        reason = ignore_reason(listed.key, window, city_ids)
         if reason is not None:
             ignored.append(IgnoredKey(listed.key, reason))
             continue
-        day = _DAY_FOLDER.match(listed.key).group(1)
+        city, day, _ = _DAY_FOLDER.match(listed.key).groups()
         if day == day_in_progress:
             pending_files += 1
         else:
-            files_by_day.setdefault(day, []).append(listed)
+            files_by_slot.setdefault((day, city), []).append(listed)
 
-    digests = {day: day_digest(files) for day, files in sorted(files_by_day.items())}
+    slots = sorted(files_by_slot, key=lambda slot: (slot[0], slot[1] or ""))
+    digests = {landing_slot(city, day): day_digest(files_by_slot[day, city]) for day, city in slots}
     runs = tuple(
         DayRun(
             day=day,
-            digest=digest,
-            files=len(files_by_day[day]),
-            is_new_day=day not in previous.days,
+            digest=digests[landing_slot(city, day)],
+            files=len(files_by_slot[day, city]),
+            is_new_day=landing_slot(city, day) not in previous.days,
+            city=city,
         )
-        for day, digest in digests.items()
-        if previous.days.get(day) != digest
+        for day, city in slots
+        if previous.days.get(landing_slot(city, day)) != digests[landing_slot(city, day)]
     )
     ignored_hashes = {_ignored_key_hash(item.key): item for item in ignored}
     return LandingPlan(
@@ -260,7 +286,17 @@ def plan_landing_runs(
         ),
         ignored_count=len(ignored),
         pending_files=pending_files,
-        files=sum(len(files) for files in files_by_day.values()),
-        days=len(digests),
+        files=sum(len(files) for files in files_by_slot.values()),
+        days=len({day for day, _ in slots}),
         cursor_problem=cursor_problem,
+        digests=digests,
     )
+
+
+def city_day_digest(plan: LandingPlan, city: str, day: str) -> str | None:
+    """Digest of what ``city`` reads for ``day``: its own folder and the export of every city
+    (None when neither holds a file)."""
+    parts = [plan.digests.get(landing_slot(city, day)), plan.digests.get(day)]
+    if parts == [None, None]:
+        return None
+    return hashlib.sha256("|".join(p or "" for p in parts).encode()).hexdigest()[:DAY_DIGEST_CHARS]

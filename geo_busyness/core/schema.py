@@ -90,6 +90,7 @@ class QuarantineReason(StrEnum):
     OUT_OF_RANGE = "out_of_range"
     NULL_ISLAND = "null_island"
     IMPLAUSIBLE_LOCATION = "implausible_location"
+    OUTSIDE_SERVICE_AREA = "outside_service_area"
     ORDER_AFTER_PING = "order_after_ping"
     OUTSIDE_PARTITION_DAY = "outside_partition_day"
     DUPLICATE = "duplicate"
@@ -1222,3 +1223,16 @@ def schema_problems(clean: pd.DataFrame) -> list[str]:
     if extra:
         problems.append(f"unexpected columns {extra}")
     return problems
+
+
+def courier_locations(raw: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """``(lat, lon)`` of every raw row's courier, parsed as the contract parses them (NaN where
+    a value is missing or not a number, and for every row of a file that could not be read):
+    what routes a row of an export of every city to its city."""
+    lat = _parse_column(raw["courier_lat"], "courier_lat").values
+    lon = _parse_column(raw["courier_lon"], "courier_lon").values
+    unreadable = raw["file_error"].notna().to_numpy(dtype=bool)
+    lat, lon = lat.astype("float64", copy=True), lon.astype("float64", copy=True)
+    lat[unreadable] = np.nan
+    lon[unreadable] = np.nan
+    return lat, lon

@@ -20,6 +20,9 @@ the server; a dead or reused pid makes that state stale, and stale parts are sta
 Deployments in ``state_dir`` are serialised with a lock file. Servers and the proxy run in
 their own sessions so they outlive the process that deployed them. Linux and macOS (pid
 reuse is detected on Linux only, through the process start time).
+
+A multi-city bundle deploys the same way; the state and ``status()`` keep each city's model
+name and version in ``members`` next to the combined labels.
 """
 
 from __future__ import annotations
@@ -108,6 +111,8 @@ class ServerState:
     model_name: str
     model_version: str
     bundle_dir: str
+    # {city: {"model_name", "model_version"}} of a multi-city bundle (absent in older states)
+    members: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -150,7 +155,8 @@ class EndpointState:
 
 @dataclass(frozen=True)
 class LocalEndpointStatus:
-    """What ``status()`` found; ``problems`` names stale or dead parts."""
+    """What ``status()`` found; ``problems`` names stale or dead parts; ``members`` the
+    per-city models of a multi-city bundle."""
 
     url: str
     serving: bool
@@ -162,6 +168,7 @@ class LocalEndpointStatus:
     proxy_pid: int | None
     started_at: str | None
     problems: tuple[str, ...] = ()
+    members: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------- processes
@@ -383,6 +390,7 @@ class LocalEndpoint:
             proxy_pid=state.proxy.process.pid if state.proxy else None,
             started_at=server.process.started_at if server else None,
             problems=tuple(problems),
+            members=dict(server.members) if server else {},
         )
 
     def stop(self) -> bool:
@@ -401,7 +409,7 @@ class LocalEndpoint:
     def deploy(self, bundle_dir: str | Path, smoke: SmokeTest) -> DeploymentRecord:
         """Put ``bundle_dir`` behind the fixed address; on failure the previous model keeps serving."""
         manifest = BundleManifest.read(bundle_dir)
-        smoke = smoke.for_version(manifest.model_version)
+        smoke = smoke.for_bundle(manifest)
         with self._locked():
             state, _stale = self._live(self.read_state())
             if state.proxy is None:
@@ -441,6 +449,7 @@ class LocalEndpoint:
                 "state_file": str(self.state_path),
                 "server_log": new_server.process.log_path,
             },
+            members=dict(manifest.members),
         )
 
     # ------------------------------------------------------------------ steps
@@ -528,6 +537,7 @@ class LocalEndpoint:
             model_name=manifest.model_name,
             model_version=manifest.model_version,
             bundle_dir=str(manifest.bundle_dir),
+            members={city: dict(model) for city, model in manifest.members.items()},
         )
         try:
             self._wait_ready(server)

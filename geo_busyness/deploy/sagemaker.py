@@ -17,12 +17,18 @@ rolled the update back itself the endpoint is left as it is. A newly created end
 fails has nothing to go back to and is deleted. Either way :class:`DeploymentFailed` is raised.
 Models and endpoint configs of earlier deployments are kept: they are what rollbacks use.
 
+A multi-city bundle deploys the same way (``package_bundle`` keeps its ``cities/<city>/``
+folders); its Model's environment carries the combined version label and, in
+``GEO_BUSYNESS_MODEL_MEMBERS``, each city's model name and version as JSON, which is what
+``status()`` reports and the next deployment's ``previous_model_version`` reads.
+
 Credentials come only from the AWS default chain; nothing here logs request parameters.
 """
 
 from __future__ import annotations
 
 import gzip
+import json
 import secrets
 import tarfile
 import tempfile
@@ -42,7 +48,7 @@ from geo_busyness.deploy.common import (
     slug,
     utc_now,
 )
-from geo_busyness.resources.settings import MODEL_NAME_ENV, MODEL_VERSION_ENV
+from geo_busyness.resources.settings import MODEL_MEMBERS_ENV, MODEL_NAME_ENV, MODEL_VERSION_ENV
 
 NAME_MAX = 63  # SageMaker: ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}
 SETTLED = frozenset({"InService", "Failed", "OutOfService", "UpdateRollbackFailed"})
@@ -90,9 +96,14 @@ class SageMakerConfig:
 
 @dataclass(frozen=True)
 class EndpointSnapshot:
+    """``describe_endpoint``'s answer; ``status()`` also fills in which model(s) serve."""
+
     status: str
     config_name: str | None
     failure_reason: str | None
+    model_name: str | None = None
+    model_version: str | None = None
+    members: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 def resource_name(endpoint_name: str, model_version: str, stamp: str, nonce: str) -> str:
@@ -157,15 +168,30 @@ class SageMakerEndpoint:
 
     # ------------------------------------------------------------------ public API
     def status(self) -> EndpointSnapshot | None:
-        """The endpoint's status and config now, or None if it does not exist."""
-        return self._describe()
+        """The endpoint's status, config and model(s) now, or None if it does not exist."""
+        snapshot = self._describe()
+        if snapshot is None:
+            return None
+        environment = self._environment_of(snapshot.config_name) or {}
+        try:
+            members = json.loads(environment.get(MODEL_MEMBERS_ENV) or "{}")
+        except ValueError:
+            members = {}
+        return EndpointSnapshot(
+            status=snapshot.status,
+            config_name=snapshot.config_name,
+            failure_reason=snapshot.failure_reason,
+            model_name=environment.get(MODEL_NAME_ENV),
+            model_version=environment.get(MODEL_VERSION_ENV),
+            members=members if isinstance(members, dict) else {},
+        )
 
     def deploy(self, bundle_dir: str | Path, smoke: SmokeTest) -> DeploymentRecord:
         """Put ``bundle_dir`` on the endpoint; on failure the previous config serves again."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         manifest = BundleManifest.read(bundle_dir)
-        smoke = smoke.for_version(manifest.model_version)
+        smoke = smoke.for_bundle(manifest)
         name = resource_name(
             self.config.endpoint_name, manifest.model_version, compact_stamp(), secrets.token_hex(2)
         )
@@ -214,6 +240,7 @@ class SageMakerEndpoint:
                 "previous_endpoint_config_name": before.config_name if before else None,
                 "data_capture_uri": self.config.capture_uri,
             },
+            members=dict(manifest.members),
         )
 
     # ------------------------------------------------------------------ steps
@@ -253,6 +280,11 @@ class SageMakerEndpoint:
                     **self.config.container_environment,
                     MODEL_NAME_ENV: manifest.model_name,
                     MODEL_VERSION_ENV: manifest.model_version,
+                    **(
+                        {MODEL_MEMBERS_ENV: json.dumps(manifest.members, sort_keys=True)}
+                        if manifest.members
+                        else {}
+                    ),
                 },
             },
         )
@@ -279,6 +311,10 @@ class SageMakerEndpoint:
 
     def _model_version_of(self, config_name: str | None) -> str | None:
         """The version a config serves, from its model's environment (None if unknown)."""
+        return (self._environment_of(config_name) or {}).get(MODEL_VERSION_ENV)
+
+    def _environment_of(self, config_name: str | None) -> dict[str, str] | None:
+        """The container environment of a config's model (None if unknown)."""
         from botocore.exceptions import ClientError
 
         if not config_name:
@@ -289,7 +325,7 @@ class SageMakerEndpoint:
             model = self.sagemaker.describe_model(ModelName=model_name)
         except (ClientError, KeyError, IndexError):
             return None
-        return model.get("PrimaryContainer", {}).get("Environment", {}).get(MODEL_VERSION_ENV)
+        return model.get("PrimaryContainer", {}).get("Environment", {})
 
     def _delete_failed_endpoint(self) -> None:
         self.sagemaker.delete_endpoint(EndpointName=self.config.endpoint_name)

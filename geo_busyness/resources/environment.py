@@ -40,7 +40,6 @@ from typing import Any
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from geo_busyness.resources.city import CityResource
 from geo_busyness.resources.deployment import (
     EndpointTarget,
     LocalEndpointTarget,
@@ -49,6 +48,7 @@ from geo_busyness.resources.deployment import (
 from geo_busyness.resources.io_manager import ParquetIOManagerResource, PickleIOManagerResource
 from geo_busyness.resources.landing_zone import LandingZone
 from geo_busyness.resources.promotion import PromotionPolicyResource
+from geo_busyness.resources.quality import DataQualityPolicy
 from geo_busyness.resources.reports import DriftPolicy, ReportStore
 from geo_busyness.resources.settings import (
     BUCKET_ENV,
@@ -121,7 +121,6 @@ def build_resources() -> dict[str, Any]:
     on_endpoint = _field("s3_endpoint_url", S3_ENDPOINT_ENV)
     storage_options = {**_field("base_path", STORAGE_ENV, in_bucket("assets")), **on_endpoint}
     return {
-        "city": CityResource(),
         "landing_zone": LandingZone(
             s3=S3Resource(**_field("endpoint_url", S3_ENDPOINT_ENV)),
             **_field("root", LANDING_ZONE_ENV, in_bucket("landing")),
@@ -138,6 +137,7 @@ def build_resources() -> dict[str, Any]:
             **_field("base_path", REPORTS_ENV, in_bucket("reports")), **on_endpoint
         ),
         "drift_policy": DriftPolicy(),
+        "data_quality_policy": DataQualityPolicy(),
     }
 
 
@@ -184,7 +184,6 @@ def local_resources(root: Path, endpoint_port: int = 8080) -> dict[str, Any]:
     (root / "mlflow").mkdir(parents=True, exist_ok=True)
     assets = str(root / "assets")
     return {
-        "city": CityResource(),
         "landing_zone": LandingZone(root=str(root / "landing")),
         "io_manager": ParquetIOManagerResource(base_path=assets),
         "object_io_manager": PickleIOManagerResource(base_path=assets),
@@ -196,4 +195,5 @@ def local_resources(root: Path, endpoint_port: int = 8080) -> dict[str, Any]:
         "training_backend": LocalTrainingBackend(),
         "report_store": ReportStore(base_path=str(root / "reports")),
         "drift_policy": DriftPolicy(),
+        "data_quality_policy": DataQualityPolicy(),
     }

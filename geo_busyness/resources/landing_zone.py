@@ -1,8 +1,9 @@
 """The landing zone: where raw ping files arrive, a local directory or an S3 prefix.
 
-Files are laid out as ``raw/dt=YYYY-MM-DD/<name>.csv|.tsv|.parquet`` (any letter case, optionally
-compressed: ``.gz``, ``.zip``, ...; see ``geo_busyness.core.landing.file_name_problem``) under the
-zone's root.
+Files are laid out as ``raw/city=<id>/dt=YYYY-MM-DD/<name>.csv|.tsv|.parquet`` (one city's) or
+``raw/dt=YYYY-MM-DD/<name>`` (one export for every city, routed row by row), in any letter case,
+optionally compressed (``.gz``, ``.zip``, ...; see ``geo_busyness.core.landing.file_name_problem``),
+under the zone's root.
 S3 goes through dagster-aws's ``S3Resource`` so credentials and endpoints are configured the
 Dagster way (any S3-compatible endpoint through ``endpoint_url``).
 """
@@ -25,7 +26,7 @@ from geo_busyness.core.landing import file_name_problem
 from geo_busyness.resources.settings import default_data_dir
 
 RAW_PREFIX = "raw"
-_DAY_KEY = re.compile(r"^raw/dt=(\d{4}-\d{2}-\d{2})/([^/]+)$")
+_DAY_KEY = re.compile(r"^raw/(?:city=([a-z0-9-]+)/)?dt=(\d{4}-\d{2}-\d{2})/([^/]+)$")
 
 
 @dataclass(frozen=True)
@@ -38,20 +39,28 @@ class LandingFile:
     version: str
 
 
-def day_of_key(key: str) -> str | None:
-    """The partition day a key belongs to, or None when it is outside the ``dt=`` layout."""
+def city_day_of_key(key: str) -> tuple[str | None, str] | None:
+    """``(city, day)`` of a readable landing file (city None for the export of every city), or
+    None when the key is outside the layout."""
     match = _DAY_KEY.match(key)
-    if not match or file_name_problem(match.group(2)) is not None:
+    if not match or file_name_problem(match.group(3)) is not None:
         return None
     try:
-        dt.date.fromisoformat(match.group(1))
+        dt.date.fromisoformat(match.group(2))
     except ValueError:
         return None
-    return match.group(1)
+    return match.group(1), match.group(2)
 
 
-def day_prefix(day: str) -> str:
-    return f"{RAW_PREFIX}/dt={day}/"
+def day_of_key(key: str) -> str | None:
+    """The day of a readable file of the export of every city (``raw/dt=D/``), else None."""
+    found = city_day_of_key(key)
+    return found[1] if found and found[0] is None else None
+
+
+def day_prefix(day: str, city: str | None = None) -> str:
+    """The folder of ``day``: of one city, or (``city`` None) of the export of every city."""
+    return f"{RAW_PREFIX}/city={city}/dt={day}/" if city else f"{RAW_PREFIX}/dt={day}/"
 
 
 class LandingZone(dg.ConfigurableResource):
@@ -117,13 +126,13 @@ class LandingZone(dg.ConfigurableResource):
                 )
         return sorted(files, key=lambda f: f.key)
 
-    def day_listing(self, day: str) -> list[LandingFile]:
+    def day_listing(self, day: str, city: str | None = None) -> list[LandingFile]:
         """Every object under the day folder (subfolders and unreadable names included)."""
-        return self.list_files(day_prefix(day))
+        return self.list_files(day_prefix(day, city))
 
-    def day_files(self, day: str) -> list[LandingFile]:
-        """Files of one partition day that follow the layout (the ones the ingestion reads)."""
-        return [f for f in self.day_listing(day) if day_of_key(f.key) == day]
+    def day_files(self, day: str, city: str | None = None) -> list[LandingFile]:
+        """Files of one day folder that follow the layout (the ones the ingestion reads)."""
+        return [f for f in self.day_listing(day, city) if city_day_of_key(f.key) == (city, day)]
 
     def read(self, key: str) -> bytes:
         if self.is_s3:

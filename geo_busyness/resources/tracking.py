@@ -125,6 +125,18 @@ class MlflowTracking(dg.ConfigurableResource):
         "server, or http://127.0.0.1:5000 (scripts/dev mlflow-ui) for a local store.",
     )
 
+    def for_city(self, city_id: str) -> MlflowTracking:
+        """The same store with the experiment and registered model of one city (``<name>-<city
+        id>``): each city has its own versions and champion alias, and the cities trained in one
+        Dagster run (a weekly retrain) get one MLflow run each."""
+        return MlflowTracking(
+            tracking_uri=self.tracking_uri,
+            artifact_location=self.artifact_location,
+            experiment_name=f"{self.experiment_name}-{city_id}",
+            registered_model_name=f"{self.registered_model_name}-{city_id}",
+            ui_url=self.ui_url,
+        )
+
     # -- tracking ---------------------------------------------------------------------------
 
     @property

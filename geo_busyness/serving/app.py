@@ -14,6 +14,10 @@ a turn within ``Capacity.queue_timeout_s`` is answered 503 with ``Retry-After``,
 answer comes within a fixed budget: the connection's header and body deadlines
 (``protocol.ConnectionLimits``), twice the queue timeout and the parse of a body within the
 bounds of ``RequestLimits`` (well under a second for the largest accepted).
+
+A multi-city bundle is served the same way: ``/ping``, the ``X-Model-*`` headers and the log
+lines carry its combined ``model_name``/``model_version`` labels (``regina=3,saskatoon=12``),
+``/ping`` adds the ``model_versions``/``model_names`` maps by city.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from geo_busyness.resources.settings import (
     SERVING_MAX_INSTANCES_ENV,
     SERVING_MODEL_DIR_ENV,
 )
-from geo_busyness.serving.bundle import LoadedBundle, load_bundle
+from geo_busyness.serving.bundle import LoadedBundle, MultiCityBundle, load_bundle
 from geo_busyness.serving.inference import forecast
 from geo_busyness.serving.protocol import REFUSAL_STATE_KEY
 from geo_busyness.serving.requests import (
@@ -147,7 +151,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _answer(
-    bundle: LoadedBundle,
+    bundle: LoadedBundle | MultiCityBundle,
     body: bytes,
     content_type: str | None,
     limits: RequestLimits,
@@ -155,36 +159,42 @@ def _answer(
     inference_id: str,
 ) -> tuple[int, bytes | RequestError]:
     """Body → ``(rows, response body)``, or ``(rows, error)`` for keys the snapshot lacks."""
-    manifest = bundle.manifest
-    instances = parse_request(body, content_type, manifest.h3_resolution, limits)
+    if isinstance(bundle, MultiCityBundle):
+        resolution, identity = bundle.resolutions, bundle
+    else:
+        resolution, identity = bundle.manifest.h3_resolution, bundle.manifest
+    instances = parse_request(body, content_type, resolution, limits)
     try:
         result = forecast(bundle, instances)
     except RequestError as error:
         return len(instances), error
     if output_type == CSV_MEDIA_TYPE:
         return len(instances), csv_body(result)
-    return len(instances), json_body(result, manifest, inference_id)
+    return len(instances), json_body(result, identity, inference_id)
 
 
 def create_app(
-    bundle: LoadedBundle, limits: RequestLimits | None = None, capacity: Capacity | None = None
+    bundle: LoadedBundle | MultiCityBundle,
+    limits: RequestLimits | None = None,
+    capacity: Capacity | None = None,
 ) -> Starlette:
     """The server for one loaded bundle; ``/ping`` answers 200 once this exists."""
     limits = limits or RequestLimits()
     capacity = capacity or Capacity()
     gates = _Gates(capacity)
-    manifest = bundle.manifest
+    manifest = bundle if isinstance(bundle, MultiCityBundle) else bundle.manifest
     version_headers = {
         "X-Model-Name": manifest.model_name,
         "X-Model-Version": manifest.model_version,
     }
-    ping_body = json.dumps(
-        {
-            "status": "ok",
-            "model_name": manifest.model_name,
-            "model_version": manifest.model_version,
-        }
-    ).encode()
+    ping_fields = {
+        "status": "ok",
+        "model_name": manifest.model_name,
+        "model_version": manifest.model_version,
+    }
+    if isinstance(bundle, MultiCityBundle):
+        ping_fields |= {"model_versions": bundle.model_versions, "model_names": bundle.model_names}
+    ping_body = json.dumps(ping_fields).encode()
 
     async def ping(request: Request) -> Response:
         return Response(ping_body, media_type=JSON_MEDIA_TYPE)
@@ -305,12 +315,22 @@ def app_from_environment() -> Starlette:
     return app
 
 
-def log_loaded(bundle: LoadedBundle, directory: str | os.PathLike[str]) -> None:
+def log_loaded(bundle: LoadedBundle | MultiCityBundle, directory: str | os.PathLike[str]) -> None:
+    """One ``bundle_loaded`` line, or one per city of a multi-city bundle (with its ``city``)."""
+    if isinstance(bundle, MultiCityBundle):
+        for city, member in bundle.members.items():
+            _log_member(member, directory, {"city": city})
+        return
+    _log_member(bundle, directory, {})
+
+
+def _log_member(bundle: LoadedBundle, directory: str | os.PathLike[str], extra: dict) -> None:
     manifest = bundle.manifest
     LOGGER.info(
         json.dumps(
             {
                 "event": "bundle_loaded",
+                **extra,
                 "model_dir": str(directory),
                 "model_name": manifest.model_name,
                 "model_version": manifest.model_version,

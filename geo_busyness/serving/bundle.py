@@ -7,6 +7,15 @@
 
 The server forecasts from the snapshot, so a request only names a cell (or a coordinate) and
 an hour: the features are computed by the batch pipeline exactly as for training.
+
+A multi-city bundle (``write_city_bundle``) is one directory too, so SageMaker and the local
+server take it as they take a single one: ``cities.json`` at the top lists the members in
+routing order, and each member is an ordinary bundle under ``cities/<city_id>/`` with its own
+model, resolution, horizon and snapshot. ``load_bundle`` reads either layout; a multi-city
+bundle loads as a ``MultiCityBundle``. Its ``model_name`` and ``model_version`` are combined
+labels, ``<city>=<value>`` joined by ``,`` in city-id order (``regina=3,saskatoon=12``): the
+same label for every request, so pings, headers, logs and deployment records say which models
+serve, while each prediction names its own ``city`` and ``model_version``.
 """
 
 from __future__ import annotations
@@ -18,17 +27,19 @@ import os
 import shutil
 import tarfile
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import h3ronpy
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from geo_busyness.core.city import CITY_ID
 from geo_busyness.core.features import HOUR_NS
-from geo_busyness.core.geo import strings_to_cells
+from geo_busyness.core.geo import cells_to_strings, strings_to_cells
 from geo_busyness.serving.snapshot import SnapshotIndex
 
 # XGBoost loads only where a bundle is read: the Dagster run processes import this module to
@@ -41,6 +52,9 @@ FEATURES_FILE = "features.parquet"
 MANIFEST_FILE = "manifest.json"
 BUNDLE_FILES = (MANIFEST_FILE, MODEL_FILE, FEATURES_FILE)
 KEY_COLUMNS = ("h3_cell", "hour_start")
+CITIES_FILE = "cities.json"  # present only in a multi-city bundle
+CITIES_DIR = "cities"
+CITY_BUNDLE_FORMAT = 1
 
 
 def _utc_iso(value: str | dt.datetime | pd.Timestamp, name: str) -> str:
@@ -156,6 +170,57 @@ class LoadedBundle:
         ).reshape(-1)
 
 
+def city_label(values: Mapping[str, str]) -> str:
+    """``{"saskatoon": "12", "regina": "3"}`` → ``"regina=3,saskatoon=12"`` (city-id order)."""
+    return ",".join(f"{city}={values[city]}" for city in sorted(values))
+
+
+@dataclass(frozen=True, eq=False)
+class MultiCityBundle:
+    """Loaded members of a multi-city bundle, in routing order, keyed by city id.
+
+    ``model_name`` / ``model_version`` are the combined labels of the module docstring, so
+    code that logs or compares one bundle's version works unchanged for several models.
+    """
+
+    members: Mapping[str, LoadedBundle]
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            raise ValueError("a multi-city bundle needs at least one city")
+        _check_disjoint(
+            {
+                city: (member.manifest.h3_resolution, member.index.cells)
+                for city, member in self.members.items()
+            }
+        )
+
+    @property
+    def cities(self) -> tuple[str, ...]:
+        return tuple(self.members)
+
+    @property
+    def model_names(self) -> dict[str, str]:
+        return {city: m.manifest.model_name for city, m in self.members.items()}
+
+    @property
+    def model_versions(self) -> dict[str, str]:
+        return {city: m.manifest.model_version for city, m in self.members.items()}
+
+    @property
+    def model_name(self) -> str:
+        return city_label(self.model_names)
+
+    @property
+    def model_version(self) -> str:
+        return city_label(self.model_versions)
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        """The distinct H3 resolutions of the members, ascending."""
+        return tuple(sorted({m.manifest.h3_resolution for m in self.members.values()}))
+
+
 # ---------------------------------------------------------------------------------------------
 # Validation shared by writing and loading
 
@@ -251,27 +316,93 @@ def write_bundle(
     then renamed into place, so a reader never sees half a bundle. An existing bundle at
     ``directory`` is replaced; any other non-empty directory there is refused.
     """
-    directory = Path(directory)
+    booster, snapshot, _cells = _prepared(model, features, manifest)
+    return _replace_atomically(
+        Path(directory), lambda staging: _save(staging, booster, snapshot, manifest)
+    )
+
+
+class CityMember(NamedTuple):
+    """One city of a multi-city bundle: its champion model, feature snapshot and manifest."""
+
+    model: xgb.XGBRegressor
+    features: pd.DataFrame
+    manifest: Manifest
+
+
+def write_city_bundle(
+    directory: Path,
+    members: Mapping[str, CityMember | tuple[xgb.XGBRegressor, pd.DataFrame, Manifest]],
+) -> Path:
+    """Write a multi-city bundle atomically (as ``write_bundle`` does) and return it.
+
+    ``members`` maps city ids to ``(model, snapshot, manifest)``; each is validated as a single
+    bundle is and written under ``cities/<city_id>/``. Their order is the routing order (a
+    coordinate that lands in active hexagons of two cities at different resolutions goes to
+    the first). Two cities at the same resolution may not share a hexagon: a cell would not
+    say which model answers it.
+    """
+    if not members:
+        raise ValueError("a multi-city bundle needs at least one city")
+    prepared = {}
+    for city, member in members.items():
+        _check_city_id(city)
+        model, features, manifest = member
+        try:
+            prepared[city] = (*_prepared(model, features, manifest), manifest)
+        except ValueError as error:
+            raise ValueError(f"city {city}: {error}") from error
+    _check_disjoint({city: (item[3].h3_resolution, item[2]) for city, item in prepared.items()})
+    entries = [_cities_entry(city, manifest) for city, (_b, _s, _c, manifest) in prepared.items()]
+
+    def fill(staging: Path) -> None:
+        for city, (booster, snapshot, _cells, manifest) in prepared.items():
+            member_dir = staging / CITIES_DIR / city
+            member_dir.mkdir(parents=True)
+            _save(member_dir, booster, snapshot, manifest)
+        document = {"format": CITY_BUNDLE_FORMAT, "created_at": _now_iso(), "members": entries}
+        (staging / CITIES_FILE).write_text(json.dumps(document, indent=2) + "\n")
+
+    return _replace_atomically(Path(directory), fill)
+
+
+def _prepared(
+    model: xgb.XGBRegressor, features: pd.DataFrame, manifest: Manifest
+) -> tuple[xgb.Booster, pd.DataFrame, np.ndarray]:
+    """``(booster, snapshot to write, unique cells)`` of a valid member, else ValueError."""
     booster = model.get_booster()
     _booster_feature_names(booster, manifest)
-    _snapshot_arrays(features, manifest)  # validates; the server checks it again on load
+    cells, _, _ = _snapshot_arrays(features, manifest)  # the server checks it again on load
     snapshot = features[[*KEY_COLUMNS, *manifest.feature_names]].copy()
     snapshot["h3_cell"] = snapshot["h3_cell"].astype("string")
     snapshot["hour_start"] = snapshot["hour_start"].dt.tz_convert("UTC")
     snapshot = snapshot.sort_values(list(KEY_COLUMNS), ignore_index=True)
+    return booster, snapshot, np.unique(cells)
 
+
+def _save(
+    directory: Path, booster: xgb.Booster, snapshot: pd.DataFrame, manifest: Manifest
+) -> None:
+    booster.save_model(directory / MODEL_FILE)
+    snapshot.to_parquet(directory / FEATURES_FILE, index=False)
+    (directory / MANIFEST_FILE).write_text(manifest.to_json())
+
+
+def _is_bundle(directory: Path) -> bool:
+    return (directory / MANIFEST_FILE).is_file() or (directory / CITIES_FILE).is_file()
+
+
+def _replace_atomically(directory: Path, fill: Callable[[Path], None]) -> Path:
+    """Run ``fill`` on a staging directory next to ``directory``, then rename it into place."""
     if directory.exists() and (
-        not directory.is_dir()
-        or (any(directory.iterdir()) and not (directory / MANIFEST_FILE).is_file())
+        not directory.is_dir() or (any(directory.iterdir()) and not _is_bundle(directory))
     ):
         raise FileExistsError(f"{directory} exists and is not a bundle; not replacing it")
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex}"
     staging.mkdir()
     try:
-        booster.save_model(staging / MODEL_FILE)
-        snapshot.to_parquet(staging / FEATURES_FILE, index=False)
-        (staging / MANIFEST_FILE).write_text(manifest.to_json())
+        fill(staging)
         if directory.exists():
             retired = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex}"
             directory.rename(retired)
@@ -285,6 +416,81 @@ def write_bundle(
     return directory
 
 
+def _check_city_id(city: object) -> None:
+    if not isinstance(city, str) or not CITY_ID.match(city):
+        raise ValueError(
+            f"city id must be a lowercase slug (letters, digits, single hyphens), got {city!r}"
+        )
+
+
+def _check_disjoint(cells_by_city: Mapping[str, tuple[int, np.ndarray]]) -> None:
+    """Refuse two cities at one resolution sharing an active hexagon (routing would guess)."""
+    cities = list(cells_by_city)
+    for i, first in enumerate(cities):
+        for second in cities[i + 1 :]:
+            (level_a, cells_a), (level_b, cells_b) = cells_by_city[first], cells_by_city[second]
+            if level_a != level_b:
+                continue  # cells of different resolutions are different integers
+            shared = np.intersect1d(cells_a, cells_b, assume_unique=True)
+            if len(shared):
+                example = cells_to_strings(shared[:3]).tolist()
+                raise ValueError(
+                    f"cities {first} and {second} share {len(shared)} active hexagons at "
+                    f"resolution {level_a}, e.g. {example}: each hexagon needs one owner"
+                )
+
+
+def _cities_entry(city: str, manifest: Manifest) -> dict:
+    return {
+        "city": city,
+        "path": f"{CITIES_DIR}/{city}",
+        "model_name": manifest.model_name,
+        "model_version": manifest.model_version,
+        "h3_resolution": manifest.h3_resolution,
+    }
+
+
+def read_cities(directory: Path) -> list[dict]:
+    """The member entries of a multi-city bundle's ``cities.json``, checked, in routing order."""
+    path = Path(directory) / CITIES_FILE
+    try:
+        document = json.loads(path.read_text())
+    except ValueError as error:
+        raise ValueError(f"{path} is not JSON: {error}") from None
+    if not isinstance(document, dict) or document.get("format") != CITY_BUNDLE_FORMAT:
+        raise ValueError(f"{path} is not a format {CITY_BUNDLE_FORMAT} multi-city bundle file")
+    entries = document.get("members")
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{path} lists no members")
+    seen = set()
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}: a member is not an object: {entry!r}")
+        city = entry.get("city")
+        _check_city_id(city)
+        if city in seen:
+            raise ValueError(f"{path} lists city {city} twice")
+        seen.add(city)
+        if entry.get("path") != f"{CITIES_DIR}/{city}":
+            raise ValueError(f"{path}: member {city} must live in {CITIES_DIR}/{city}")
+    return entries
+
+
+def bundle_files(directory: Path) -> list[str]:
+    """Every file of a bundle of either layout, relative to it; FileNotFoundError if any lacks."""
+    directory = Path(directory)
+    if (directory / CITIES_FILE).is_file():
+        names = [CITIES_FILE]
+        for entry in read_cities(directory):
+            names += [f"{entry['path']}/{name}" for name in BUNDLE_FILES]
+    else:
+        names = list(BUNDLE_FILES)
+    missing = [name for name in names if not (directory / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{directory} is not a bundle: it lacks {missing}")
+    return names
+
+
 def _owned_by_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
     """Archive members without the builder's user names, readable by any container user."""
     info.uid = info.gid = 0
@@ -294,16 +500,15 @@ def _owned_by_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 
 def tar_bundle(directory: Path, archive: Path) -> Path:
-    """Pack the bundle's files at the root of a gzipped tar (SageMaker's ``model.tar.gz``)."""
+    """Pack the bundle's files at the root of a gzipped tar (SageMaker's ``model.tar.gz``);
+    a multi-city bundle keeps its ``cities/<city_id>/`` folders."""
     directory, archive = Path(directory), Path(archive)
-    missing = [name for name in BUNDLE_FILES if not (directory / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{directory} is not a bundle: it lacks {missing}")
+    names = bundle_files(directory)
     archive.parent.mkdir(parents=True, exist_ok=True)
     staging = archive.parent / f".{archive.name}.tmp-{uuid.uuid4().hex}"
     try:
         with tarfile.open(staging, "w:gz") as tar:
-            for name in BUNDLE_FILES:
+            for name in names:
                 tar.add(directory / name, arcname=name, filter=_owned_by_root)
         os.replace(staging, archive)
     finally:
@@ -312,14 +517,40 @@ def tar_bundle(directory: Path, archive: Path) -> Path:
     return archive
 
 
-def load_bundle(directory: Path, prediction_threads: int = 1) -> LoadedBundle:
+def load_bundle(directory: Path, prediction_threads: int = 1) -> LoadedBundle | MultiCityBundle:
     """Read and check a bundle, and index its snapshot for batch lookups.
 
-    ``prediction_threads`` is XGBoost's ``nthread``: one per server process by default, since
-    OpenMP's start-up cost dwarfs a small batch (a one-row prediction took ~30x longer with two
-    threads on the 2-core benchmark machine); scale with server workers instead.
+    A directory with ``cities.json`` loads as a ``MultiCityBundle``, any other as a single
+    ``LoadedBundle``. ``prediction_threads`` is XGBoost's ``nthread``: one per server process
+    by default, since OpenMP's start-up cost dwarfs a small batch (a one-row prediction took
+    ~30x longer with two threads on the 2-core benchmark machine); scale with server workers.
     """
     directory = Path(directory)
+    if (directory / CITIES_FILE).is_file():
+        return _load_city_bundle(directory, prediction_threads)
+    return _load_single(directory, prediction_threads)
+
+
+def _load_city_bundle(directory: Path, prediction_threads: int) -> MultiCityBundle:
+    members = {}
+    for entry in read_cities(directory):
+        city = entry["city"]
+        try:
+            member = _load_single(directory / entry["path"], prediction_threads)
+        except (ValueError, FileNotFoundError) as error:
+            raise type(error)(f"city {city}: {error}") from error
+        manifest = member.manifest
+        listed = (entry.get("model_name"), str(entry.get("model_version")))
+        if listed != (manifest.model_name, manifest.model_version):
+            raise ValueError(
+                f"{CITIES_FILE} lists {city} as {listed}, but its manifest says "
+                f"{(manifest.model_name, manifest.model_version)}"
+            )
+        members[city] = member
+    return MultiCityBundle(members)
+
+
+def _load_single(directory: Path, prediction_threads: int) -> LoadedBundle:
     missing = [name for name in BUNDLE_FILES if not (directory / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{directory} is not a bundle: it lacks {missing}")

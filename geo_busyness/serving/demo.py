@@ -2,7 +2,8 @@
 and benchmark: the real feature columns over the hexagons around a city's centre, and an
 early-stopped XGBoost count model fitted in about a second on rows drawn the same way.
 
-``python -m geo_busyness.serving.demo DIR`` writes one.
+``python -m geo_busyness.serving.demo DIR`` writes one (``--cities`` a two-city bundle: Regina
+at resolution 7 and Saskatoon at resolution 8, each with its own model and version).
 """
 
 from __future__ import annotations
@@ -17,9 +18,25 @@ import xgboost as xgb
 
 from geo_busyness.core.city import DEFAULT_CITY, City
 from geo_busyness.core.features import HOUR_NS, feature_columns
-from geo_busyness.serving.bundle import Manifest, write_bundle
+from geo_busyness.serving.bundle import CityMember, Manifest, write_bundle, write_city_bundle
 
 DEMO_HORIZON_START = pd.Timestamp("2025-03-03T00:00:00Z")
+# A second city at another resolution, for multi-city bundles: (city id, city, version, seed).
+DEMO_CITIES = (
+    ("regina", DEFAULT_CITY, "3", 0),
+    (
+        "saskatoon",
+        City(
+            name="Saskatoon, SK",
+            center_lat=52.1332,
+            center_lon=-106.6700,
+            timezone="America/Regina",
+            h3_resolution=8,
+        ),
+        "12",
+        1,
+    ),
+)
 
 
 def demo_cells(city: City = DEFAULT_CITY, rings: int = 3) -> list[str]:
@@ -135,13 +152,46 @@ def write_demo_bundle(
     return write_bundle(directory, demo_model(city, n_estimators, seed=seed), features, manifest)
 
 
+def demo_city_members(
+    rings: int = 2, hours: int = 6, n_estimators: int = 40
+) -> dict[str, CityMember]:
+    """The members of ``DEMO_CITIES``: different models (seeds), resolutions and versions, so a
+    prediction routed to the wrong city differs from the right one."""
+    members = {}
+    for city_id, city, version, seed in DEMO_CITIES:
+        features = demo_features(city, rings, DEMO_HORIZON_START, hours, seed)
+        manifest = Manifest(
+            model_name=f"busyness-{city_id}",
+            model_version=version,
+            mlflow_run_id=None,
+            feature_names=feature_columns(city.n_restaurant_clusters),
+            h3_resolution=city.h3_resolution,
+            horizon_start=DEMO_HORIZON_START.isoformat(),
+            horizon_end=(DEMO_HORIZON_START + pd.Timedelta(hours=hours)).isoformat(),
+        )
+        model = demo_model(city, n_estimators, seed=seed)
+        members[city_id] = CityMember(model, features, manifest)
+    return members
+
+
+def write_demo_city_bundle(
+    directory: Path, rings: int = 2, hours: int = 6, n_estimators: int = 40
+) -> Path:
+    """Write the two-city demo bundle to ``directory``."""
+    return write_city_bundle(directory, demo_city_members(rings, hours, n_estimators))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write a synthetic deployment bundle.")
     parser.add_argument("directory", type=Path)
     parser.add_argument("--rings", type=int, default=3, help="rings of hexagons around the centre")
     parser.add_argument("--hours", type=int, default=24, help="hours in the horizon")
+    parser.add_argument("--cities", action="store_true", help="a two-city bundle")
     args = parser.parse_args(argv)
-    print(write_demo_bundle(args.directory, rings=args.rings, hours=args.hours))
+    if args.cities:
+        print(write_demo_city_bundle(args.directory, rings=args.rings, hours=args.hours))
+    else:
+        print(write_demo_bundle(args.directory, rings=args.rings, hours=args.hours))
     return 0
 
 

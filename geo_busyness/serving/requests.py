@@ -13,6 +13,11 @@ deeper or holding more arrays, objects or values than ``RequestLimits`` allows; 
 than Python converts are read as the out-of-range numbers they are; timestamps whose hour lies
 outside the 64-bit nanosecond range are refused with a message that says so.
 
+Parsed for one resolution (a single-city bundle), coordinates become cells at once; parsed for
+several (a multi-city bundle, ``resolution`` a tuple), cells of any of them are accepted and
+coordinates are kept as ``(lat, lon)``, since which resolution applies depends on the city
+the router finds them in.
+
 Every problem becomes a ``RequestError`` that names the field (``body`` for the body as a whole)
 and the instance (0-based), so the HTTP layer only has to turn it into a status and a JSON body.
 """
@@ -108,12 +113,23 @@ class RequestError(Exception):
         return body
 
 
+# One resolution (a single-city bundle) or the distinct resolutions of a multi-city bundle.
+Resolution = int | tuple[int, ...]
+
+
 @dataclass(frozen=True, eq=False)
 class Instances:
-    """Validated instances: their H3 cell (uint64) and UTC hour (ns since epoch, floored)."""
+    """Validated instances: their H3 cell (uint64) and UTC hour (ns since epoch, floored).
+
+    Parsed for several resolutions, ``coordinates`` marks the instances given as ``lat``/``lon``
+    (their ``cells`` are 0 and ``lat``/``lon`` hold the validated degrees); else all are None.
+    """
 
     cells: np.ndarray
     hour_ns: np.ndarray
+    coordinates: np.ndarray | None = None
+    lat: np.ndarray | None = None
+    lon: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.cells)
@@ -139,7 +155,7 @@ def media_type(content_type: str | None) -> str:
 
 
 def parse_request(
-    body: bytes, content_type: str | None, resolution: int, limits: RequestLimits
+    body: bytes, content_type: str | None, resolution: Resolution, limits: RequestLimits
 ) -> Instances:
     """Parse and validate a body of the given Content-Type; ``RequestError`` when refused."""
     kind = media_type(content_type)
@@ -159,7 +175,7 @@ def parse_request(
 
 
 def parse_json(
-    body: bytes, resolution: int, max_instances: int, limits: RequestLimits | None = None
+    body: bytes, resolution: Resolution, max_instances: int, limits: RequestLimits | None = None
 ) -> Instances:
     """``{"instances": [...]}`` → ``Instances`` (``limits`` for the JSON bounds)."""
     _check_json_structure(body, limits or RequestLimits())
@@ -377,7 +393,7 @@ def _first_invalid_instance(instances: list) -> RequestError | None:
 # CSV
 
 
-def parse_csv(body: bytes, resolution: int, max_instances: int) -> Instances:
+def parse_csv(body: bytes, resolution: Resolution, max_instances: int) -> Instances:
     """A CSV with a header (``h3_cell,timestamp`` or ``lat,lon,timestamp``) → ``Instances``.
 
     Header names are matched as ingestion matches them (case and surrounding blanks aside);
@@ -509,7 +525,9 @@ def _present(columns: dict[str, pa.Array], name: str, n: int) -> np.ndarray:
     return column.is_valid().to_numpy(zero_copy_only=False)
 
 
-def _resolve(columns: dict[str, pa.Array], n: int, resolution: int, where: Locator) -> Instances:
+def _resolve(
+    columns: dict[str, pa.Array], n: int, resolution: Resolution, where: Locator
+) -> Instances:
     """Columns of either format → validated ``Instances``."""
     has_time = _present(columns, TIME_FIELD, n)
     has_cell = _present(columns, CELL_FIELD, n)
@@ -536,12 +554,25 @@ def _resolve(columns: dict[str, pa.Array], n: int, resolution: int, where: Locat
     cells = np.zeros(n, dtype="uint64")
     if has_cell.any():
         cells[has_cell] = _parse_cells(columns[CELL_FIELD], has_cell, resolution, where)
+    if isinstance(resolution, tuple):  # several: the router converts coordinates per city
+        lat, lon = np.zeros(n), np.zeros(n)
+        if has_lat.any():
+            lat[has_lat], lon[has_lat] = _coordinates(columns, has_lat, where)
+        return Instances(
+            cells=cells,
+            hour_ns=_floored_hours(columns[TIME_FIELD], where),
+            coordinates=has_lat,
+            lat=lat,
+            lon=lon,
+        )
     if has_lat.any():
-        cells[has_lat] = _cells_of_coordinates(columns, has_lat, resolution, where)
+        cells[has_lat] = cells_for(*_coordinates(columns, has_lat, where), resolution)
     return Instances(cells=cells, hour_ns=_floored_hours(columns[TIME_FIELD], where))
 
 
-def _parse_cells(column: pa.Array, rows: np.ndarray, resolution: int, where: Locator) -> np.ndarray:
+def _parse_cells(
+    column: pa.Array, rows: np.ndarray, resolution: Resolution, where: Locator
+) -> np.ndarray:
     """H3 strings of ``rows`` → uint64, refusing non-cells and cells of another resolution."""
     selected = column if rows.all() else column.filter(pa.array(rows))
     positions = np.flatnonzero(rows)
@@ -559,25 +590,31 @@ def _parse_cells(column: pa.Array, rows: np.ndarray, resolution: int, where: Loc
         where,
     )
     levels = np.asarray(pa.array(h3ronpy.cells_resolution(pa.array(parsed))), "int64")
+    allowed = resolution if isinstance(resolution, tuple) else (resolution,)
+    served = (
+        f"this model forecasts resolution {resolution} cells"
+        if not isinstance(resolution, tuple)
+        else f"this endpoint forecasts resolution {' or '.join(map(str, allowed))} cells"
+    )
     other = np.zeros(len(rows), dtype=bool)
-    other[positions] = levels != resolution
+    other[positions] = ~np.isin(levels, allowed)
     _fail_at(
         other,
         400,
         CELL_FIELD,
         lambda i: (
             f"{text[np.searchsorted(positions, i)]!r} is a resolution "
-            f"{levels[np.searchsorted(positions, i)]} cell; this model forecasts resolution "
-            f"{resolution} cells"
+            f"{levels[np.searchsorted(positions, i)]} cell; {served}"
         ),
         where,
     )
     return parsed
 
 
-def _cells_of_coordinates(
-    columns: dict[str, pa.Array], rows: np.ndarray, resolution: int, where: Locator
-) -> np.ndarray:
+def _coordinates(
+    columns: dict[str, pa.Array], rows: np.ndarray, where: Locator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(lat, lon)`` of ``rows``, refusing values outside the valid range."""
     values = {}
     for name in NUMBER_FIELDS:
         value = columns[name].to_numpy(zero_copy_only=False)
@@ -590,7 +627,7 @@ def _cells_of_coordinates(
             where,
         )
         values[name] = value[rows]
-    return cells_for(values[LAT_FIELD], values[LON_FIELD], resolution)
+    return values[LAT_FIELD], values[LON_FIELD]
 
 
 def _floored_hours(column: pa.Array, where: Locator) -> np.ndarray:

@@ -4,20 +4,28 @@ Bodies are assembled by Arrow's string kernels from per-row strings the snapshot
 at load, so a 10,000-row response costs about a millisecond and no Python loop. Busyness is
 written as the shortest text that reads back to the same float32, so a client that parses it
 recovers exactly what the model predicted.
+
+A multi-city bundle's predictions also carry the ``city`` and ``model_version`` that answered
+each (JSON fields, two more CSV columns), and the JSON body adds ``model_versions`` and
+``model_names`` maps by city next to the combined ``model_version``/``model_name`` labels.
+A single-city body is unchanged.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from geo_busyness.serving.bundle import Manifest
+from geo_busyness.serving.bundle import Manifest, MultiCityBundle
 from geo_busyness.serving.inference import Forecast
 from geo_busyness.serving.requests import CSV_MEDIA_TYPE, JSON_MEDIA_TYPE, RequestError
 
 CSV_HEADER = "h3_cell,hour_start,busyness"
+CITY_CSV_HEADER = f"{CSV_HEADER},city,model_version"
 # Accept's media ranges, by what each is answered with.
 _ANSWERS = {
     JSON_MEDIA_TYPE: JSON_MEDIA_TYPE,
@@ -56,33 +64,63 @@ def _busyness_text(result: Forecast) -> pa.Array:
     return pa.array(result.busyness, type=pa.float32()).cast(pa.string())
 
 
-def json_body(result: Forecast, manifest: Manifest, inference_id: str) -> bytes:
+def _encoded(values: pa.Array, encode) -> pa.Array:
+    """``encode`` applied to each distinct value (a few cities), then spread to every row."""
+    encoded = pc.dictionary_encode(values)
+    dictionary = pa.array([encode(v) for v in encoded.dictionary.to_pylist()], pa.string())
+    return dictionary.take(encoded.indices)
+
+
+def _csv_field(value: str) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="").writerow([value])
+    return out.getvalue()
+
+
+def json_body(result: Forecast, manifest: Manifest | MultiCityBundle, inference_id: str) -> bytes:
     """``{"predictions": [{h3_cell, hour_start, busyness}...], model_version, model_name,
-    inference_id}``; cells and hours are hex and ISO text, which need no JSON escaping."""
-    items = pc.binary_join_element_wise(
+    inference_id}``; cells and hours are hex and ISO text, which need no JSON escaping.
+
+    For a multi-city bundle (``manifest`` is the ``MultiCityBundle``) each prediction adds
+    ``city`` and ``model_version``, escaped once per distinct value.
+    """
+    parts = [
         '{"h3_cell":"',
         result.cells,
         '","hour_start":"',
         result.hours,
         '","busyness":',
         _busyness_text(result),
-        "}",
-        "",
-    )
-    tail = json.dumps(
-        {
-            "model_version": manifest.model_version,
-            "model_name": manifest.model_name,
-            "inference_id": inference_id,
-        }
-    )
+    ]
+    if result.cities is not None and result.model_versions is not None:
+        parts += [
+            ',"city":',
+            _encoded(result.cities, json.dumps),
+            ',"model_version":',
+            _encoded(result.model_versions, json.dumps),
+        ]
+    items = pc.binary_join_element_wise(*parts, "}", "")
+    fields = {"model_version": manifest.model_version, "model_name": manifest.model_name}
+    if isinstance(manifest, MultiCityBundle):
+        fields["model_versions"] = manifest.model_versions
+        fields["model_names"] = manifest.model_names
+    tail = json.dumps({**fields, "inference_id": inference_id})
     return f'{{"predictions":[{_join(items, ",")}],{tail[1:]}'.encode()
 
 
 def csv_body(result: Forecast) -> bytes:
-    """``h3_cell,hour_start,busyness`` rows with a header line."""
-    rows = pc.binary_join_element_wise(result.cells, result.hours, _busyness_text(result), ",")
-    return f"{CSV_HEADER}\n{_join(rows, chr(10))}\n".encode()
+    """``h3_cell,hour_start,busyness`` rows with a header line (``,city,model_version`` more
+    for a multi-city bundle)."""
+    columns = [result.cells, result.hours, _busyness_text(result)]
+    header = CSV_HEADER
+    if result.cities is not None and result.model_versions is not None:
+        columns += [
+            _encoded(result.cities, _csv_field),
+            _encoded(result.model_versions, _csv_field),
+        ]
+        header = CITY_CSV_HEADER
+    rows = pc.binary_join_element_wise(*columns, ",")
+    return f"{header}\n{_join(rows, chr(10))}\n".encode()
 
 
 def error_body(error: RequestError, inference_id: str) -> bytes:

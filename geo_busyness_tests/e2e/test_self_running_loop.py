@@ -1,9 +1,11 @@
 """The platform runs itself, on a real Dagster daemon and webserver (`dagster dev`).
 
-History is loaded the way the README's demo does it (28 baseline days, a trained, promoted and
-deployed champion). Then, with nobody launching anything: a baseline day dropped into the
-landing zone is picked up by the landing-zone sensor and flows through automation to its
-features; a day of the `new_district` scenario (a new restaurant district takes a large share
+The catalog serves two cities: the simulated default (regina) and a second one onboarded by
+adding it to the catalog and dropping its files. History of regina is loaded the way the
+README's demo does it (28 baseline days, a trained, promoted and deployed champion). Then, with
+nobody launching anything: a baseline day of each city dropped into the landing zone is picked
+up by the landing-zone sensor (the second city's for that city) and flows through automation to
+its features; a day of the `new_district` scenario (a new restaurant district takes a large share
 of demand) flows to its forecast and drift report, the drift sensor requests a retrain, and
 the retrain either passes the blocking gates (new champion, redeployed) or is refused (the
 champion keeps serving). Run and event history is read through the instance.
@@ -40,6 +42,26 @@ PINGS_PER_DAY = 6000
 # The daemon ticks our sensors every few seconds instead of every 30 s.
 SENSOR_INTERVAL_SECONDS = 3
 POLL_SECONDS = 1
+REGINA = "regina"
+SECOND_CITY = "jersey-city"
+CATALOG = f"""
+cities:
+  - id: {REGINA}
+    name: Regina, SK
+    center: [50.4452, -104.6189]
+    service_radius_km: 12
+    timezone: America/Regina
+    h3_resolution: 7
+    restaurant_clusters: 5
+  - id: {SECOND_CITY}
+    name: Jersey City, NJ
+    center: [40.72, -74.05]
+    service_radius_km: 6
+    timezone: America/New_York
+    h3_resolution: 8
+    restaurant_clusters: 4
+    first_day: {BASELINE_DAY.isoformat()}
+"""
 
 
 def wait_for(what: str, predicate, timeout: float, process: subprocess.Popen, log: Path):
@@ -58,10 +80,12 @@ def tail(log: Path, lines: int = 60) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def simulate(env: dict, start: dt.date, days: int, scenario: str = "baseline") -> None:
+def simulate(
+    env: dict, start: dt.date, days: int, scenario: str = "baseline", city: str = REGINA
+) -> None:
     subprocess.run(
         [BIN / "geo-busyness", "simulate", "--start", start.isoformat(), "--days", str(days),
-         "--pings-per-day", str(PINGS_PER_DAY), "--scenario", scenario],
+         "--pings-per-day", str(PINGS_PER_DAY), "--scenario", scenario, "--city", city],
         cwd=REPO, env=env, check=True, capture_output=True, timeout=600,
     )  # fmt: skip
 
@@ -71,6 +95,8 @@ def platform(tmp_path_factory):
     root = tmp_path_factory.mktemp("loop")
     home = root / "home"
     home.mkdir()
+    catalog = root / "cities.yaml"
+    catalog.write_text(CATALOG)
     # the demo writes the local instance settings (run concurrency) into DAGSTER_HOME
     env = {
         **os.environ,
@@ -79,6 +105,7 @@ def platform(tmp_path_factory):
         "GEO_BUSYNESS_ENDPOINT_PORT": str(free_port()),
         "GEO_BUSYNESS_END_DATE": DRIFT_DAY.isoformat(),
         "GEO_BUSYNESS_SENSOR_INTERVAL_SECONDS": str(SENSOR_INTERVAL_SECONDS),
+        "GEO_BUSYNESS_CITIES": str(catalog),
     }
     env.pop("MLFLOW_TRACKING_URI", None)
     demo = subprocess.run(
@@ -128,10 +155,16 @@ def _answers(url: str) -> bool:
         return False
 
 
-def materialized(instance: dg.DagsterInstance, asset: str, partition: str) -> dict | None:
-    """Tags of the run that materialized ``asset[partition]`` most recently, if any."""
+def key(asset: str, city: str = REGINA) -> dg.AssetKey:
+    return dg.AssetKey([city.replace("-", "_"), asset])
+
+
+def materialized(
+    instance: dg.DagsterInstance, asset: str, partition: str, city: str = REGINA
+) -> dict | None:
+    """Tags of the run that materialized ``asset[partition]`` of ``city`` most recently."""
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1
+        dg.AssetRecordsFilter(asset_key=key(asset, city), asset_partitions=[partition]), limit=1
     ).records
     if not records:
         return None
@@ -140,7 +173,7 @@ def materialized(instance: dg.DagsterInstance, asset: str, partition: str) -> di
 
 
 def champion_version(instance: dg.DagsterInstance) -> str | None:
-    event = instance.get_latest_materialization_event(dg.AssetKey("champion_model"))
+    event = instance.get_latest_materialization_event(key("champion_model"))
     return str(event.asset_materialization.metadata["version"].value) if event else None
 
 
@@ -149,19 +182,33 @@ def test_new_days_are_processed_and_drift_retrains_through_the_gates(platform):
     first_champion = champion_version(instance)
     assert first_champion == "1"
 
-    # 1. A baseline day lands: sensor → ingestion run → automation → features.
+    # 1. A baseline day of each city lands: sensor → ingestion run → automation → features.
     simulate(env, BASELINE_DAY, 1)
+    simulate(env, BASELINE_DAY, 1, city=SECOND_CITY)
     day = BASELINE_DAY.isoformat()
-    tags = wait_for(
-        f"raw_courier_pings[{day}] from the sensor",
-        lambda: materialized(instance, "raw_courier_pings", day), 300, dagster, log,
-    )  # fmt: skip
-    assert tags.get("dagster/sensor_name") == "landing_zone_sensor"
+    for city in (REGINA, SECOND_CITY):
+        tags = wait_for(
+            f"{city} raw_courier_pings[{day}] from the sensor",
+            lambda city=city: materialized(instance, "raw_courier_pings", day, city), 300,
+            dagster, log,
+        )  # fmt: skip
+        assert tags.get("dagster/sensor_name") == "landing_zone_sensor"
     tags = wait_for(
         f"busyness_features[{day}] by automation",
         lambda: materialized(instance, "busyness_features", day), 600, dagster, log,
     )  # fmt: skip
     assert tags.get("dagster/sensor_name") == "automation"
+    # The second city's rows are its own: clean for it, not implausible for regina.
+    clean = wait_for(
+        f"{SECOND_CITY} clean_courier_pings[{day}]",
+        lambda: instance.fetch_materializations(
+            dg.AssetRecordsFilter(
+                asset_key=key("clean_courier_pings", SECOND_CITY), asset_partitions=[day]
+            ),
+            limit=1,
+        ).records, 300, dagster, log,
+    )[0].event_log_entry.asset_materialization.metadata  # fmt: skip
+    assert clean["quarantined_share"].value < 0.1
 
     # 2. A drifted day lands: forecast and drift report by automation, then a retrain.
     simulate(env, DRIFT_DAY, 1, scenario="new_district")
@@ -172,7 +219,7 @@ def test_new_days_are_processed_and_drift_retrains_through_the_gates(platform):
     )  # fmt: skip
     drift = (
         instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("drift_report"), asset_partitions=[day]),
+            dg.AssetRecordsFilter(asset_key=key("drift_report"), asset_partitions=[day]),
             limit=1,
         )
         .records[0]
@@ -191,6 +238,7 @@ def test_new_days_are_processed_and_drift_retrains_through_the_gates(platform):
 
     retrain = wait_for("a drift-triggered retrain to finish", finished_retrain, 900, dagster, log)
     assert retrain.tags["geo_busyness/drift_day"] == day
+    assert retrain.tags["geo_busyness/city"] == REGINA
     evaluations = [
         record.event_log_entry.dagster_event.event_specific_data
         for record in instance.get_records_for_run(
@@ -232,4 +280,6 @@ def test_new_days_are_processed_and_drift_retrains_through_the_gates(platform):
 
 def _served_version(instance: dg.DagsterInstance) -> str | None:
     event = instance.get_latest_materialization_event(dg.AssetKey("endpoint_deployment"))
-    return str(event.asset_materialization.metadata["model_version"].value) if event else None
+    if event is None:
+        return None
+    return str(event.asset_materialization.metadata["cities"].value[REGINA]["model_version"])

@@ -104,12 +104,16 @@ def test_the_daemon_ingests_a_seeded_day_into_the_bucket(running_stack):
     deadline = time.monotonic() + INGESTED_WITHIN_S
     with dg.DagsterInstance.from_config(state["env"]["DAGSTER_HOME"]) as instance:
         while time.monotonic() < deadline:
-            done = instance.get_materialized_partitions(dg.AssetKey("raw_courier_pings"))
+            done = instance.get_materialized_partitions(
+                dg.AssetKey(["regina", "raw_courier_pings"])
+            )
             if done:
                 break
             time.sleep(1)
         assert done, f"no day ingested within {INGESTED_WITHIN_S} s; logs in {state['logs']}"
-    assert any(key.startswith("assets/raw_courier_pings/") for key in keys(state, "assets/"))
+    assert any(
+        key.startswith("assets/regina/raw_courier_pings/") for key in keys(state, "assets/")
+    )
 
 
 def test_down_stops_every_process(running_stack):

@@ -563,3 +563,47 @@ def test_sagemaker_failed_smoke_test_removes_the_new_endpoint(aws, tmp_path):
     client = boto3.client("sagemaker", endpoint_url=aws["url"], region_name="us-east-1")
     with pytest.raises(client.exceptions.ClientError, match="Could not find endpoint"):
         client.describe_endpoint(EndpointName=aws["endpoint_name"])
+
+
+def make_city_bundle(root: Path, versions: dict[str, str]) -> Path:
+    """A stand-in multi-city bundle: ``cities.json`` and one stand-in bundle per city."""
+    bundle = root / "cities-bundle"
+    entries = []
+    for city, version in versions.items():
+        member = make_bundle(bundle / "cities", version)
+        member.rename(bundle / "cities" / city)
+        entries.append({"city": city, "path": f"cities/{city}"})
+    for city in versions:
+        manifest = json.loads((bundle / "cities" / city / "manifest.json").read_text())
+        manifest["model_name"] = f"busyness-{city}"
+        (bundle / "cities" / city / "manifest.json").write_text(json.dumps(manifest))
+    (bundle / "cities.json").write_text(json.dumps({"format": 1, "members": entries}))
+    return bundle
+
+
+def test_sagemaker_deploys_a_city_bundle_and_reports_every_member(aws, tmp_path):
+    bundle = make_city_bundle(tmp_path, {"regina": "3", "saskatoon": "12"})
+    rows = [{**EXPECTED[0], "city": "saskatoon", "model_version": "12"}]
+    queue_invoke_answer(
+        aws["url"],
+        {"predictions": rows, "model_version": "regina=3,saskatoon=12", "inference_id": "x"},
+    )
+    target = sagemaker_endpoint(aws)
+    record = target.deploy(bundle, SmokeTest(unique_instances(), expected_predictions=rows))
+    members = {
+        "regina": {"model_name": "busyness-regina", "model_version": "3"},
+        "saskatoon": {"model_name": "busyness-saskatoon", "model_version": "12"},
+    }
+    assert (record.model_version, record.members) == ("regina=3,saskatoon=12", members)
+
+    import boto3
+
+    bucket, key = record.details["model_data_url"].removeprefix("s3://").split("/", 1)
+    s3 = boto3.client("s3", endpoint_url=aws["url"], region_name="us-east-1")
+    archive = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        assert "cities.json" in tar.getnames()
+        assert "cities/saskatoon/model.ubj" in tar.getnames()
+    status = target.status()
+    assert status is not None and status.status == "InService"
+    assert (status.model_version, status.members) == ("regina=3,saskatoon=12", members)

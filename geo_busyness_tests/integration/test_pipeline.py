@@ -1,14 +1,15 @@
 """The data half of the graph materialized for several days on a temporary instance."""
 
 import datetime as dt
+import textwrap
 
 import dagster as dg
 import pandas as pd
 import pytest
 
-from geo_busyness.checks import hourly_keys_are_unique
-from geo_busyness.definitions import defs
-from geo_busyness.partitions import daily_partitions
+from geo_busyness.core.catalog import load_catalog, load_configured_catalog
+from geo_busyness.definitions import build_definitions, defs
+from geo_busyness.partitions import city_partitions
 from geo_busyness.resources.environment import local_resources
 from geo_busyness.runner import day_range, materialize_days
 from geo_busyness.simulate import SimulationConfig, simulate
@@ -18,6 +19,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 START = dt.date(2026, 10, 1)
 DAYS = 10
+CITY = "regina"
+REGINA = load_configured_catalog().get(CITY)
+
+
+def key(name: str) -> dg.AssetKey:
+    return dg.AssetKey([CITY, name])
 
 
 @pytest.fixture(scope="module")
@@ -40,16 +47,17 @@ def pipeline(tmp_path_factory):
 
 
 def read(root, asset, day=None):
-    return pd.read_parquet(
-        root / "assets" / asset / f"{day}.parquet" if day else root / "assets" / f"{asset}.parquet"
-    )
+    base = root / "assets" / CITY
+    return pd.read_parquet(base / asset / f"{day}.parquet" if day else base / f"{asset}.parquet")
 
 
 def test_every_check_passed_and_rows_are_conserved(pipeline):
     root, _, instance, summary = pipeline
+    assert summary.city == CITY
     assert summary.failed_checks == []
     # the simulated days are in the past, so freshness warns (without blocking anything)
-    assert summary.warned_checks == ["raw_courier_pings:raw_pings_are_fresh [all]"]
+    [warning] = summary.warned_checks
+    assert warning.startswith("regina/raw_courier_pings:raw_pings_are_fresh [all]")
     for day in day_range(START, DAYS):
         raw, clean, quarantined = (
             read(root, a, day)
@@ -59,9 +67,12 @@ def test_every_check_passed_and_rows_are_conserved(pipeline):
         assert set(quarantined["reason"]) <= set(summary.quarantine_reasons)
     assert summary.quarantine_reasons["duplicate"] > 0
     evaluations = instance.event_log_storage.get_latest_asset_check_execution_by_key(
-        [dg.AssetCheckKey(dg.AssetKey("clean_courier_pings"), "rows_are_conserved")]
+        [
+            dg.AssetCheckKey(key("clean_courier_pings"), "rows_are_conserved"),
+            dg.AssetCheckKey(key("clean_courier_pings"), "quarantine_share_is_low"),
+        ]
     )
-    assert evaluations
+    assert len(evaluations) == 2
 
 
 def test_features_use_the_history_of_earlier_partitions(pipeline):
@@ -94,7 +105,7 @@ def test_a_day_without_files_fails_with_a_clear_message(pipeline):
     _, test_defs, instance, _ = pipeline
     result = dg.materialize(
         [*test_defs.assets],
-        selection=dg.AssetSelection.assets("raw_courier_pings"),
+        selection=dg.AssetSelection.assets(key("raw_courier_pings")),
         partition_key="2026-09-01",
         instance=instance,
         resources=test_defs.resources,
@@ -102,7 +113,10 @@ def test_a_day_without_files_fails_with_a_clear_message(pipeline):
     )
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    assert "No landing files for 2026-09-01" in str(failure.event_specific_data.error)
+    message = str(failure.event_specific_data.error)
+    assert "No landing files for 2026-09-01" in message
+    # both places a day of the city can land are named
+    assert "raw/city=regina/dt=2026-09-01/" in message and "raw/dt=2026-09-01/" in message
 
 
 def test_a_failing_blocking_check_stops_downstream_assets(pipeline):
@@ -111,20 +125,28 @@ def test_a_failing_blocking_check_stops_downstream_assets(pipeline):
     day = day_range(START, DAYS)[-1]
     features_before = read(root, "busyness_features", day)
     hourly_before = read(root, "hex_hourly_busyness", day)
+    hourly_check = next(
+        check
+        for check in test_defs.asset_checks
+        if dg.AssetCheckKey(key("hex_hourly_busyness"), "hourly_keys_are_unique")
+        in check.check_keys
+    )
 
     @dg.asset(
-        name="hex_hourly_busyness", partitions_def=daily_partitions, deps=["clean_courier_pings"]
+        key=key("hex_hourly_busyness"),
+        partitions_def=city_partitions(REGINA),
+        deps=[key("clean_courier_pings")],
     )
     def duplicated_hourly() -> pd.DataFrame:
         return pd.concat([hourly_before, hourly_before.head(3)], ignore_index=True)
 
     result = dg.materialize(
         [
-            *(a for a in test_defs.assets if dg.AssetKey("hex_hourly_busyness") not in a.keys),
+            *(a for a in test_defs.assets if key("hex_hourly_busyness") not in a.keys),
             duplicated_hourly,
-            hourly_keys_are_unique,
+            hourly_check,
         ],
-        selection=dg.AssetSelection.assets("hex_hourly_busyness", "busyness_features"),
+        selection=dg.AssetSelection.assets(key("hex_hourly_busyness"), key("busyness_features")),
         partition_key=day,
         instance=instance,
         resources=test_defs.resources,
@@ -135,8 +157,144 @@ def test_a_failing_blocking_check_stops_downstream_assets(pipeline):
     assert (evaluation.check_name, evaluation.passed) == ("hourly_keys_are_unique", False)
     assert evaluation.metadata["duplicated_rows"].value == 6
     materialized = {event.asset_key for event in result.get_asset_materialization_events()}
-    assert materialized == {dg.AssetKey("hex_hourly_busyness")}
+    assert materialized == {key("hex_hourly_busyness")}
     pd.testing.assert_frame_equal(features_before, read(root, "busyness_features", day))
     hourly_before.to_parquet(
-        root / "assets" / "hex_hourly_busyness" / f"{day}.parquet", index=False
+        root / "assets" / CITY / "hex_hourly_busyness" / f"{day}.parquet", index=False
     )
+
+
+# --- a city whose catalog entry is wrong, or whose first day is later -----------------------
+
+REGINA_ENTRY = """\
+  - id: regina
+    name: Regina, SK
+    center: {center}
+    service_radius_km: 12
+    timezone: America/Regina
+    h3_resolution: {resolution}
+    restaurant_clusters: 5
+"""
+
+
+def write_catalog(path, center="[50.4452, -104.6189]", resolution=7, extra=""):
+    entry = REGINA_ENTRY.format(center=center, resolution=resolution)
+    path.write_text("cities:\n" + entry + textwrap.indent(extra, "    "))
+    return path
+
+
+def land_in_city_folder(root, days, seed=5):
+    """Simulated Regina days in ``raw/city=regina/``: every row is the city's, wherever it is."""
+    landing = local_resources(root)["landing_zone"]
+    simulate(
+        SimulationConfig(start_date=START, days=days, pings_per_day=1500, seed=seed),
+        # simulate() writes raw/dt=D/<file>; the same file in the city's own folder
+        put=lambda k, content: landing.write(f"raw/city={CITY}/{k.removeprefix('raw/')}", content),
+        progress=False,
+    )
+
+
+def city_defs(catalog_path, root):
+    built = build_definitions(load_catalog(catalog_path))
+    return dg.Definitions(
+        assets=built.assets, asset_checks=built.asset_checks, resources=local_resources(root)
+    ), load_catalog(catalog_path).get(CITY)
+
+
+def test_a_mostly_quarantined_day_fails_its_check_naming_the_city_and_the_catalog(tmp_path):
+    """A centre 230 km off (Saskatoon's): every Regina ping is implausible for that city. The
+    blocking check refuses the day and names the cause; its busyness and features wait."""
+    catalog = write_catalog(tmp_path / "cities.yaml", center="[52.1332, -106.6700]")
+    land_in_city_folder(tmp_path, 2)
+    test_defs, regina = city_defs(catalog, tmp_path)
+    days = day_range(START, 2)
+    with dg.instance_for_test() as instance:
+        summary = materialize_days(days, test_defs, instance, log=lambda _: None, city=regina)
+        assert summary.quarantine_reasons["implausible_location"] > 0
+        assert max(summary.quarantine_reasons, key=summary.quarantine_reasons.get) == (
+            "implausible_location"
+        )
+        failed = [f for f in summary.failed_checks if "quarantine_share_is_low" in f]
+        assert len(failed) == len(days)
+        for day, message in zip(days, failed, strict=True):
+            assert message.startswith(f"regina/clean_courier_pings:quarantine_share_is_low [{day}]")
+            assert "implausible_location for regina" in message
+            assert "check the centre of regina in the catalog" in message
+            assert str(catalog) in message
+        [record] = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [dg.AssetCheckKey(key("clean_courier_pings"), "quarantine_share_is_low")]
+        ).values()
+        assert record.status.value == "FAILED"
+        # the day's clean pings exist (they are what the check judges), nothing after them
+        assert set(days) <= instance.get_materialized_partitions(key("clean_courier_pings"))
+        assert instance.get_materialized_partitions(key("hex_hourly_busyness")) == set()
+        assert instance.get_materialized_partitions(key("busyness_features")) == set()
+
+
+def test_the_same_days_pass_with_the_right_centre(tmp_path):
+    """The counterpart: the same files with the catalog's real centre pass the check."""
+    catalog = write_catalog(tmp_path / "cities.yaml")
+    land_in_city_folder(tmp_path, 1)
+    test_defs, regina = city_defs(catalog, tmp_path)
+    with dg.instance_for_test() as instance:
+        summary = materialize_days(
+            [START.isoformat()], test_defs, instance, log=lambda _: None, city=regina
+        )
+        assert summary.failed_checks == []
+        assert START.isoformat() in instance.get_materialized_partitions(key("busyness_features"))
+
+
+def test_changing_the_catalog_entry_marks_what_was_built_with_the_old_one_stale(tmp_path):
+    before = write_catalog(tmp_path / "before.yaml")
+    renamed = tmp_path / "renamed.yaml"
+    renamed.write_text(before.read_text().replace("Regina, SK", "Regina"))
+    moved = write_catalog(tmp_path / "moved.yaml", center="[50.4500, -104.6100]")
+    finer = write_catalog(tmp_path / "finer.yaml", resolution=8)
+    land_in_city_folder(tmp_path, 1)
+    test_defs, _ = city_defs(before, tmp_path)
+    day = START.isoformat()
+    names = ("raw_courier_pings", "clean_courier_pings", "hex_hourly_busyness")
+    with dg.instance_for_test() as instance:
+        dg.materialize(
+            [*test_defs.assets, *test_defs.asset_checks],
+            selection=dg.AssetSelection.assets(*(key(name) for name in names)),
+            partition_key=day,
+            instance=instance,
+            resources=test_defs.resources,
+        )
+
+        def built_with(name):
+            event = instance.get_latest_materialization_event(key(name))
+            return event.asset_materialization.tags["dagster/code_version"]
+
+        def current(catalog, name):
+            assets_def = build_definitions(load_catalog(catalog)).get_assets_def(key(name))
+            return assets_def.code_versions_by_key[key(name)]
+
+        for name in names:
+            assert built_with(name) == current(before, name), name
+            assert built_with(name) == current(renamed, name), name  # a new name is not a change
+            assert built_with(name) != current(moved, name), name
+            assert built_with(name) != current(finer, name), name
+
+
+def test_a_day_before_the_first_day_of_a_city_names_the_setting(tmp_path):
+    from geo_busyness.partitions import day_range_problem
+    from geo_busyness.runner import run_landing
+
+    catalog = write_catalog(tmp_path / "cities.yaml", extra="first_day: 2026-10-02\n")
+    land_in_city_folder(tmp_path, 2)
+    test_defs, regina = city_defs(catalog, tmp_path)
+    problem = day_range_problem(regina, "2026-10-01")
+    assert problem is not None
+    assert "2026-10-01 is before 2026-10-02" in problem
+    assert "first_day" in problem and "regina" in problem
+    assert day_range_problem(regina, "2026-10-02") is None
+    with dg.instance_for_test() as instance:
+        run = run_landing(test_defs, instance, [regina], train=False, log=lambda _: None)
+        assert [c.data.days[0].day for c in run.cities] == ["2026-10-02"]
+        assert any(problem in note for note in run.left_out), run.left_out
+        # asked directly, the day is refused, naming the setting too
+        with pytest.raises(Exception, match="first_day") as refused:
+            materialize_days(["2026-10-01"], test_defs, instance, log=lambda _: None, city=regina)
+        assert "2026-10-01" in str(refused.value)

@@ -26,11 +26,16 @@ from geo_busyness.simulate import (
     EXPORT_KINDS,
     LATIN1_SUFFIX,
     LEGACY_ROWS,
+    MULTI_CITIES,
     ROW_DIRT,
     SCENARIOS,
+    MultiCitySummary,
     SimulationConfig,
+    city_landing_key,
     landing_key,
+    multi_city_configs,
     simulate,
+    simulate_cities,
     simulate_day,
 )
 
@@ -446,3 +451,296 @@ def test_export_files_are_off_by_default():
     files = simulate_day(SimulationConfig(start_date=START, pings_per_day=600), START)
     assert all(name.endswith(".csv") for name in files)
     assert all(not content.startswith(b"\xef\xbb\xbf") for content in files.values())
+
+
+# --- Several cities at once: per-city folders or one mixed export ----------------------------
+
+MULTI = multi_city_configs(start_date=START, days=2, pings_per_day=2_000, dirty_share=0.05)
+
+
+def land_cities(configs, layout, **options) -> tuple[MultiCitySummary, dict[str, bytes]]:
+    landed: dict[str, bytes] = {}
+    summary = simulate_cities(configs, layout, landed.__setitem__, **options)
+    assert list(summary.keys) == list(landed)
+    return summary, landed
+
+
+def route(cities, frame: pd.DataFrame) -> np.ndarray:
+    """What a router does with each row by its courier position: the index of the city whose
+    service area holds it, -1 plausible but in no area, -2 implausible or not a coordinate."""
+    lat = pd.to_numeric(frame["courier_lat"].str.strip(), errors="coerce").to_numpy(float)
+    lon = pd.to_numeric(frame["courier_lon"].str.strip(), errors="coerce").to_numpy(float)
+    coordinate = np.isfinite(lat) & np.isfinite(lon) & (np.abs(lat) <= 90) & (np.abs(lon) <= 180)
+    coordinate &= (lat != 0) | (lon != 0)
+    routed = np.full(len(frame), -2)
+    plausible = np.zeros(len(frame), bool)
+    for i, city in enumerate(cities):
+        km = haversine_km(lat, lon, city.center_lat, city.center_lon)
+        plausible |= coordinate & (km <= city.implausible_distance_km)
+        routed[coordinate & (km <= city.service_radius_km)] = i
+    routed[(routed == -2) & plausible] = -1
+    return routed
+
+
+def read_text(content: bytes) -> pd.DataFrame:
+    return pd.read_csv(io.BytesIO(content), dtype=str, keep_default_na=False)
+
+
+def test_multi_cities_differ_in_clock_size_and_density_and_regina_is_the_default():
+    assert MULTI_CITIES[0] == City() and MULTI[0] == SimulationConfig(
+        start_date=START, days=2, pings_per_day=2_000, dirty_share=0.05
+    )
+    assert {c.timezone for c in MULTI_CITIES} == {
+        "America/Regina",
+        "America/New_York",
+        "Asia/Kolkata",
+    }
+    assert sorted(c.service_radius_km for c in MULTI_CITIES) == [5.0, 8.0, 12.0]
+    assert sorted(c.h3_resolution for c in MULTI_CITIES) == [7, 8, 8]
+    assert len({c.n_restaurants for c in MULTI}) == 3 and len({c.id for c in MULTI_CITIES}) == 3
+    for a in MULTI_CITIES:
+        for b in MULTI_CITIES:
+            if a != b:
+                km = haversine_km(a.center_lat, a.center_lon, b.center_lat, b.center_lon)
+                assert km > 1000
+
+
+def test_city_landing_key():
+    assert city_landing_key("new-york", START, "part-000.csv") == (
+        "raw/city=new-york/dt=2026-10-01/part-000.csv"
+    )
+    with pytest.raises(ValueError, match="plain non-empty name"):
+        city_landing_key("regina", START, "a/b.csv")
+    with pytest.raises(ValueError, match="lowercase slug"):
+        city_landing_key("New York", START, "part-000.csv")
+
+
+def test_per_city_layout_lands_each_city_as_simulate_would_under_its_folder():
+    summary, landed = land_cities(MULTI, "per_city")
+    assert summary.stray_rows == summary.unreadable_rows == 0
+    expected = {
+        city_landing_key(config.city.id, day, name): content
+        for day in days(MULTI[0])
+        for config in MULTI
+        for name, content in simulate_day(config, day).items()
+    }
+    assert landed == expected
+    for config, tally in zip(MULTI, summary.cities, strict=True):
+        alone = simulate(config, {}.__setitem__, progress=False)
+        assert (tally.city_id, tally.rows, tally.dirty_rows) == (
+            config.city.id,
+            alone.rows,
+            alone.dirty_rows,
+        )
+        assert tally.outside_rows == 0 and tally.days == tuple(days(config))
+    for file in summary.files:
+        assert file.key.startswith(f"raw/city={file.city_id}/dt={file.day.isoformat()}/")
+        assert file.rows == max(landed[file.key].count(b"\n") - 1, 0)
+        assert file.city_rows == {file.city_id: file.rows}
+    assert summary.rows == sum(file.rows for file in summary.files)
+    assert summary.dirty_rows == sum(t.dirty_rows for t in summary.cities)
+    # per city, the ingestion keeps exactly rows - dirty_rows
+    for config, tally in zip(MULTI, summary.cities, strict=True):
+        clean = 0
+        for day in days(config):
+            prefix = city_landing_key(config.city.id, day, "x")[:-1]
+            files = {k[len(prefix) :]: v for k, v in landed.items() if k.startswith(prefix)}
+            clean += len(validate_files(files, config.city, day).clean)
+        assert clean == tally.rows - tally.dirty_rows
+
+
+def test_mixed_export_holds_every_city_row_and_the_strays_ordered_by_ping_time():
+    summary, landed = land_cities(MULTI, "mixed")
+    _, per_city = land_cities(MULTI, "per_city")
+    cities = [config.city for config in MULTI]
+    assert all(key.startswith("raw/dt=2026-10-0") for key in landed)
+    for day in days(MULTI[0]):
+        prefix = landing_key(day, "x")[:-1]
+        parts = sorted(k for k in landed if k.startswith(prefix + "part-") and landed[k])
+        assert len(parts) == 3
+        mixed = pd.concat([read_text(landed[k]) for k in parts], ignore_index=True)
+        stamps = pd.to_datetime(
+            mixed["courier_location_timestamp"], format="ISO8601", errors="coerce"
+        ).dropna()
+        assert stamps.is_monotonic_increasing
+        city_parts = pd.concat(
+            [
+                read_text(content)
+                for key, content in per_city.items()
+                if f"/dt={day.isoformat()}/part-" in key and content
+            ],
+            ignore_index=True,
+        )
+        routed = route(cities, mixed)
+        strays = mixed[routed == -1]
+        lines = mixed.apply(tuple, axis=1).value_counts()
+        expected = pd.concat([city_parts, strays]).apply(tuple, axis=1).value_counts()
+        pd.testing.assert_series_equal(lines.sort_index(), expected.sort_index())
+        day_files = [f for f in summary.files if f.day == day and f.key in parts]
+        assert sum(f.stray_rows for f in day_files) == len(strays) > 0
+        assert len(strays) == round(0.01 * len(city_parts))
+        # every city's rows are there, and routed back to it
+        for i, city in enumerate(cities):
+            own = city_landing_key(city.id, day, "part-")
+            rows = sum(
+                read_text(c).shape[0] for k, c in per_city.items() if k.startswith(own) and c
+            )
+            assert sum(f.city_rows[city.id] for f in day_files) == rows
+            assert (routed == i).sum() > 0
+
+
+def test_strays_lie_outside_every_service_area_but_near_a_city():
+    summary, landed = land_cities(MULTI, "mixed", stray_share=0.05)
+    cities = [config.city for config in MULTI]
+    frame = pd.concat(
+        [read_text(landed[f.key]) for f in summary.files if f.readable and f.rows],
+        ignore_index=True,
+    )
+    routed = route(cities, frame)
+    strays = frame[routed == -1]
+    assert len(strays) == summary.stray_rows > 0  # baseline: no valid ping leaves its area
+    lat = strays["courier_lat"].astype(float).to_numpy()
+    lon = strays["courier_lon"].astype(float).to_numpy()
+    ratio = np.min(
+        [haversine_km(lat, lon, c.center_lat, c.center_lon) / c.service_radius_km for c in cities],
+        axis=0,
+    )
+    assert (ratio >= 1.5 * 0.999).all() and (ratio <= 3.0 * 1.001).all()  # flat-earth moves
+    near = {c.id: 0 for c in cities}
+    for c in cities:
+        km = haversine_km(lat, lon, c.center_lat, c.center_lon)
+        assert ((km > c.service_radius_km) | (km > 1000)).all()
+        near[c.id] = int((km < c.implausible_distance_km).sum())
+    assert sum(near.values()) == len(strays) and all(near.values())
+    # strays are well-formed pings: nothing but their place is wrong (re-delivered copies aside)
+    strays = strays[~strays.duplicated()]
+    result = validate_pings(
+        pd.concat([strays.assign(file_error=None, source_file="s", source_row=range(len(strays)))]),
+        City(center_lat=0.0, center_lon=0.0, implausible_distance_km=20_000.0),
+    )
+    assert len(result.quarantined) == 0
+
+
+@pytest.mark.parametrize("scenario", ["baseline", "sensor_glitch"])
+def test_mixed_bookkeeping_adds_up_exactly_when_routed_row_by_row(scenario):
+    configs = list(MULTI)
+    configs[0] = SimulationConfig(  # Regina's jitter pushes some valid pings out of its area
+        start_date=START, days=2, pings_per_day=2_000, dirty_share=0.05, scenario=scenario
+    )
+    configs[2] = SimulationConfig(**{**vars(MULTI[2]), "file_dirt": frozenset({"legacy"})})
+    summary, landed = land_cities(configs, "mixed")
+    cities = [config.city for config in configs]
+    assert summary.rows == sum(c.rows for c in summary.cities) + summary.stray_rows + (
+        summary.unreadable_rows
+    )
+    assert summary.unreadable_rows == 2 * LEGACY_ROWS  # the legacy file on both days
+    assert summary.dirty_rows == sum(c.dirty_rows for c in summary.cities) + 2 * LEGACY_ROWS
+    assert (sum(c.outside_rows for c in summary.cities) > 0) == (scenario == "sensor_glitch")
+    for tally in summary.cities:
+        assert tally.rows == sum(f.city_rows.get(tally.city_id, 0) for f in summary.files)
+    assert sum(f.dirty_rows for f in summary.files) == sum(c.dirty_rows for c in summary.cities)
+    clean = {c.id: 0 for c in cities}
+    for file in summary.files:
+        content = landed[file.key]
+        assert file.rows == max(content.count(b"\n") - 1, 0)
+        if file.readable:
+            assert file.rows == sum(file.city_rows.values()) + file.stray_rows
+        else:
+            assert file.city_rows == {} and file.key.endswith("legacy-export.csv")
+            with pytest.raises(UnparseableFileError):
+                read_raw_file("legacy-export.csv", content)
+    for day in days(configs[0]):
+        prefix = landing_key(day, "x")[:-1]
+        frames = [
+            read_raw_file(f.key[len(prefix) :], landed[f.key])
+            for f in summary.files
+            if f.day == day and f.readable
+        ]
+        raw = pd.concat(frames, ignore_index=True)
+        routed = route(cities, raw)
+        for i, city in enumerate(cities):
+            mine = raw[routed == i].reset_index(drop=True)
+            clean[city.id] += len(validate_pings(mine, city, day.isoformat()).clean)
+    for tally in summary.cities:
+        assert clean[tally.city_id] == tally.rows - tally.dirty_rows - tally.outside_rows
+    assert sum(clean.values()) == (
+        summary.rows
+        - summary.dirty_rows
+        - summary.stray_rows
+        - sum(c.outside_rows for c in summary.cities)
+    )
+
+
+def test_simulate_cities_is_deterministic():
+    for layout in ("per_city", "mixed"):
+        first = land_cities(MULTI, layout)
+        assert land_cities(MULTI, layout) == first
+    other = [SimulationConfig(**{**vars(c), "seed": 8}) for c in MULTI]
+    assert land_cities(other, "mixed")[1] != land_cities(MULTI, "mixed")[1]
+
+
+def test_cities_with_different_day_ranges():
+    later = START + datetime.timedelta(days=2)
+    configs = [
+        SimulationConfig(**{**vars(MULTI[0]), "days": 4}),
+        SimulationConfig(**{**vars(MULTI[1]), "start_date": later, "days": 3}),
+        SimulationConfig(**{**vars(MULTI[2]), "start_date": START + datetime.timedelta(days=1)}),
+    ]
+    summary, landed = land_cities(configs, "per_city")
+    assert all(key.startswith("raw/city=") for key in landed)
+    assert summary.days == tuple(START + datetime.timedelta(days=i) for i in range(5))
+    have = {(f.city_id, f.day) for f in summary.files}
+    assert have == {(c.city.id, day) for c in configs for day in days(c)}
+    summary, _ = land_cities(configs, "mixed")
+    assert len(summary.days) == 5
+    for day in summary.days:
+        present = {c.city.id for c in configs if day in days(c)}
+        readable = [f for f in summary.files if f.day == day and f.readable]
+        assert {city for f in readable for city, n in f.city_rows.items() if n} == present
+        assert all(set(f.city_rows) == present for f in readable)
+    for config in configs:
+        tally = summary.city(config.city.id)
+        assert tally.days == tuple(days(config))
+
+
+def test_local_daily_shape_survives_the_mixed_export():
+    configs = multi_city_configs(
+        start_date=datetime.date(2026, 10, 5),
+        days=3,
+        pings_per_day=4_000,
+        dirty_share=0.0,
+        dirty_files=False,
+    )  # a Monday to Wednesday
+    _, landed = land_cities(configs, "mixed")
+    frame = pd.concat([read_text(content) for content in landed.values()], ignore_index=True)
+    routed = route([c.city for c in configs], frame)
+    for i, config in enumerate(configs):
+        stamps = pd.to_datetime(frame["courier_location_timestamp"][routed == i], format="ISO8601")
+        local = stamps.dt.tz_convert(config.city.timezone)
+        hours = local.dt.hour.value_counts().reindex(range(24), fill_value=0)
+        assert hours.iloc[17:21].sum() > 10 * hours.iloc[2:6].sum(), config.city.id
+        assert hours.iloc[11:14].idxmax() == 12, config.city.id
+
+
+@pytest.mark.parametrize(
+    ("configs", "options", "message"),
+    [
+        ([MULTI[0], MULTI[0]], {}, "city ids must be unique"),
+        ([], {}, "at least one config"),
+        (MULTI, {"layout": "by_city"}, "layout must be one of"),
+        (MULTI, {"stray_share": 0.6}, "stray_share"),
+        (
+            [SimulationConfig(**{**vars(MULTI[0]), "export_files": frozenset({"gzip"})})],
+            {},
+            "export_files are per-city only",
+        ),
+        (
+            [MULTI[0], SimulationConfig(city=City(id="near", center_lat=50.5))],
+            {},
+            "overlap",
+        ),
+    ],
+)
+def test_simulate_cities_rejects_bad_input(configs, options, message):
+    with pytest.raises(ValueError, match=message):
+        simulate_cities(configs, options.pop("layout", "mixed"), {}.__setitem__, **options)
