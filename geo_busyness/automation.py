@@ -55,6 +55,15 @@ def on_new_data(city: City) -> dg.AutomationCondition:
     return _updated_and_settled(updates, city).with_label("on_new_data")
 
 
+def on_new_checked_data(city: City) -> dg.AutomationCondition:
+    """:func:`on_new_data`, once the blocking checks of the dependencies' partitions passed: a
+    day refused by a blocking check (``quarantine_share_is_low``: mostly quarantined) waits for
+    a fix instead of flowing on in a run of its own."""
+    return (
+        on_new_data(city) & dg.AutomationCondition.all_deps_blocking_checks_passed()
+    ).with_label("on_new_checked_data")
+
+
 def on_new_data_latest_day(city: City) -> dg.AutomationCondition:
     """Only the latest day: forecasts and drift reports matter for the newest data; their
     unpartitioned inputs (the champion, the training set) would otherwise re-run every day."""

@@ -142,6 +142,9 @@ def _selected_cities(catalog, wanted: list[str] | None):
 def _run_landing(args: argparse.Namespace, training_config: dict, heading: str) -> int:
     """Ingest the landing zone on the persistent instance, then train, forecast and deploy:
     the one code path of ``run`` and ``demo``."""
+    import os
+
+    from geo_busyness.resources.settings import LANDING_ZONE_ENV, STORAGE_ENV
     from geo_busyness.runner import dagster_home, format_landing_run, run_landing
 
     home = dagster_home()  # before Dagster reads DAGSTER_HOME
@@ -155,7 +158,8 @@ def _run_landing(args: argparse.Namespace, training_config: dict, heading: str) 
     defs = build_definitions(catalog)
     zone = defs.resources["landing_zone"]
     print(
-        f"{heading}: {', '.join(c.id for c in cities)} from {zone.location('raw/')} "
+        f"{heading}: {', '.join(c.id for c in cities)} from "
+        f"{os.environ.get(LANDING_ZONE_ENV) or zone.location('raw/')} "
         f"(catalog {catalog.path}) on the instance in {home}"
     )
     with dg.DagsterInstance.get() as instance:
@@ -180,11 +184,15 @@ def _run_landing(args: argparse.Namespace, training_config: dict, heading: str) 
     if not outcome.cities:
         print("geo-busyness: nothing to ingest", file=sys.stderr)
         return 1
-    storage = defs.resources["io_manager"].base_path
-    tracking = defs.resources["mlflow_tracking"]
+    # Built, so that settings given as dg.EnvVar are resolved (never printed as such).
+    with dg.build_resources(
+        {"mlflow_tracking": defs.resources["mlflow_tracking"], "zone": zone}
+    ) as built:
+        tracking, landing = built.mlflow_tracking, built.zone.location("raw/")
+    storage = os.environ.get(STORAGE_ENV) or str(default_data_dir() / "assets")
     print(
         f"\nWhere to look:\n"
-        f"  landing zone   {zone.location('raw/')}\n"
+        f"  landing zone   {landing}\n"
         f"  asset files    {storage}/<city>/<asset>/<day>.parquet "
         f"(quarantine: {storage}/<city>/quarantined_pings/)\n"
         f"  MLflow         {tracking.display_uri}  (UI: scripts/dev mlflow-ui)\n"
@@ -273,7 +281,11 @@ def cmd_endpoint(args: argparse.Namespace) -> int:
             print("endpoint stopped" if stopped else "no endpoint was running")
             return 0
         status = endpoint.status()
-    if status.serving:
+    if status.serving and status.members:
+        print(f"{redact_url(status.url)}: {len(status.members)} cities (since {status.started_at})")
+        for city, member in sorted(status.members.items()):
+            print(f"  {city:<16} {member['model_name']} version {member['model_version']}")
+    elif status.serving:
         print(
             f"{redact_url(status.url)}: {status.model_name} version {status.model_version} "
             f"(since {status.started_at})"

@@ -66,9 +66,13 @@ def day_range_problem(city: City, day: str) -> str | None:
     if partitions.has_partition_key(day):
         return None
     start = first_day(city)
-    source = f"the catalog's first_day of {city.id}" if city.first_day else f"{START_DATE_ENV}"
     if dt.date.fromisoformat(day) < start:
-        return f"{day} is before {start}, the first day of {city.id} ({source}): lower it"
+        fix = (
+            f"lower first_day of {city.id} in the catalog"
+            if city.first_day
+            else f"set {START_DATE_ENV} earlier, or give {city.id} a first_day in the catalog"
+        )
+        return f"{day} is before {start}, the first day of {city.id}: {fix}"
     last = partitions.get_last_partition_key()
     if last is None or day > last:
         return (

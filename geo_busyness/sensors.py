@@ -17,7 +17,13 @@ from geo_busyness.core.landing import (
     landing_slot,
     plan_landing_runs,
 )
-from geo_busyness.partitions import city_partitions, export_partitions, latest_complete_day
+from geo_busyness.partitions import (
+    city_partitions,
+    day_range_problem,
+    export_partitions,
+    first_day,
+    latest_complete_day,
+)
 from geo_busyness.resources.landing_zone import (
     RAW_PREFIX,
     LandingZone,
@@ -67,10 +73,8 @@ def ingest_runs(plan: LandingPlan, cities: Sequence[City]) -> tuple[list[IngestR
             continue
         city = by_id[city_id]
         if not city_partitions(city).has_partition_key(day):
-            if city.first_day and day < city.first_day.isoformat():
-                outside.append(
-                    f"{city.id} {day}: before its first_day {city.first_day} in the catalog"
-                )
+            if day < first_day(city).isoformat():
+                outside.append(day_range_problem(city, day))
             continue
         runs.append(IngestRun(city, day, city_day_digest(plan, city_id, day)))
     return runs, outside
@@ -150,7 +154,7 @@ def build_landing_sensor(
         _log_findings(context.log, plan, landing_zone)
         runs, outside = ingest_runs(plan, cities)
         for note in outside:
-            context.log.warning(f"Not ingesting {note}: lower it to ingest this day")
+            context.log.warning(f"Not ingesting: {note}")
         previous = set(_previous_slots(context.cursor))
         kept = _not_yet_ingested(context.instance, runs, listing, previous)
         if len(kept) < len(runs):

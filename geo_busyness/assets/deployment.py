@@ -146,6 +146,9 @@ def _members(
     for city in cities:
         champion = inputs[f"{city.key}__champion_model"]
         forecasts = inputs[f"{city.key}__busyness_forecast"] or {}
+        if champion is None:
+            context.log.warning(f"{city.id}: no champion yet, not served")
+            continue
         if not forecasts:
             context.log.warning(f"{city.id}: no busyness_forecast yet, not served")
             continue
@@ -174,7 +177,11 @@ def build_endpoint(cities: Sequence[City]) -> list:
     """``endpoint_deployment``: one endpoint for the hexagons of every city, and its check."""
     ins = {}
     for city in cities:
-        ins[f"{city.key}__champion_model"] = city_in(city, "champion_model")
+        # A city without a champion yet (a refused first candidate, a city just onboarded) is
+        # left out of the endpoint, not a reason to keep the others from deploying.
+        ins[f"{city.key}__champion_model"] = city_in(
+            city, "champion_model", metadata={"optional": True}
+        )
         ins[f"{city.key}__busyness_forecast"] = city_in(
             city,
             "busyness_forecast",

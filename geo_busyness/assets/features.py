@@ -7,7 +7,7 @@ import dagster as dg
 import pandas as pd
 
 from geo_busyness.assets.metadata import city_asset, city_in, preview
-from geo_busyness.automation import on_new_data
+from geo_busyness.automation import on_new_checked_data, on_new_data
 from geo_busyness.core.city import City
 from geo_busyness.core.features import (
     LOOKBACK_DAYS,
@@ -90,7 +90,7 @@ def build_features(city: City) -> list:
 
     @dg.asset(
         partitions_def=partitions,
-        automation_condition=on_new_data(city),
+        automation_condition=on_new_checked_data(city),
         **city_asset(city, GROUP),
         kinds={"pandas", "h3", "parquet"},
         ins={"clean_courier_pings": city_in(city, "clean_courier_pings")},

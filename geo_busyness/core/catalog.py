@@ -13,7 +13,7 @@ import json
 import math
 import os
 import zoneinfo
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -151,11 +151,12 @@ def city_fingerprint(city: City) -> str:
     """12 hex characters over every field that changes what is built for the city.
 
     Used as a Dagster ``code_version``: moving the centre or changing the resolution marks the
-    city's assets stale, renaming it does not.
+    city's assets stale; renaming it or moving its first day (which days exist, not what a day
+    holds) does not.
     """
     payload: dict[str, Any] = {}
     for field in fields(City):
-        if field.name == "name":
+        if field.name in ("name", "first_day"):
             continue
         value = getattr(city, field.name)
         if field.type == "float":
@@ -167,6 +168,30 @@ def city_fingerprint(city: City) -> str:
         payload[field.name] = value
     encoded = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(encoded.encode()).hexdigest()[:12]
+
+
+def catalog_yaml(cities: Iterable[City]) -> str:
+    """The catalog text of ``cities`` (what :func:`load_catalog` reads back), for catalogs
+    made in code. Cities with a ``service_area`` polygon are refused: the catalog references
+    polygons by GeoJSON file."""
+    entries = []
+    for city in cities:
+        if city.service_area:
+            raise ValueError(f"{city.id}: a service_area polygon is written as a GeoJSON file")
+        entry: dict[str, Any] = {
+            "id": city.id,
+            "name": city.name,
+            "center": [city.center_lat, city.center_lon],
+            "service_radius_km": city.service_radius_km,
+            "implausible_distance_km": city.implausible_distance_km,
+            "timezone": city.timezone,
+            "h3_resolution": city.h3_resolution,
+            "restaurant_clusters": city.n_restaurant_clusters,
+        }
+        if city.first_day:
+            entry["first_day"] = city.first_day.isoformat()
+        entries.append(entry)
+    return yaml.safe_dump({"cities": entries}, sort_keys=False)
 
 
 # --- parsing ---------------------------------------------------------------------------------

@@ -117,6 +117,10 @@ class PickleIOManager(dg.UPathIOManager):
         )
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> Any:
+        """The object; ``None`` for an input with ``metadata={"optional": True}`` whose asset
+        was never materialized (e.g. a city without a champion yet)."""
+        if (context.definition_metadata or {}).get("optional") and not path.exists():
+            return None
         with path.open("rb") as handle:
             return pickle.load(handle)
 

@@ -12,13 +12,14 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from geo_busyness.assets.monitoring import CHECK_NAME, TEST_MAE_METRIC, drift_report
+from geo_busyness.assets.monitoring import CHECK_NAME, TEST_MAE_METRIC
+from geo_busyness.core.catalog import load_configured_catalog
 from geo_busyness.core.drift import DRIFT_TABLE_COLUMNS
 from geo_busyness.core.forecast import FORECAST_COLUMN
 from geo_busyness.core.lifecycle import training_set_from_features
 from geo_busyness.core.model import SplitConfig
 from geo_busyness.definitions import defs
-from geo_busyness.partitions import daily_partitions
+from geo_busyness.partitions import city_partitions
 from geo_busyness.resources.environment import local_resources
 from geo_busyness.resources.reports import DriftPolicy, ReportStore
 from geo_busyness.simulate import SimulationConfig, simulated_city
@@ -29,13 +30,11 @@ pytestmark = pytest.mark.integration
 START = datetime.date(2026, 10, 1)
 TRAIN_DAYS = 10  # features of days 2..10 make the training set; later days are "new"
 DAYS = 13
-# Until definitions.py lists the monitoring module, add the asset to the repository's own.
-ASSETS = [
-    *defs.assets,
-    *([] if any(dg.AssetKey("drift_report") in a.keys for a in defs.assets) else [drift_report]),
-    *defs.asset_checks,
-]
-SELECTION = dg.AssetSelection.assets("drift_report")
+CITY = "regina"
+REGINA = load_configured_catalog().get(CITY)
+DRIFT_REPORT = dg.AssetKey([CITY, "drift_report"])
+ASSETS = [*defs.assets, *defs.asset_checks]
+SELECTION = dg.AssetSelection.assets(DRIFT_REPORT)
 FORECAST_ERROR = 2.0
 TRAINING_MAE = 1.6
 
@@ -56,7 +55,7 @@ def platform(tmp_path_factory):
         ("busyness_features", simulated.features),
         ("hex_hourly_busyness", simulated.hourly),
     ):
-        folder = root / "assets" / asset
+        folder = root / "assets" / CITY / asset
         folder.mkdir(parents=True)
         for key, frame in partitions.items():
             frame.to_parquet(folder / f"{key}.parquet", index=False)
@@ -66,7 +65,7 @@ def platform(tmp_path_factory):
         if key <= day(TRAIN_DAYS)
     }
     training_set, _ = training_set_from_features(trained_on, 28, SplitConfig())
-    training_set.to_parquet(root / "assets" / "training_set.parquet", index=False)
+    training_set.to_parquet(root / "assets" / CITY / "training_set.parquet", index=False)
     resources = {
         **local_resources(root),
         "report_store": ReportStore(base_path=str(root / "reports")),
@@ -88,12 +87,13 @@ def materialize(platform, partition: str, **resources) -> dg.ExecuteInProcessRes
 
 
 def metadata_of(result: dg.ExecuteInProcessResult) -> dict:
-    return result.asset_materializations_for_node("drift_report")[0].metadata
+    return result.asset_materializations_for_node(f"{CITY}__drift_report")[0].metadata
 
 
 def check_of(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
     (evaluation,) = result.get_asset_check_evaluations()
     assert evaluation.check_name == CHECK_NAME
+    assert evaluation.asset_key == DRIFT_REPORT
     return evaluation
 
 
@@ -101,11 +101,11 @@ def test_report_without_forecast_writes_table_html_and_links_it(platform):
     root, _, _, _ = platform
     result = materialize(platform, day(DAYS))
     assert result.success
-    table = pd.read_parquet(root / "assets" / "drift_report" / f"{day(DAYS)}.parquet")
+    table = pd.read_parquet(root / "assets" / CITY / "drift_report" / f"{day(DAYS)}.parquet")
     assert list(table.columns) == list(DRIFT_TABLE_COLUMNS)
     assert not table["column"].isin(["hour_of_day", "day_of_week", "is_weekend"]).any()
     metadata = metadata_of(result)
-    html = root / "reports" / "drift_reports" / f"{day(DAYS)}.html"
+    html = root / "reports" / "drift_reports" / CITY / f"{day(DAYS)}.html"
     assert html.is_file() and "<html" in html.read_text()[:2000].lower()
     assert metadata["report"].value == html.resolve().as_uri()
     assert metadata["n_tested"].value == len(table)
@@ -129,8 +129,8 @@ def test_report_of_a_training_day_says_so(platform):
 def test_first_partition_has_no_previous_forecast_and_still_works(platform):
     """The forecast mapping yields no partition at all for the first day of the partitions."""
     root, _, _, _ = platform
-    first = daily_partitions.get_first_partition_key()
-    source = root / "assets" / "busyness_features" / f"{day(DAYS)}.parquet"
+    first = city_partitions(REGINA).get_first_partition_key()
+    source = root / "assets" / CITY / "busyness_features" / f"{day(DAYS)}.parquet"
     target = source.with_name(f"{first}.parquet")
     target.write_bytes(source.read_bytes())
     try:
@@ -142,8 +142,9 @@ def test_first_partition_has_no_previous_forecast_and_still_works(platform):
 
 
 def _register_version(resources: dict, test_mae: float) -> str:
-    """A registered model version whose run holds the test MAE model_evaluation would log."""
-    tracking = resources["mlflow_tracking"]
+    """A registered model version of the city whose run holds the test MAE model_evaluation
+    would log."""
+    tracking = resources["mlflow_tracking"].for_city(CITY)
     client = tracking.client()
     run = client.create_run(tracking.experiment_id())
     client.log_metric(run.info.run_id, TEST_MAE_METRIC, test_mae)
@@ -165,7 +166,7 @@ def forecast_of_last_day(platform) -> Path:
     forecast = features.assign(
         **{FORECAST_COLUMN: features["orders"] + FORECAST_ERROR, "model_version": version}
     )
-    folder = root / "assets" / "busyness_forecast"
+    folder = root / "assets" / CITY / "busyness_forecast"
     folder.mkdir(exist_ok=True)
     path = folder / f"{day(DAYS - 1)}.parquet"
     forecast.to_parquet(path, index=False)
@@ -197,10 +198,10 @@ def test_check_warns_when_the_error_grew_past_the_policy(platform, forecast_of_l
 
 def test_report_store_on_s3(s3_env: S3Bucket):
     store = ReportStore(base_path=s3_env.url("reports"), s3_endpoint_url=s3_env.endpoint_url)
-    location = store.save("drift_reports/2026-10-13.html", b"<html></html>", "text/html")
-    assert location == f"s3://{s3_env.name}/reports/drift_reports/2026-10-13.html"
+    location = store.save("drift_reports/regina/2026-10-13.html", b"<html></html>", "text/html")
+    assert location == f"s3://{s3_env.name}/reports/drift_reports/regina/2026-10-13.html"
     head = s3_env.client().head_object(
-        Bucket=s3_env.name, Key="reports/drift_reports/2026-10-13.html"
+        Bucket=s3_env.name, Key="reports/drift_reports/regina/2026-10-13.html"
     )
     assert head["ContentType"] == "text/html"
     assert head["ContentLength"] == len(b"<html></html>")

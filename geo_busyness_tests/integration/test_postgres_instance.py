@@ -53,9 +53,11 @@ from dagster_postgres import (
     PostgresScheduleStorage,
 )
 
-from geo_busyness.checks import hourly_keys_are_unique
+from geo_busyness.assets.metadata import city_key
+from geo_busyness.checks import build_checks
+from geo_busyness.core.city import DEFAULT_CITY
 from geo_busyness.definitions import defs
-from geo_busyness.partitions import daily_partitions
+from geo_busyness.partitions import city_partitions
 from geo_busyness.resources.environment import local_resources
 from geo_busyness.runner import INGEST_ASSETS, LOCAL_INSTANCE_SETTINGS, materialize_days
 from geo_busyness.simulate import SimulationConfig, simulate
@@ -70,12 +72,18 @@ pytestmark = pytest.mark.integration
 
 PRODUCTION_INSTANCE = Path(__file__).resolve().parents[2] / "deploy" / "instance" / "dagster.yaml"
 DAY = "2026-10-01"
+CITY = DEFAULT_CITY  # the packaged catalog's only city
 DATA_ASSETS = {
     *INGEST_ASSETS,
     "restaurants",
     "restaurant_clusters",
     "busyness_features",
 }
+[hourly_keys_are_unique] = [
+    check
+    for check in build_checks(CITY, "cities.yaml")
+    if {key.name for key in check.check_keys} == {"hourly_keys_are_unique"}
+]
 
 
 @pytest.fixture(scope="module")
@@ -192,13 +200,18 @@ def test_runs_and_materializations_are_stored_in_postgres(ingested, postgres):
     assert sorted(run.tags.get(PARTITION_NAME_TAG, "-") for run in runs) == ["-", DAY, DAY]
 
     for asset in DATA_ASSETS:
-        assert instance.get_latest_materialization_event(dg.AssetKey(asset)) is not None, asset
+        key = city_key(CITY, asset)
+        assert instance.get_latest_materialization_event(key) is not None, asset
     [clean] = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("clean_courier_pings"), asset_partitions=[DAY]),
+        dg.AssetRecordsFilter(
+            asset_key=city_key(CITY, "clean_courier_pings"), asset_partitions=[DAY]
+        ),
         limit=1,
     ).records
     rows = clean.asset_materialization.metadata["dagster/row_count"].value
-    written = pd.read_parquet(ingested.root / "assets" / "clean_courier_pings" / f"{DAY}.parquet")
+    written = pd.read_parquet(
+        ingested.root / "assets" / CITY.key / "clean_courier_pings" / f"{DAY}.parquet"
+    )
     assert rows == len(written) > 0
 
     database = ingested.env[DAGSTER_PG_ENV["db_name"]]
@@ -209,13 +222,15 @@ def test_runs_and_materializations_are_stored_in_postgres(ingested, postgres):
             "SELECT DISTINCT asset_key, partition FROM event_logs"
             " WHERE dagster_event_type = 'ASSET_MATERIALIZATION'"
         )
-        stored = {(json.loads(key)[0], partition) for key, partition in cursor.fetchall()}
+        stored = {(tuple(json.loads(key)), partition) for key, partition in cursor.fetchall()}
         cursor.execute(
             "SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_CHECK_EVALUATION'"
         )
         [[check_evaluations]] = cursor.fetchall()
     partitioned = {*INGEST_ASSETS, "busyness_features"}
-    assert stored == {(a, DAY if a in partitioned else None) for a in DATA_ASSETS}
+    assert stored == {
+        (tuple(city_key(CITY, a).path), DAY if a in partitioned else None) for a in DATA_ASSETS
+    }
     assert check_evaluations > 0
 
 
@@ -225,7 +240,8 @@ def test_a_new_process_on_the_same_file_sees_the_same_runs(ingested):
     program = (
         "import json, dagster as dg\n"
         "with dg.DagsterInstance.get() as instance:\n"
-        "    event = instance.get_latest_materialization_event(dg.AssetKey('busyness_features'))\n"
+        f"    key = dg.AssetKey({city_key(CITY, 'busyness_features').path!r})\n"
+        "    event = instance.get_latest_materialization_event(key)\n"
         "    print(json.dumps({\n"
         "        'storage': type(instance.run_storage).__name__,\n"
         "        'runs': {run.run_id: run.status.value for run in instance.get_runs()},\n"
@@ -244,7 +260,7 @@ def test_a_new_process_on_the_same_file_sees_the_same_runs(ingested):
     instance = ingested.instance
     assert seen["storage"] == "PostgresRunStorage"
     assert seen["runs"] == {run.run_id: run.status.value for run in instance.get_runs()}
-    features = instance.get_latest_materialization_event(dg.AssetKey("busyness_features"))
+    features = instance.get_latest_materialization_event(city_key(CITY, "busyness_features"))
     assert seen["features_run"] == features.run_id
 
 
@@ -297,7 +313,7 @@ def test_only_runs_whose_process_died_are_retried_at_most_twice(instance, tmp_pa
     """A blocking check that fails (like a refused model candidate) fails its run for good; a
     run whose process died is retried, twice, then left failed."""
 
-    @dg.asset(name="hex_hourly_busyness", partitions_def=daily_partitions)
+    @dg.asset(key=city_key(CITY, "hex_hourly_busyness"), partitions_def=city_partitions(CITY))
     def duplicated_hourly() -> pd.DataFrame:
         hour = pd.Timestamp(f"{DAY}T12:00:00Z")
         return pd.DataFrame({"h3_cell": ["872f5a32cffffff"] * 2, "hour_start": [hour, hour]})

@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 import requests
 
+from geo_busyness.assets.metadata import stage_selection
+from geo_busyness.core.catalog import load_configured_catalog
 from geo_busyness.core.forecast import FORECAST_COLUMN, next_day
 from geo_busyness.core.lifecycle import MODEL, SEASONAL_NAIVE, SPLIT_COLUMN
 from geo_busyness.definitions import defs
@@ -21,21 +23,23 @@ from geo_busyness.stack.services import free_port
 # A module fixture materializes weeks of history: minutes on a busy 2-core machine.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-TRAINING = dg.AssetSelection.groups("training")
+CITY = "regina"
+REGINA = load_configured_catalog().get(CITY)
+TRAINING = stage_selection("training", REGINA)
 # Small and single-purpose: XGBoost's defaults under both objectives plus one Optuna trial,
 # no PoC grid (its cost is measured in BENCHMARKS.md, not here).
 RUN_CONFIG = {
     "ops": {
-        "busyness_model": {
+        "regina__busyness_model": {
             "config": {"n_trials": 3, "time_budget_s": 120, "train_poc_baseline": False}
         },
-        "training_set": {"config": {"window_days": 28}},
+        "regina__training_set": {"config": {"window_days": 28}},
     }
 }
 # A candidate that is broken anyway needs no search.
 ONE_FIT = {
     "ops": {
-        "busyness_model": {
+        "regina__busyness_model": {
             "config": {
                 "objectives": ["count:poisson"],
                 "n_trials": 1,
@@ -58,11 +62,11 @@ def platform(tmp_path_factory):
         ("busyness_features", simulated.features),
         ("hex_hourly_busyness", simulated.hourly),
     ):
-        folder = root / "assets" / asset
+        folder = root / "assets" / CITY / asset
         folder.mkdir(parents=True)
         for day, frame in partitions.items():
             frame.to_parquet(folder / f"{day}.parquet", index=False)
-    simulated.restaurant_clusters.to_parquet(root / "assets" / "restaurant_clusters.parquet")
+    simulated.restaurant_clusters.to_parquet(root / "assets" / CITY / "restaurant_clusters.parquet")
     resources = local_resources(root, endpoint_port=free_port())
     with dg.instance_for_test() as instance:
         try:
@@ -83,14 +87,21 @@ def run(platform, selection, raise_on_error=True, run_config=None) -> dg.Execute
     )
 
 
+def key(name: str) -> dg.AssetKey:
+    return dg.AssetKey([CITY, name])
+
+
 def load(platform, asset: str):
+    """An asset of the city (``endpoint_deployment``, of every city, has no prefix)."""
     root, _, _ = platform
-    path = root / "assets" / f"{asset}.pickle"
-    return (
-        pd.read_pickle(path)
-        if path.exists()
-        else pd.read_parquet(root / "assets" / f"{asset}.parquet")
-    )
+    folder = root / "assets" if asset == "endpoint_deployment" else root / "assets" / CITY
+    path = folder / f"{asset}.pickle"
+    return pd.read_pickle(path) if path.exists() else pd.read_parquet(folder / f"{asset}.parquet")
+
+
+def tracking_of(resources):
+    """The city's experiment and registered model in the platform's MLflow store."""
+    return resources["mlflow_tracking"].for_city(CITY)
 
 
 def check_results(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
@@ -131,9 +142,12 @@ def test_training_set_split_is_by_time_with_gaps(platform, first_run):
 def test_mlflow_run_has_params_metrics_importances_and_the_model(platform, first_run):
     _, resources, _ = platform
     candidate = load(platform, "busyness_model")
-    client = resources["mlflow_tracking"].client()
+    tracking = tracking_of(resources)
+    client = tracking.client()
     run = client.get_run(candidate.mlflow_run_id)
     assert run.info.status == "FINISHED"
+    assert run.info.experiment_id == tracking.experiment_id()
+    assert client.get_experiment(run.info.experiment_id).name == "geo_busyness-regina"
     assert run.data.params["chosen_objective"] in ("count:poisson", "reg:tweedie")
     for metric in ("validation_model_mae", "validation_seasonal_naive_mae", "test_model_mae"):
         assert np.isfinite(run.data.metrics[metric])
@@ -147,7 +161,8 @@ def test_registry_round_trip_predicts_like_the_in_memory_model(platform, first_r
     import mlflow.xgboost
 
     _, resources, _ = platform
-    tracking = resources["mlflow_tracking"]
+    tracking = tracking_of(resources)
+    assert tracking.registered_model_name == "geo_busyness_hex_busyness-regina"
     candidate = load(platform, "busyness_model")
     test = load(platform, "training_set").query(f"{SPLIT_COLUMN} == 'test'")
     mlflow.set_tracking_uri(tracking.uri)
@@ -161,17 +176,17 @@ def test_registry_round_trip_predicts_like_the_in_memory_model(platform, first_r
 
 def test_forecast_of_the_next_day_comes_from_the_champion(platform, first_run):
     root, resources, _ = platform
-    last_day = max(path.stem for path in (root / "assets" / "hex_hourly_busyness").iterdir())
+    last_day = max(path.stem for path in (root / "assets" / CITY / "hex_hourly_busyness").iterdir())
     result = dg.materialize(
         [*defs.assets, *defs.asset_checks],
-        selection=dg.AssetSelection.assets("busyness_forecast"),
+        selection=dg.AssetSelection.assets(key("busyness_forecast")),
         partition_key=last_day,
         instance=platform[2],
         resources=resources,
     )
-    metadata = result.asset_materializations_for_node("busyness_forecast")[0].metadata
+    metadata = result.asset_materializations_for_node("regina__busyness_forecast")[0].metadata
     assert metadata["forecast_day"].value == next_day(last_day)
-    forecast = pd.read_parquet(root / "assets" / "busyness_forecast" / f"{last_day}.parquet")
+    forecast = pd.read_parquet(root / "assets" / CITY / "busyness_forecast" / f"{last_day}.parquet")
     assert (forecast["hour_start"].dt.strftime("%Y-%m-%d") == next_day(last_day)).all()
     assert len(forecast) == forecast["h3_cell"].nunique() * 24
     assert (forecast["model_version"] == "1").all()
@@ -186,11 +201,11 @@ def test_forecast_of_the_next_day_comes_from_the_champion(platform, first_run):
 def test_the_champion_is_deployed_and_serves_the_forecast(platform, first_run):
     root, _, _ = platform
     result = run(platform, dg.AssetSelection.assets("endpoint_deployment"))
-    assert check_results(result) == {"endpoint_answers_known_request": True}
+    assert check_results(result) == {"endpoint_answers_known_request_regina": True}
     record = load(platform, "endpoint_deployment")
     assert (record.target, record.model_version) == ("local", "1")
-    last_day = max(path.stem for path in (root / "assets" / "busyness_forecast").iterdir())
-    forecast = pd.read_parquet(root / "assets" / "busyness_forecast" / f"{last_day}.parquet")
+    last_day = max(path.stem for path in (root / "assets" / CITY / "busyness_forecast").iterdir())
+    forecast = pd.read_parquet(root / "assets" / CITY / "busyness_forecast" / f"{last_day}.parquet")
     rows = forecast.sample(50, random_state=0)
     body = {
         "instances": [
@@ -206,24 +221,26 @@ def test_the_champion_is_deployed_and_serves_the_forecast(platform, first_run):
 
 
 def test_promoting_the_champion_again_changes_nothing(platform, first_run):
-    result = run(platform, dg.AssetSelection.assets("champion_model"))
-    metadata = result.asset_materializations_for_node("champion_model")[0].metadata
+    result = run(platform, dg.AssetSelection.assets(key("champion_model")))
+    metadata = result.asset_materializations_for_node("regina__champion_model")[0].metadata
     assert metadata["changed"].value is False
     assert metadata["version"].value == "1"
 
 
 def test_a_broken_candidate_is_refused_and_the_champion_stays(platform, first_run):
     root, resources, _ = platform
-    tracking = resources["mlflow_tracking"]
+    tracking = tracking_of(resources)
     # A corrupted upstream: targets shuffled among the train and validation rows.
-    path = root / "assets" / "training_set.parquet"
+    path = root / "assets" / CITY / "training_set.parquet"
     frame = pd.read_parquet(path)
     fitted = frame[SPLIT_COLUMN] != "test"
     frame.loc[fitted, "orders"] = np.random.default_rng(0).permutation(
         frame.loc[fitted, "orders"].to_numpy()
     )
     frame.to_parquet(path, index=False)
-    retrain = dg.AssetSelection.assets("busyness_model", "model_evaluation", "champion_model")
+    retrain = dg.AssetSelection.assets(
+        key("busyness_model"), key("model_evaluation"), key("champion_model")
+    )
 
     result = run(platform, retrain, raise_on_error=False, run_config=ONE_FIT)
     assert check_results(result) == {
@@ -234,11 +251,11 @@ def test_a_broken_candidate_is_refused_and_the_champion_stays(platform, first_ru
     # What materialize(raise_on_error=True) raises: the blocking checks' failures.
     failed = {e.step_failure_data.error.cls_name for e in result.all_events if e.is_step_failure}
     assert failed == {"DagsterAssetCheckFailedError"}
-    assert "champion_model" not in {
-        e.asset_key.to_user_string() for e in result.get_asset_materialization_events()
+    assert key("champion_model") not in {
+        e.asset_key for e in result.get_asset_materialization_events()
     }
     # Materialized on its own, champion_model re-applies the gates and refuses too.
-    alone = run(platform, dg.AssetSelection.assets("champion_model"), raise_on_error=False)
+    alone = run(platform, dg.AssetSelection.assets(key("champion_model")), raise_on_error=False)
     failure = next(e for e in alone.all_events if e.is_step_failure)
     assert "candidate refused, champion unchanged (version 1)" in str(
         failure.step_failure_data.error

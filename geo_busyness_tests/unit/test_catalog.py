@@ -303,7 +303,7 @@ def test_unreadable_service_area_files_are_refused(tmp_path):
     refused(catalog_of(tmp_path, city(service_area="[1, 2]")), "service_area: expected the path")
 
 
-def test_fingerprint_is_stable_short_and_ignores_only_the_name():
+def test_fingerprint_is_stable_short_and_ignores_only_the_name_and_first_day():
     base = City()
     fingerprint = city_fingerprint(base)
     assert len(fingerprint) == 12
@@ -311,6 +311,8 @@ def test_fingerprint_is_stable_short_and_ignores_only_the_name():
     assert city_fingerprint(City()) == fingerprint
     assert city_fingerprint(City(name="Regina")) == fingerprint
     assert city_fingerprint(City(service_radius_km=12)) == fingerprint  # int or float radius
+    # which days exist is not what a day holds: moving the first day stales nothing
+    assert city_fingerprint(City(first_day=dt.date(2026, 1, 1))) == fingerprint
     changed = [
         City(center_lat=50.45),
         City(center_lon=-104.6),
@@ -320,7 +322,6 @@ def test_fingerprint_is_stable_short_and_ignores_only_the_name():
         City(h3_resolution=8),
         City(n_restaurant_clusters=6),
         City(id="regina-west"),
-        City(first_day=dt.date(2026, 1, 1)),
         City(service_area=((50.4, -104.7), (50.4, -104.5), (50.5, -104.6))),
     ]
     prints = {city_fingerprint(c) for c in changed}
@@ -344,3 +345,24 @@ def test_fingerprint_of_a_loaded_city_matches_the_same_city_built_in_code(tmp_pa
             first_day=dt.date(2016, 4, 1),
         )
     )
+
+
+def test_catalog_yaml_reads_back_as_the_same_cities(tmp_path):
+    import dataclasses
+    import datetime as dt
+
+    from geo_busyness.core.catalog import catalog_yaml
+    from geo_busyness.simulate import MULTI_CITIES
+
+    cities = (
+        *MULTI_CITIES[:2],
+        dataclasses.replace(MULTI_CITIES[2], first_day=dt.date(2026, 3, 1)),
+    )
+    path = tmp_path / "cities.yaml"
+    path.write_text(catalog_yaml(cities))
+    assert load_catalog(path).cities == cities
+    polygon = dataclasses.replace(
+        MULTI_CITIES[0], service_area=((50.4, -104.7), (50.4, -104.5), (50.5, -104.6))
+    )
+    with pytest.raises(ValueError, match="GeoJSON file"):
+        catalog_yaml([polygon])

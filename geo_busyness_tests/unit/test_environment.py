@@ -143,3 +143,35 @@ def test_every_variable_the_package_reads_is_declared_in_settings():
     assert {item for item in named if item[1] not in settings.ENVIRONMENT_VARIABLES} == set()
     declared = re.findall(r"\"(GEO_BUSYNESS_[A-Z0-9_]+)\"", Path(settings.__file__).read_text())
     assert set(declared) <= set(settings.ENVIRONMENT_VARIABLES)
+
+
+def test_every_resource_the_definitions_require_is_built(clean_env, tmp_path):
+    """For a catalog of several cities: each asset, check and sensor finds its resources
+    (e.g. the new ``data_quality_policy`` of ``quarantine_share_is_low``)."""
+    from geo_busyness.core.catalog import load_catalog
+    from geo_busyness.definitions import build_definitions
+    from geo_busyness.resources.quality import DataQualityPolicy
+
+    catalog = tmp_path / "cities.yaml"
+    catalog.write_text(
+        "cities:\n"
+        "  - {id: regina, name: Regina, center: [50.4452, -104.6189], service_radius_km: 12,"
+        " timezone: America/Regina, h3_resolution: 7}\n"
+        "  - {id: new-york, name: New York, center: [40.7549, -73.984], service_radius_km: 8,"
+        " timezone: America/New_York, h3_resolution: 8}\n"
+    )
+    defs = build_definitions(load_catalog(catalog))
+    resources = build_resources()
+    required = set()
+    for asset in defs.assets:
+        required |= asset.required_resource_keys
+    for check in defs.asset_checks:
+        required |= check.required_resource_keys
+    for sensor in defs.sensors:
+        required |= sensor.required_resource_keys
+    assert {"landing_zone", "io_manager", "data_quality_policy"} <= required
+    assert required <= set(resources)
+    assert isinstance(resources["data_quality_policy"], DataQualityPolicy)
+    assert resources["data_quality_policy"].max_quarantine_share == 0.2
+    keys = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
+    assert {"regina/raw_courier_pings", "new_york/raw_courier_pings", "unrouted_pings"} <= keys

@@ -204,3 +204,58 @@ def test_parquet_eager_input_with_missing_partitions_loads_the_frames_present(tm
     assert result.success
     assert list(received) == ["2024-03-02"]
     pd.testing.assert_frame_equal(received["2024-03-02"], part_frame("2024-03-02"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-city keys: each city's assets live under their own folder
+
+
+@pytest.mark.parametrize("city", ["regina", "new_york"])
+def test_city_prefixed_keys_are_stored_under_the_city_folder(tmp_path, instance, city):
+    """``<city key>/<name>`` keys give ``<base>/<city key>/<name>/<day>.parquet`` (and
+    ``<base>/<city key>/<name>.pickle``), so two cities' same-named assets never collide."""
+
+    @dg.asset(key_prefix=[city], name="raw_courier_pings", partitions_def=PARTS)
+    def raw(context: dg.AssetExecutionContext) -> pd.DataFrame:
+        return part_frame(context.partition_key)
+
+    @dg.asset(key_prefix=[city], name="busyness_model", io_manager_key="object_io_manager")
+    def model() -> Report:
+        return Report(city, (1.0,), {})
+
+    @dg.asset(
+        key_prefix=[city],
+        ins={
+            "raw": dg.AssetIn(
+                key=dg.AssetKey([city, "raw_courier_pings"]),
+                partition_mapping=dg.AllPartitionMapping(),
+                metadata={"allow_missing_partitions": True},
+            ),
+            "model": dg.AssetIn(key=dg.AssetKey([city, "busyness_model"])),
+        },
+    )
+    def training_set(raw: dict, model: Report) -> pd.DataFrame:
+        assert model.name == city
+        return pd.concat(raw.values(), ignore_index=True)
+
+    resources = {
+        "io_manager": ParquetIOManagerResource(base_path=str(tmp_path)),
+        "object_io_manager": PickleIOManagerResource(base_path=str(tmp_path)),
+    }
+    assets = [raw, model, training_set]
+    day = "2024-03-03"
+    for selection, partition in (([raw], day), ([model], None), ([training_set], None)):
+        result = dg.materialize(
+            assets, selection=selection, partition_key=partition, instance=instance,
+            resources=resources,
+        )  # fmt: skip
+        assert result.success
+    stored = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert stored == [
+        f"{city}/busyness_model.pickle",
+        f"{city}/raw_courier_pings/{day}.parquet",
+        f"{city}/training_set.parquet",
+    ]
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / city / "raw_courier_pings" / f"{day}.parquet"), part_frame(day)
+    )

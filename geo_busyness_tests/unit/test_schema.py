@@ -851,3 +851,48 @@ def test_result_does_not_depend_on_text_storage(storage):
     result = validate_pings(raw.astype({c: dtype for c in RAW_COLUMNS}), DEFAULT_CITY, DAY)
     pd.testing.assert_frame_equal(result.clean, expected.clean)
     assert result.quarantined["reason"].tolist() == expected.quarantined["reason"].tolist()
+
+
+# --- routing an export of every city: the courier's position as the contract reads it --------
+
+
+def test_courier_locations_parse_as_the_contract_and_are_unknown_when_unreadable():
+    rows = [
+        good_row(),
+        good_row(order_number="1002", courier_lat=" 40.7549 ", courier_lon="-73.984"),
+        good_row(order_number="1003", courier_lat="abc"),
+        good_row(order_number="1004", courier_lon=""),
+        good_row(order_number="1005", courier_lat="NaN "),
+    ]
+    content = b'garbage that is no table\n"unclosed, quote\nsecond line\n'
+    raw = pd.concat(
+        [
+            read_raw_file("ok.csv", csv_bytes(rows)),
+            unparseable_file_rows("bad.csv", content, "bad.csv: boom"),
+        ],
+        ignore_index=True,
+    )
+    lat, lon = schema.courier_locations(raw)
+    assert lat.dtype == lon.dtype == np.float64
+    assert len(lat) == len(lon) == len(raw) == 7
+    np.testing.assert_array_equal(lat[:2], [50.4452, 40.7549])
+    np.testing.assert_array_equal(lon[:2], [-104.6189, -73.984])
+    # a value that is not a number, a missing value, every row of an unreadable file: unknown
+    assert np.isnan(lat[2]) and not np.isnan(lon[2])
+    assert np.isnan(lon[3]) and not np.isnan(lat[3])
+    assert np.isnan(lat[4])
+    assert np.isnan(lat[5:]).all() and np.isnan(lon[5:]).all()
+    # the raw frame is not changed
+    assert raw["courier_lat"].iloc[1] == " 40.7549 "
+
+
+def test_outside_service_area_is_a_reason_the_contract_itself_never_gives():
+    """A ping outside the radius but plausible is kept by validation (a courier just beyond the
+    edge of a single-city export); only routing an export of every city refuses it."""
+    assert QuarantineReason.OUTSIDE_SERVICE_AREA.value == "outside_service_area"
+    beyond_edge = good_row(order_number="1002", courier_lat="50.6252")  # ~20 km north
+    result = validate_pings(
+        read_raw_file("f.csv", csv_bytes([good_row(), beyond_edge])), DEFAULT_CITY, DAY
+    )
+    assert len(result.clean) == 2
+    assert result.reason_counts()[QuarantineReason.OUTSIDE_SERVICE_AREA.value] == 0
