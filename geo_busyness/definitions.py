@@ -5,7 +5,10 @@ serves them all."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import os
+import warnings
 from typing import Any
 
 import dagster as dg
@@ -20,8 +23,10 @@ from geo_busyness.automation import automation_sensor
 from geo_busyness.checks import build_checks
 from geo_busyness.core.catalog import Catalog, load_configured_catalog
 from geo_busyness.core.city import City
+from geo_busyness.core.redact import redact_text
+from geo_busyness.partitions import last_day_setting
 from geo_busyness.resources.environment import build_resources
-from geo_busyness.resources.settings import EXECUTOR_ENV
+from geo_busyness.resources.settings import EXECUTOR_ENV, START_DATE_ENV
 from geo_busyness.retraining import (
     TRAINING,
     TRAINING_RUN_TAGS,
@@ -80,9 +85,50 @@ def executor() -> dg.ExecutorDefinition:
     )
 
 
+def with_first_landed_days(cities: tuple[City, ...], landing_zone) -> tuple[City, ...]:
+    """``cities``, those without a catalog ``first_day`` starting at their oldest landed day
+    (their own folders or an export of every city), so their partitions follow the data. The
+    landing zone is read by folder names only; when it cannot be read, they keep the global
+    first day: an unreachable bucket must not keep the code location from loading."""
+    if all(city.first_day for city in cities):
+        return cities
+    try:
+        with dg.build_resources({"landing_zone": landing_zone}) as built:
+            folders = built.landing_zone.day_folders()
+    except Exception as error:
+        warnings.warn(
+            f"landing zone not readable ({redact_text(str(error))}): cities without first_day "
+            f"start at {START_DATE_ENV}",
+            stacklevel=2,
+        )
+        return cities
+    limit = (
+        last_day_setting() or dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    ).isoformat()
+    found = []
+    for city in cities:
+        days = {
+            day for day in folders.get(city.id, set()) | folders.get(None, set()) if day <= limit
+        }
+        valid = sorted(day for day in days if _is_day(day))
+        if city.first_day is None and valid:
+            city = dataclasses.replace(city, first_landed_day=dt.date.fromisoformat(valid[0]))
+        found.append(city)
+    return tuple(found)
+
+
+def _is_day(text: str) -> bool:
+    try:
+        dt.date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
 def build_definitions(catalog: Catalog) -> dg.Definitions:
     """Everything the code location holds, for the cities of ``catalog``."""
-    cities = catalog.cities
+    resources = build_resources()
+    cities = with_first_landed_days(catalog.cities, resources["landing_zone"])
     assets, checks, jobs = [], [], []
     ingest_jobs: dict[str | None, Any] = {}
     for city in cities:
@@ -124,7 +170,7 @@ def build_definitions(catalog: Catalog) -> dg.Definitions:
             build_first_model_sensor(cities),
         ],
         schedules=[weekly_retrain],
-        resources=build_resources(),
+        resources=resources,
         executor=executor(),
     )
 

@@ -1,7 +1,7 @@
 """Daily partitions per city (UTC days, as in the landing zone's ``dt=`` folders).
 
-A city's days run from its catalog ``first_day`` (else ``GEO_BUSYNESS_START_DATE``) to the last
-complete UTC day, moving with the clock; ``GEO_BUSYNESS_END_DATE`` stops them at a fixed last
+A city's days run from its catalog ``first_day`` (else the oldest day landed for it when the
+definitions were built, else ``GEO_BUSYNESS_START_DATE``) to the last complete UTC day, moving with the clock; ``GEO_BUSYNESS_END_DATE`` stops them at a fixed last
 day instead (inclusive), to replay a historical export as if it were current: that day is then
 the latest partition, which forecasts, drift reports and the freshness check treat as
 "yesterday". Each city has its own definition, so a city onboarded with two weeks of data shows
@@ -33,8 +33,11 @@ def _day_setting(name: str, default: str | None) -> dt.date | None:
 
 
 def first_day(city: City) -> dt.date:
-    """The city's first partition day: its catalog ``first_day``, else the global setting."""
-    return city.first_day or _day_setting(START_DATE_ENV, DEFAULT_START_DATE)
+    """The city's first partition day: its catalog ``first_day``, else its first landed day,
+    else the global setting."""
+    return (
+        city.first_day or city.first_landed_day or _day_setting(START_DATE_ENV, DEFAULT_START_DATE)
+    )
 
 
 def last_day_setting() -> dt.date | None:
@@ -55,7 +58,13 @@ def city_partitions(city: City) -> dg.DailyPartitionsDefinition:
     """The days of ``city``: from :func:`first_day` to the last complete day (or the end date)."""
     start, last = first_day(city), last_day_setting()
     if last is not None and last < start:
-        source = f"first_day of city {city.id!r}" if city.first_day else START_DATE_ENV
+        source = (
+            f"first_day of city {city.id!r}"
+            if city.first_day
+            else f"the first landed day of {city.id}"
+            if city.first_landed_day
+            else START_DATE_ENV
+        )
         raise ValueError(f"{END_DATE_ENV}={last} is before {source}={start}")
     return _daily(start, last)
 
@@ -67,11 +76,15 @@ def day_range_problem(city: City, day: str) -> str | None:
         return None
     start = first_day(city)
     if dt.date.fromisoformat(day) < start:
-        fix = (
-            f"lower first_day of {city.id} in the catalog"
-            if city.first_day
-            else f"set {START_DATE_ENV} earlier, or give {city.id} a first_day in the catalog"
-        )
+        if city.first_day:
+            fix = f"lower first_day of {city.id} in the catalog"
+        elif city.first_landed_day:
+            fix = (
+                f"the oldest day landed for {city.id} when the code location loaded: reload it "
+                f"to take older days, or give {city.id} a first_day in the catalog"
+            )
+        else:
+            fix = f"set {START_DATE_ENV} earlier, or give {city.id} a first_day in the catalog"
         return f"{day} is before {start}, the first day of {city.id}: {fix}"
     last = partitions.get_last_partition_key()
     if last is None or day > last:

@@ -156,7 +156,7 @@ def city_fingerprint(city: City) -> str:
     """
     payload: dict[str, Any] = {}
     for field in fields(City):
-        if field.name in ("name", "first_day"):
+        if field.name in ("name", "first_day", "first_landed_day"):
             continue
         value = getattr(city, field.name)
         if field.type == "float":

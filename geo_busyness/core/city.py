@@ -36,6 +36,9 @@ class City:
     id: str = "regina"
     first_day: dt.date | None = None
     service_area: tuple[tuple[float, float], ...] | None = None
+    first_landed_day: dt.date | None = None
+    """Not from the catalog: the oldest day folder found for the city in the landing zone when
+    the definitions were built, its first day when the catalog gives none."""
 
     def __post_init__(self) -> None:
         if not CITY_ID.match(self.id):

@@ -180,7 +180,10 @@ def ignore_reason(
     if problem is not None:
         return problem
     if day < window.first:
-        return f"day before the first partition {window.first}"
+        return (
+            f"day before the first partition {window.first} (lower a city's first_day in the "
+            "catalog, or reload the code location to take days older than the oldest landed one)"
+        )
     if day > window.day_in_progress:
         return f"day in the future (today is {window.day_in_progress} UTC)"
     return None

@@ -26,6 +26,7 @@ from geo_busyness.core.landing import file_name_problem
 from geo_busyness.resources.settings import default_data_dir
 
 RAW_PREFIX = "raw"
+_ISO_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _DAY_KEY = re.compile(r"^raw/(?:city=([a-z0-9-]+)/)?dt=(\d{4}-\d{2}-\d{2})/([^/]+)$")
 
 
@@ -125,6 +126,44 @@ class LandingZone(dg.ConfigurableResource):
                     )
                 )
         return sorted(files, key=lambda f: f.key)
+
+    def day_folders(self) -> dict[str | None, set[str]]:
+        """The days that have a folder, per city id (None: exports of every city), from folder
+        names only (local: two directory levels; S3: delimiter listings), never a full listing:
+        this runs whenever the definitions are built."""
+        found: dict[str | None, set[str]] = {}
+
+        def add(city: str | None, folder: str) -> None:
+            day = folder.removeprefix("dt=")
+            if folder.startswith("dt=") and _ISO_DAY.match(day):
+                found.setdefault(city, set()).add(day)
+
+        for name in self._subfolders(RAW_PREFIX + "/"):
+            if name.startswith("city="):
+                city = name.removeprefix("city=")
+                for inner in self._subfolders(f"{RAW_PREFIX}/{name}/"):
+                    add(city, inner)
+            else:
+                add(None, name)
+        return found
+
+    def _subfolders(self, prefix: str) -> list[str]:
+        if self.is_s3:
+            bucket, root_prefix = self._bucket_and_prefix()
+            names = []
+            pages = (
+                self._client()
+                .get_paginator("list_objects_v2")
+                .paginate(Bucket=bucket, Prefix=root_prefix + prefix, Delimiter="/")
+            )
+            for page in pages:
+                for common in page.get("CommonPrefixes", []):
+                    names.append(common["Prefix"][len(root_prefix + prefix) :].rstrip("/"))
+            return names
+        folder = Path(self.root) / prefix
+        return (
+            [child.name for child in folder.iterdir() if child.is_dir()] if folder.is_dir() else []
+        )
 
     def day_listing(self, day: str, city: str | None = None) -> list[LandingFile]:
         """Every object under the day folder (subfolders and unreadable names included)."""

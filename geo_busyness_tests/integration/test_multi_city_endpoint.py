@@ -18,7 +18,8 @@ from geo_busyness.runner import run_landing
 from geo_busyness.simulate import MULTI_CITIES, multi_city_configs, simulate_cities
 from geo_busyness.stack.services import free_port
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+# Two cities through ingestion, training and deployment: minutes; started first (slow).
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900), pytest.mark.slow]
 
 START = dt.date(2026, 9, 1)
 DAYS = 16

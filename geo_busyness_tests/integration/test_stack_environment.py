@@ -35,10 +35,11 @@ from geo_busyness.stack.services import free_port, stop_process_group
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600), pytest.mark.slow]
 
-# As in test_training.py: enough history for a candidate that passes the promotion gates.
+# Ops without the city prefix: train_and_promote adds it. As in test_training.py: enough history for a candidate that passes the promotion gates.
 DAYS = 21
 START = dt.date(2026, 9, 1)
 PASSWORD = "Pa55-w0rd-in-the-uri"
+CITY = "regina"
 TRAINING_RUN_CONFIG = {
     "ops": {
         "busyness_model": {
@@ -99,7 +100,7 @@ def graph(stack):
         deployment, deploy_error = deploy_endpoint(stack_defs, instance, log=lambda _: None)
         drift = dg.materialize(
             [*stack_defs.assets, *stack_defs.asset_checks],
-            selection=dg.AssetSelection.assets("drift_report"),
+            selection=dg.AssetSelection.assets(dg.AssetKey([CITY, "drift_report"])),
             partition_key=days[-1],
             instance=instance,
             resources=stack_defs.resources,
@@ -116,7 +117,7 @@ def graph(stack):
                 "deploy_error": deploy_error,
                 "drift_success": drift.success,
                 "days": days,
-                "tracking": built.mlflow_tracking,
+                "tracking": built.mlflow_tracking.for_city(CITY),
             }
     with dg.build_resources({"endpoint": stack_defs.resources["endpoint"]}) as built:
         built.endpoint.stop()
@@ -127,7 +128,7 @@ def _where_the_password_is(instance: dg.DagsterInstance) -> dict:
     holds the password."""
     shown = {}
     for asset in ("busyness_model", "model_evaluation", "champion_model"):
-        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+        event = instance.get_latest_materialization_event(dg.AssetKey([CITY, asset]))
         metadata = event.asset_materialization.metadata if event else {}
         shown[asset] = {name: str(value.value) for name, value in metadata.items()}
     events = [entry for run in instance.get_runs() for entry in instance.all_logs(run.run_id)]
@@ -153,6 +154,7 @@ def keys(stack, prefix: str) -> list[str]:
 
 
 def test_every_asset_materializes_and_the_model_is_promoted_and_deployed(graph):
+    assert graph["data"].city == CITY
     assert not graph["data"].failed_checks
     assert graph["training"].error is None
     assert graph["training"].champion_version == "1"
@@ -168,8 +170,9 @@ def test_landing_zone_is_in_the_bucket(stack, graph):
 
 
 def test_io_manager_writes_every_asset_to_the_bucket(stack, graph):
-    # assets/<asset>/<day>.<ext> for daily assets, assets/<asset>.<ext> for the others
-    stored = {key.split("/")[1].split(".")[0] for key in keys(stack, "assets/")}
+    # assets/<city>/<asset>/<day>.<ext> for daily assets, assets/<city>/<asset>.<ext> for the
+    # others
+    stored = {key.split("/")[2].split(".")[0] for key in keys(stack, f"assets/{CITY}/")}
     expected = {
         "raw_courier_pings",
         "clean_courier_pings",
@@ -187,11 +190,14 @@ def test_io_manager_writes_every_asset_to_the_bucket(stack, graph):
     }
     assert expected <= stored, f"missing in the bucket: {sorted(expected - stored)}"
     last_day = graph["days"][-1]
-    assert any(last_day in key for key in keys(stack, "assets/busyness_features/"))
+    assert any(last_day in key for key in keys(stack, f"assets/{CITY}/busyness_features/"))
+    # the deployment record serves every city: no city prefix
+    assert any(key.startswith("assets/endpoint_deployment") for key in keys(stack, "assets/"))
 
 
 def test_drift_report_html_is_in_the_bucket(stack, graph):
-    assert any(key.endswith(".html") for key in keys(stack, "reports/"))
+    reports = keys(stack, f"reports/drift_reports/{CITY}/")
+    assert f"reports/drift_reports/{CITY}/{graph['days'][-1]}.html" in reports
 
 
 def test_mlflow_artifacts_are_in_the_bucket_through_the_server(stack, graph):

@@ -1,0 +1,58 @@
+"""Partitions follow the data: a city without a catalog first_day starts at its oldest landed
+day, so the UI does not show hundreds of days that never had data."""
+
+import dataclasses
+import datetime as dt
+
+import dagster as dg
+import pytest
+
+from geo_busyness.core.catalog import catalog_yaml, load_catalog
+from geo_busyness.definitions import build_definitions
+from geo_busyness.partitions import day_range_problem
+from geo_busyness.resources.landing_zone import LandingZone
+from geo_busyness.simulate import MULTI_CITIES, city_landing_key, landing_key
+
+pytestmark = pytest.mark.integration
+
+REGINA, NEW_YORK, KOLKATA = MULTI_CITIES
+
+
+def first_partition(defs: dg.Definitions, city) -> str:
+    assets_def = defs.get_assets_def(dg.AssetKey([city.key, "raw_courier_pings"]))
+    return assets_def.partitions_def.get_first_partition_key()
+
+
+def test_cities_start_at_their_oldest_landed_day_unless_the_catalog_says(tmp_path, monkeypatch):
+    zone = LandingZone(root=str(tmp_path / "landing"))
+    zone.write(city_landing_key(REGINA.id, dt.date(2026, 3, 5), "a.csv"), b"x")
+    zone.write(city_landing_key(REGINA.id, dt.date(2026, 3, 9), "a.csv"), b"x")
+    zone.write(landing_key(dt.date(2026, 4, 1), "export.csv"), b"x")  # every city's
+    zone.write("raw/city=regina/not-a-day/a.csv", b"x")  # ignored
+    zone.write(city_landing_key(REGINA.id, dt.date(2099, 1, 1), "a.csv"), b"x")  # future
+    monkeypatch.setenv("GEO_BUSYNESS_LANDING_ZONE", zone.root)
+    catalog = tmp_path / "cities.yaml"
+    kolkata = dataclasses.replace(KOLKATA, first_day=dt.date(2026, 1, 1))
+    catalog.write_text(catalog_yaml([REGINA, NEW_YORK, kolkata]))
+    defs = build_definitions(load_catalog(catalog))
+    assert first_partition(defs, REGINA) == "2026-03-05"
+    assert first_partition(defs, NEW_YORK) == "2026-04-01"  # from the export of every city
+    assert first_partition(defs, kolkata) == "2026-01-01"  # the catalog wins
+    landed = dataclasses.replace(REGINA, first_landed_day=dt.date(2026, 3, 5))
+    problem = day_range_problem(landed, "2026-03-01")
+    assert "the oldest day landed for regina" in problem and "first_day" in problem
+
+
+def test_an_unreadable_landing_zone_falls_back_to_the_start_date(tmp_path, monkeypatch):
+    monkeypatch.setenv("GEO_BUSYNESS_LANDING_ZONE", "s3://no-such-bucket/landing")
+    monkeypatch.setenv("GEO_BUSYNESS_S3_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("GEO_BUSYNESS_START_DATE", "2026-02-01")
+    catalog = tmp_path / "cities.yaml"
+    catalog.write_text(catalog_yaml([REGINA]))
+    with pytest.warns(UserWarning, match="landing zone not readable"):
+        defs = build_definitions(load_catalog(catalog))
+    assert first_partition(defs, REGINA) == "2026-02-01"
