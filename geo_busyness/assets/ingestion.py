@@ -112,6 +112,7 @@ def build_ingestion(city: City, cities: Sequence[City]) -> list:
         name="raw_courier_pings",
         partitions_def=partitions,
         kinds={"pandas", "parquet"},
+        output_required=False,
         freshness_policy=dg.FreshnessPolicy.time_window(
             fail_window=datetime.timedelta(hours=48), warn_window=datetime.timedelta(hours=30)
         ),
@@ -123,13 +124,12 @@ def build_ingestion(city: City, cities: Sequence[City]) -> list:
             "8-bit encoding, with any common delimiter. A file that cannot be read as the "
             "contract keeps one record per source row, each carrying the file's error, so that "
             "all its rows are quarantined. The metadata lists every file seen: how it was read, "
-            "its rows and the rows taken, or why it was not read."
+            "its rows and the rows taken, or why it was not read. A day with no file of the "
+            "city and no row of it in the export gets no partition (not a day of zeros)."
         ),
         **city_asset(city, GROUP),
     )
-    def raw_courier_pings(
-        context: dg.AssetExecutionContext, landing_zone: LandingZone
-    ) -> pd.DataFrame:
+    def raw_courier_pings(context: dg.AssetExecutionContext, landing_zone: LandingZone):
         day = context.partition_key
         own = _read_folder(context, landing_zone, day, city.id)
         export = _read_folder(context, landing_zone, day, None)
@@ -146,9 +146,19 @@ def build_ingestion(city: City, cities: Sequence[City]) -> list:
         for record in export.records:
             if record["read"]:
                 record["rows_of_city"] = int(taken_per_file.get(record["key"], 0))
+        if not own.read and taken.empty:
+            # The city was not served that day (an export of the cities of the time): no
+            # partition, rather than a day of false zeros.
+            context.log.info(
+                f"No row of the export of {day} is in the service area of {city.id}, and "
+                f"{landing_zone.location(day_prefix(day, city.id))} holds no file: nothing to "
+                "ingest for this city"
+            )
+            return
         raw = _concat([*own.frames, taken.reset_index(drop=True)], own.frames + export.frames)
-        context.add_output_metadata(
-            {
+        yield dg.Output(
+            raw,
+            metadata={
                 "files": dg.MetadataValue.json(own.records + export.records),
                 "files_read": own.read + export.read,
                 "export_files_read": export.read,
@@ -159,9 +169,8 @@ def build_ingestion(city: City, cities: Sequence[City]) -> list:
                 "fallback_decoded_rows": own.fallback_rows + export.fallback_rows,
                 "landing_zone": landing_zone.location(day_prefix(day, city.id)),
                 "preview": preview(raw),
-            }
+            },
         )
-        return raw
 
     @dg.multi_asset(
         name=f"{city.key}__validated_courier_pings",

@@ -56,3 +56,40 @@ def test_an_unreadable_landing_zone_falls_back_to_the_start_date(tmp_path, monke
     with pytest.warns(UserWarning, match="landing zone not readable"):
         defs = build_definitions(load_catalog(catalog))
     assert first_partition(defs, REGINA) == "2026-02-01"
+
+
+def test_a_city_absent_from_an_export_gets_no_partition_for_that_day(tmp_path):
+    from geo_busyness.resources.environment import local_resources
+    from geo_busyness.simulate import SimulationConfig, simulate
+
+    resources = local_resources(tmp_path)
+    day = dt.date(2026, 5, 4)
+    # An export of every city that holds only Regina's rows.
+    simulate(
+        SimulationConfig(start_date=day, days=1, pings_per_day=500, file_dirt=frozenset()),
+        put=resources["landing_zone"].write,
+        progress=False,
+    )
+    catalog = tmp_path / "cities.yaml"
+    catalog.write_text(catalog_yaml([REGINA, NEW_YORK]))
+    built = build_definitions(load_catalog(catalog))
+    with dg.instance_for_test() as instance:
+        for city in (REGINA, NEW_YORK):
+            dg.materialize(
+                [*built.assets, *built.asset_checks],
+                selection=dg.AssetSelection.assets(
+                    dg.AssetKey([city.key, "raw_courier_pings"]),
+                    dg.AssetKey([city.key, "clean_courier_pings"]),
+                    dg.AssetKey([city.key, "quarantined_pings"]),
+                ),
+                partition_key=day.isoformat(),
+                instance=instance,
+                resources=resources,
+            )
+        materialized = {
+            city.id: instance.get_materialized_partitions(
+                dg.AssetKey([city.key, "clean_courier_pings"])
+            )
+            for city in (REGINA, NEW_YORK)
+        }
+    assert materialized == {REGINA.id: {day.isoformat()}, NEW_YORK.id: set()}

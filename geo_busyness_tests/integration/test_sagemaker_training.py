@@ -316,8 +316,8 @@ def test_busyness_model_trains_on_sagemaker_when_the_resource_says_so(aws, frame
     import mlflow
 
     root = tmp_path / "platform"
-    (root / "assets").mkdir(parents=True)
-    frame.to_parquet(root / "assets" / "training_set.parquet", index=False)
+    (root / "assets" / "regina").mkdir(parents=True)
+    frame.to_parquet(root / "assets" / "regina" / "training_set.parquet", index=False)
     resources = {
         **local_resources(root, endpoint_port=free_port()),
         "training_backend": SageMakerTrainingBackend(
@@ -333,7 +333,7 @@ def test_busyness_model_trains_on_sagemaker_when_the_resource_says_so(aws, frame
     }
     run_config = {
         "ops": {
-            "busyness_model": {
+            "regina__busyness_model": {
                 "config": {"n_trials": 3, "time_budget_s": 600, "train_poc_baseline": False}
             }
         }
@@ -341,14 +341,14 @@ def test_busyness_model_trains_on_sagemaker_when_the_resource_says_so(aws, frame
     with dg.instance_for_test() as instance:
         result = dg.materialize(
             defs.assets,
-            selection=[dg.AssetKey("busyness_model")],
+            selection=[dg.AssetKey(["regina", "busyness_model"])],
             resources=resources,
             run_config=run_config,
             instance=instance,
         )
 
     assert result.success
-    metadata = result.asset_materializations_for_node("busyness_model")[0].metadata
+    metadata = result.asset_materializations_for_node("regina__busyness_model")[0].metadata
     assert metadata["training_backend"].value == "sagemaker"
     name = metadata["sagemaker_training_job"].value
     assert JOB_NAME.match(name)
@@ -358,11 +358,10 @@ def test_busyness_model_trains_on_sagemaker_when_the_resource_says_so(aws, frame
     tags = {
         t["Key"]: t["Value"] for t in client(aws, "sagemaker").list_tags(ResourceArn=arn)["Tags"]
     }
-    assert tags == {"dagster/run_id": result.run_id, "dagster/asset": "busyness_model"}
-    params = (
-        mlflow.MlflowClient(resources["mlflow_tracking"].uri)
-        .get_run(metadata["mlflow_run_id"].value)
-        .data.params
-    )
+    assert tags == {"dagster/run_id": result.run_id, "dagster/asset": "regina/busyness_model"}
+    tracking = resources["mlflow_tracking"].for_city("regina")
+    run = mlflow.MlflowClient(tracking.uri).get_run(metadata["mlflow_run_id"].value)
+    assert run.info.experiment_id == tracking.experiment_id()  # the city's own experiment
+    params = run.data.params
     assert params["training_backend"] == "sagemaker"
     assert params["sagemaker_training_job"] == name
