@@ -26,8 +26,8 @@ design. Each fit records whether a deadline was hit. Seeds can run one invocatio
 and the Markdown table covers all of them. The training sets are cached in
 ``bench-data/pooling/`` (delete it after changing the features).
 
-    nice -n 10 .venv/bin/python scripts/compare_pooling.py --seeds 0     # ~8 min here, 1 min of it building
-    nice -n 10 .venv/bin/python scripts/compare_pooling.py --seeds 1     # adds a seed to the table
+    nice -n 10 .venv/bin/python scripts/compare_pooling.py --seeds 0   # 7-12 min here; +1 min to build
+    nice -n 10 .venv/bin/python scripts/compare_pooling.py --seeds 1   # adds a seed to the table
 """
 
 from __future__ import annotations
