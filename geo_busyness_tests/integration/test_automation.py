@@ -158,7 +158,7 @@ def test_a_mostly_quarantined_day_is_held_back_in_the_run_and_by_automation(tmp_
     catalog = tmp_path / "cities.yaml"
     catalog.write_text(WRONG_CENTRE)
     built = build_definitions(load_catalog(catalog))
-    resources = simulated(tmp_path, days=2, city_folder=True, file_dirt=frozenset())
+    resources = simulated(tmp_path, days=2, city_folder=True)
     test_defs = dg.Definitions(
         assets=built.assets, asset_checks=built.asset_checks, resources=resources
     )
@@ -199,7 +199,7 @@ def test_a_mostly_quarantined_day_is_held_back_in_the_run_and_by_automation(tmp_
 
 def test_a_day_that_passes_the_quarantine_check_flows_on(tmp_path):
     """The counterpart: the same files with the right centre are not held back."""
-    resources = simulated(tmp_path, days=1, city_folder=True, file_dirt=frozenset())
+    resources = simulated(tmp_path, days=1, city_folder=True)
     test_defs = dg.Definitions(
         assets=defs.assets, asset_checks=defs.asset_checks, resources=resources
     )

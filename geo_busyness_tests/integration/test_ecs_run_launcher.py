@@ -3,7 +3,7 @@ from that file, against moto's ECS, EC2 and Secrets Manager API on 127.0.0.1.
 
 As in production the launcher runs inside the daemon's own Fargate task: the test starts that
 task in moto and serves the task metadata endpoint Fargate injects (ECS_CONTAINER_METADATA_URI_V4)
-on loopback, since no ECS agent runs here. A run of ``daily_data_job`` (and one of
+on loopback, since no ECS agent runs here. A run of ``regina__daily_data_job`` (and one of
 ``training_job``) is created from the code location ``geo_busyness.definitions`` loaded in
 process, as the webserver or a sensor would, and launched through ``instance.launch_run``.
 Moto does not run containers, so this proves the ECS API calls (task definition, command,
@@ -238,7 +238,7 @@ def launch(
 
 def test_a_day_partition_run_becomes_a_fargate_task_in_our_cluster(aws, instance, workspace):
     config = yaml.safe_load(ECS_FRAGMENT.read_text())["run_launcher"]["config"]
-    run = launch(instance, workspace, "daily_data_job", {"dagster/partition": "2024-06-01"})
+    run = launch(instance, workspace, "regina__daily_data_job", {"dagster/partition": "2026-06-01"})
 
     (task,) = aws.run_tasks()
     assert task["clusterArn"] == aws.cluster_arn
@@ -255,7 +255,7 @@ def test_a_day_partition_run_becomes_a_fargate_task_in_our_cluster(aws, instance
     assert override["command"][:3] == ["dagster", "api", "execute_run"]
     args = deserialize_value(override["command"][3], ExecuteRunArgs)
     assert args.run_id == run.run_id
-    assert args.job_origin.job_name == "daily_data_job"
+    assert args.job_origin.job_name == "regina__daily_data_job"
     assert args.instance_ref.run_launcher_data.class_name == "EcsRunLauncher"
     assert args.instance_ref.compute_logs_data.class_name == "S3ComputeLogManager"
 

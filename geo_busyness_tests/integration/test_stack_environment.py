@@ -35,7 +35,8 @@ from geo_busyness.stack.services import free_port, stop_process_group
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600), pytest.mark.slow]
 
-# Ops without the city prefix: train_and_promote adds it. As in test_training.py: enough history for a candidate that passes the promotion gates.
+# As in test_training.py: enough history for a candidate that passes the promotion gates.
+# Ops are named without the city prefix: train_and_promote adds it.
 DAYS = 21
 START = dt.date(2026, 9, 1)
 PASSWORD = "Pa55-w0rd-in-the-uri"
