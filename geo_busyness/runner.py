@@ -15,14 +15,16 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 
-from geo_busyness.assets.ingestion import UNROUTED
+from geo_busyness.assets.ingestion import CITY_METADATA, UNROUTED
 from geo_busyness.assets.metadata import city_key, stage_selection
 from geo_busyness.core.city import City
+from geo_busyness.partitions import day_range_problem
 from geo_busyness.resources.settings import default_data_dir
 
 INGEST_ASSETS = (
@@ -58,23 +60,33 @@ class RunSummary:
     restaurants: int = 0
     failed_checks: list[str] = field(default_factory=list)
     warned_checks: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    """Steps that failed because of what the failed checks refused (e.g. no restaurant left
+    when every day was quarantined): reported next to those checks instead of raised."""
     seconds: float = 0.0
 
 
 def catalog_cities(defs: dg.Definitions) -> list[City]:
-    """The cities the definitions were built for (from their raw assets' tags)."""
-    from geo_busyness.core.catalog import load_configured_catalog
-
-    catalog = load_configured_catalog()
-    keys = {key.path[0] for key in defs.resolve_all_asset_keys() if len(key.path) == 2}
-    return [city for city in catalog.cities if city.key in keys]
+    """The cities ``defs`` were built for, as built (first landed days included), in catalog
+    order: read from their raw assets, not from whatever catalog is configured now."""
+    cities = []
+    for assets_def in defs.assets:
+        if not isinstance(assets_def, dg.AssetsDefinition):
+            continue
+        for key in assets_def.keys:
+            record = assets_def.metadata_by_key.get(key, {}).get(CITY_METADATA)
+            if key.path[-1] == "raw_courier_pings" and record is not None:
+                value = record.value if isinstance(record, dg.MetadataValue) else record
+                cities.append(City.from_record(value))
+    return cities
 
 
 def only_city(defs: dg.Definitions) -> City:
     cities = catalog_cities(defs)
     if len(cities) != 1:
         raise ValueError(
-            f"the catalog has {len(cities)} cities ({', '.join(c.id for c in cities)}): name one"
+            f"the definitions hold {len(cities)} cities ({', '.join(c.id for c in cities)}): "
+            "name one"
         )
     return cities[0]
 
@@ -122,10 +134,15 @@ def materialize_days(
     log: Callable[[str], None] = print,
     city: City | None = None,
 ) -> RunSummary:
-    """Materialize the data assets of ``city`` (default: the catalog's only city) for ``days``:
-    ingest each day, restaurants once, then features. A day whose blocking data checks fail
-    (e.g. mostly quarantined) is reported and not featurized."""
-    city = city or only_city(defs)
+    """Materialize the data assets of ``city`` (default: the definitions' only city) for
+    ``days``: ingest each day, restaurants once, then features. A day whose blocking data
+    checks fail (e.g. mostly quarantined) is reported and not featurized; a day outside the
+    city's partitions is refused up front, naming the setting to change."""
+    built = {built.id: built for built in catalog_cities(defs)}
+    city = built.get(city.id, city) if city else only_city(defs)
+    outside = [problem for problem in map(partial(day_range_problem, city), days) if problem]
+    if outside:
+        raise ValueError("; ".join(outside))
     started = time.perf_counter()
     assets = [*defs.assets, *defs.asset_checks]
     resources = defs.resources
@@ -135,7 +152,8 @@ def materialize_days(
         dg.AssetCheckKey(city_key(city, "raw_courier_pings"), "raw_pings_are_fresh")
     )
 
-    def run(selection: dg.AssetSelection, partition: str | None) -> None:
+    def run(selection: dg.AssetSelection, partition: str | None) -> bool:
+        """Whether the run succeeded; raises on a failure that no failed check explains."""
         result = dg.materialize(
             assets,
             selection=selection,
@@ -159,19 +177,25 @@ def materialize_days(
                     f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name} "
                     f"[{partition or 'all'}]: {evaluation.description or 'failed'}"
                 )
-        # A failed blocking check is a verdict (reported above), anything else an error.
+        # A failed blocking check is a verdict (reported above), anything else an error,
+        # unless checks failed before it: then it is their consequence (no restaurant left
+        # when every day was refused), reported beside them.
         failures = _step_failures(result)
-        if failures:
-            raise RuntimeError(f"{city.id} [{partition or 'all'}]: " + "; ".join(failures))
+        message = f"{city.id} [{partition or 'all'}]: " + "; ".join(failures)
+        if failures and summary.failed_checks:
+            summary.errors.append(message)
+        elif failures:
+            raise RuntimeError(message)
+        return not failures
 
     for day in days:
         log(f"  ingest   {city.id} {day}")
         run(_assets(city, INGEST_ASSETS) - freshness, day)
     log(f"  restaurants, clusters and freshness of {city.id}")
-    run(_assets(city, RESTAURANT_ASSETS) | freshness, None)
-    for day in days:
-        log(f"  features {city.id} {day}")
-        run(_assets(city, FEATURE_ASSETS), day)
+    if run(_assets(city, RESTAURANT_ASSETS) | freshness, None):
+        for day in days:
+            log(f"  features {city.id} {day}")
+            run(_assets(city, FEATURE_ASSETS), day)
 
     for day in days:
         clean = _latest(instance, city_key(city, "clean_courier_pings"), day)
@@ -404,6 +428,7 @@ def format_summary(summary: RunSummary) -> str:
         f"quarantine reasons: {reasons}",
         "failed checks: " + (", ".join(summary.failed_checks) or "none"),
         "warnings: " + (", ".join(summary.warned_checks) or "none"),
+        *(["errors: " + "; ".join(summary.errors)] if summary.errors else []),
     ]
     return "\n".join(lines)
 
@@ -492,7 +517,10 @@ class LandingRun:
     def failed(self) -> bool:
         return bool(
             self.deploy_error
-            or any(c.data.failed_checks or (c.training and c.training.error) for c in self.cities)
+            or any(
+                c.data.failed_checks or c.data.errors or (c.training and c.training.error)
+                for c in self.cities
+            )
         )
 
 
@@ -541,6 +569,9 @@ def run_landing(
         result = CityOutcome(data=materialize_days(days, defs, instance, log, city=city))
         outcome.cities.append(result)
         if not train:
+            continue
+        if result.data.errors:
+            log(f"  {city.id}: not trained: {'; '.join(result.data.errors)}")
             continue
         result.training = train_and_promote(defs, instance, training_config, log, city=city)
         if result.training.champion_version:

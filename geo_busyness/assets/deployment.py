@@ -316,14 +316,17 @@ def _endpoint_check(endpoint_deployment: dg.AssetsDefinition, city: City):
         """Checked through the public address after the switch, against the stored forecast:
         the forecast and the endpoint must agree when they were made by the same version."""
         members = endpoint_deployment.members
+        served = not members or city.id in members
         version = (
-            str(members[city.id]["model_version"]) if members else endpoint_deployment.model_version
+            str(members[city.id]["model_version"])
+            if members and served
+            else endpoint_deployment.model_version
         )
         forecast = busyness_forecast[max(busyness_forecast)]() if busyness_forecast else None
         if forecast is not None:
             forecast = forecast.loc[forecast["model_version"] == version]
         if (
-            (members and city.id not in members)
+            not served
             or forecast is None
             or forecast.empty
             or not endpoint_deployment.address.startswith("http")
@@ -332,8 +335,10 @@ def _endpoint_check(endpoint_deployment: dg.AssetsDefinition, city: City):
                 passed=True,
                 severity=dg.AssetCheckSeverity.WARN,
                 description=(
-                    f"no forecast of {city.id} by the deployed version (or no HTTP address) "
-                    "to compare with"
+                    f"{city.id} is not served yet (no champion or no forecast)"
+                    if not served
+                    else f"no forecast of {city.id} by the deployed version (or no HTTP "
+                    "address) to compare with"
                 ),
             )
         row = forecast.nlargest(1, FORECAST_COLUMN)

@@ -21,6 +21,7 @@ from geo_busyness.resources.landing_zone import LandingZone, city_day_of_key, da
 
 GROUP = "ingestion"
 UNROUTED = "unrouted_pings"
+CITY_METADATA = "city"
 
 
 @dataclass
@@ -113,6 +114,8 @@ def build_ingestion(city: City, cities: Sequence[City]) -> list:
         partitions_def=partitions,
         kinds={"pandas", "parquet"},
         output_required=False,
+        # The city as built: the catalog entry (and first landed day) on the asset's page.
+        metadata={CITY_METADATA: dg.MetadataValue.json(city.as_record())},
         freshness_policy=dg.FreshnessPolicy.time_window(
             fail_window=datetime.timedelta(hours=48), warn_window=datetime.timedelta(hours=30)
         ),

@@ -6,6 +6,7 @@ the same code serves any city.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from dataclasses import dataclass
@@ -56,6 +57,24 @@ class City:
             raise ValueError("implausible_distance_km must be at least service_radius_km")
         if self.service_area is not None and len(self.service_area) < 3:
             raise ValueError("service_area needs at least 3 vertices")
+
+    def as_record(self) -> dict:
+        """Every field as JSON values (shown on the city's raw asset, read back by the runner)."""
+        record = dataclasses.asdict(self)
+        for name in ("first_day", "first_landed_day"):
+            record[name] = record[name].isoformat() if record[name] else None
+        if self.service_area:
+            record["service_area"] = [list(vertex) for vertex in self.service_area]
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict) -> City:
+        values = dict(record)
+        for name in ("first_day", "first_landed_day"):
+            values[name] = dt.date.fromisoformat(values[name]) if values.get(name) else None
+        if values.get("service_area"):
+            values["service_area"] = tuple(tuple(vertex) for vertex in values["service_area"])
+        return cls(**values)
 
     @property
     def key(self) -> str:
