@@ -86,42 +86,47 @@ def graph(stack):
             SimulationConfig(start_date=START, days=DAYS, pings_per_day=6_000),
             put=built.landing_zone.write,
         )
-    days = day_range(START, DAYS)
-    printed = io.StringIO()
-    with (
-        dg.instance_for_test() as instance,
-        contextlib.redirect_stdout(printed),
-        contextlib.redirect_stderr(printed),
-    ):
-        data = materialize_days(days, stack_defs, instance, log=lambda _: None)
-        training = train_and_promote(
-            stack_defs, instance, run_config=TRAINING_RUN_CONFIG, log=lambda _: None
-        )
-        forecast = forecast_next_day(days[-1], stack_defs, instance, log=lambda _: None)
-        deployment, deploy_error = deploy_endpoint(stack_defs, instance, log=lambda _: None)
-        drift = dg.materialize(
-            [*stack_defs.assets, *stack_defs.asset_checks],
-            selection=dg.AssetSelection.assets(dg.AssetKey([CITY, "drift_report"])),
-            partition_key=days[-1],
-            instance=instance,
-            resources=stack_defs.resources,
-        )
-        secrets = _where_the_password_is(instance)
-        tracking = dg.build_resources({"mlflow_tracking": stack_defs.resources["mlflow_tracking"]})
-        with tracking as built:
-            yield {
-                "secrets": {**secrets, "printed": PASSWORD in printed.getvalue()},
-                "data": data,
-                "training": training,
-                "forecast": forecast,
-                "deployment": deployment,
-                "deploy_error": deploy_error,
-                "drift_success": drift.success,
-                "days": days,
-                "tracking": built.mlflow_tracking.for_city(CITY),
-            }
-    with dg.build_resources({"endpoint": stack_defs.resources["endpoint"]}) as built:
-        built.endpoint.stop()
+    try:
+        days = day_range(START, DAYS)
+        printed = io.StringIO()
+        with (
+            dg.instance_for_test() as instance,
+            contextlib.redirect_stdout(printed),
+            contextlib.redirect_stderr(printed),
+        ):
+            data = materialize_days(days, stack_defs, instance, log=lambda _: None)
+            training = train_and_promote(
+                stack_defs, instance, run_config=TRAINING_RUN_CONFIG, log=lambda _: None
+            )
+            forecast = forecast_next_day(days[-1], stack_defs, instance, log=lambda _: None)
+            deployment, deploy_error = deploy_endpoint(stack_defs, instance, log=lambda _: None)
+            drift = dg.materialize(
+                [*stack_defs.assets, *stack_defs.asset_checks],
+                selection=dg.AssetSelection.assets(dg.AssetKey([CITY, "drift_report"])),
+                partition_key=days[-1],
+                instance=instance,
+                resources=stack_defs.resources,
+            )
+            secrets = _where_the_password_is(instance)
+            tracking = dg.build_resources(
+                {"mlflow_tracking": stack_defs.resources["mlflow_tracking"]}
+            )
+            with tracking as built:
+                yield {
+                    "secrets": {**secrets, "printed": PASSWORD in printed.getvalue()},
+                    "data": data,
+                    "training": training,
+                    "forecast": forecast,
+                    "deployment": deployment,
+                    "deploy_error": deploy_error,
+                    "drift_success": drift.success,
+                    "days": days,
+                    "tracking": built.mlflow_tracking.for_city(CITY),
+                }
+    finally:
+        # also when a step above failed: no endpoint process outlives the test
+        with dg.build_resources({"endpoint": stack_defs.resources["endpoint"]}) as built:
+            built.endpoint.stop()
 
 
 def _where_the_password_is(instance: dg.DagsterInstance) -> dict:
