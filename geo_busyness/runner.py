@@ -114,6 +114,94 @@ def dagster_home() -> Path:
     return home
 
 
+ORPHANED_RUN_MESSAGE = (
+    "The process of this run (pid {pid}) is gone: it was killed or crashed before the run "
+    "ended. Marked failed by geo_busyness.runner.fail_orphaned_runs (Dagster's run monitoring "
+    "cannot health-check a run of the default run launcher or of an in-process dg.materialize)."
+)
+
+
+def run_process_id(instance: dg.DagsterInstance, run_id: str) -> int | None:
+    """The pid of the process executing ``run_id``, from the first engine event that names
+    one: ``Started process for run (pid: N)`` of a launched run's worker, ``Executing steps in
+    process (pid: N)`` of an in-process run, the multiprocess executor's parent process."""
+    records = instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.ENGINE_EVENT, limit=50
+    ).records
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        data = event.engine_event_data if event is not None else None
+        pid = data.metadata.get("pid") if data is not None else None
+        if pid is not None:
+            return int(pid.value if isinstance(pid, dg.MetadataValue) else pid)
+    return None
+
+
+def _process_gone(pid: int, run_started: float) -> bool:
+    """Whether no process ``pid`` that could be the run's is alive: none at all, a zombie, or
+    (pid reuse) one born after the run started. Linux's /proc tells the last two; elsewhere
+    only a missing pid counts."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    try:
+        # fields after "(comm)": state is field 3, starttime (clock ticks after boot) field 22
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, StopIteration, IndexError):
+        return False
+    if fields[0] in ("Z", "X"):
+        return True
+    born = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    return born > run_started + 2.0  # btime has whole seconds
+
+
+def fail_orphaned_runs(
+    instance: dg.DagsterInstance, log: Callable[[str], None] = print
+) -> list[str]:
+    """Mark failed (``instance.report_run_failed``) every run of ``instance`` still STARTED
+    whose process is gone (killed, crashed, OOM-killed), so that it stops holding a slot of
+    the run queue and its day's slot; their ids. Nothing else ends such a run: Dagster's run
+    monitoring cannot health-check a run of the default run launcher or an in-process
+    ``dg.materialize`` (the runner, the demo), and a launched run's code server only notices
+    a dead worker while that server is itself alive (docs/deployment.md).
+
+    Only for an instance on SQLite, whose runs ran on this machine (pids mean nothing across
+    machines); runs whose process is unknown (no pid recorded yet) are left to run monitoring's
+    ``max_runtime_seconds``."""
+    from dagster._core.storage.runs import SqliteRunStorage
+
+    if not isinstance(instance.run_storage, SqliteRunStorage):
+        return []
+    failed = []
+    records = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+    for record in records:
+        run = record.dagster_run
+        pid = run_process_id(instance, run.run_id)
+        if pid is None or pid == os.getpid() or record.start_time is None:
+            continue
+        if not _process_gone(pid, record.start_time):
+            continue
+        current = instance.get_run_by_id(run.run_id)
+        if current is None or current.status != dg.DagsterRunStatus.STARTED:
+            continue  # ended meanwhile (e.g. by the code server that launched it)
+        instance.report_run_failed(current, ORPHANED_RUN_MESSAGE.format(pid=pid))
+        failed.append(run.run_id)
+        partition = run.tags.get("dagster/partition")
+        log(
+            f"  marked failed: run {run.run_id} ({run.job_name}"
+            f"{f' [{partition}]' if partition else ''}), its process {pid} is gone"
+        )
+    return failed
+
+
 def _latest(instance: dg.DagsterInstance, asset: dg.AssetKey, partition: str | None = None) -> dict:
     event = instance.get_latest_materialization_event(asset)
     if partition is not None:
@@ -535,6 +623,8 @@ def run_landing(
     """Ingest every (city, day) of the landing zone for ``cities``, then (``train``) train,
     gate and forecast each city and deploy one endpoint for all: what ``geo-busyness run`` and
     ``demo`` do."""
+    # Runs left STARTED by a killed run or demo would hold the queue's slots for good.
+    fail_orphaned_runs(instance, log)
     with dg.build_resources({"landing_zone": defs.resources["landing_zone"]}) as built:
         listing = built.landing_zone.list_files()
     work = landing_days(listing, cities)

@@ -17,11 +17,16 @@ from geo_busyness.core.export import route_export, unrouted_quarantine
 from geo_busyness.core.landing import day_folder_problem
 from geo_busyness.core.schema import QuarantineReason, read_landing_file, validate_pings
 from geo_busyness.partitions import city_partitions, export_partitions
+from geo_busyness.resources.io_manager import commit_group
 from geo_busyness.resources.landing_zone import LandingZone, city_day_of_key, day_prefix
 
 GROUP = "ingestion"
 UNROUTED = "unrouted_pings"
 CITY_METADATA = "city"
+VALIDATED = "validated_courier_pings"
+# Clean and quarantined pings of a day are published together, by one commit record
+# (`<city>/validated_courier_pings/<day>.json`): a reader never sees them from two runs.
+VALIDATED_PAIR = commit_group(VALIDATED, ["clean_courier_pings", "quarantined_pings"])
 
 
 @dataclass
@@ -159,9 +164,8 @@ def build_ingestion(city: City, cities: Sequence[City]) -> list:
             )
             return
         raw = _concat([*own.frames, taken.reset_index(drop=True)], own.frames + export.frames)
-        yield dg.Output(
-            raw,
-            metadata={
+        context.add_output_metadata(
+            {
                 "files": dg.MetadataValue.json(own.records + export.records),
                 "files_read": own.read + export.read,
                 "export_files_read": export.read,
@@ -172,11 +176,12 @@ def build_ingestion(city: City, cities: Sequence[City]) -> list:
                 "fallback_decoded_rows": own.fallback_rows + export.fallback_rows,
                 "landing_zone": landing_zone.location(day_prefix(day, city.id)),
                 "preview": preview(raw),
-            },
+            }
         )
+        yield dg.Output(raw)
 
     @dg.multi_asset(
-        name=f"{city.key}__validated_courier_pings",
+        name=f"{city.key}__{VALIDATED}",
         partitions_def=partitions,
         group_name=city.key,
         code_version=city_fingerprint(city),
@@ -189,6 +194,7 @@ def build_ingestion(city: City, cities: Sequence[City]) -> list:
                 tags={STAGE_TAG: GROUP},
                 code_version=city_fingerprint(city),
                 description="Typed pings that passed every rule of the data contract (DESIGN §2).",
+                metadata=VALIDATED_PAIR,
                 automation_condition=on_new_data(city),
             ),
             "quarantined_pings": dg.AssetOut(
@@ -198,6 +204,7 @@ def build_ingestion(city: City, cities: Sequence[City]) -> list:
                 tags={STAGE_TAG: GROUP},
                 code_version=city_fingerprint(city),
                 description="Refused rows exactly as they arrived, with `reason` and `detail`.",
+                metadata=VALIDATED_PAIR,
                 automation_condition=on_new_data(city),
             ),
         },

@@ -64,6 +64,7 @@ from geo_busyness.resources.settings import (
     STORAGE_ENV,
     TRAINING_BACKEND_ENV,
     TRAINING_INSTANCE_ENV,
+    default_data_dir,
 )
 from geo_busyness.resources.tracking import MlflowTracking
 from geo_busyness.resources.training_backend import (
@@ -115,8 +116,10 @@ def build_resources() -> dict[str, Any]:
         )
     bucket = os.environ.get(BUCKET_ENV) or (STACK_BUCKET if name == "stack" else None)
 
-    def in_bucket(prefix: str) -> str | None:
-        return f"s3://{bucket}/{prefix}" if bucket else None
+    def in_bucket(prefix: str) -> str:
+        """The prefix in the bucket, else in the data directory as of now (not as of when
+        the resource classes were imported: the data directory may have been set since)."""
+        return f"s3://{bucket}/{prefix}" if bucket else str(default_data_dir() / prefix)
 
     on_endpoint = _field("s3_endpoint_url", S3_ENDPOINT_ENV)
     storage_options = {**_field("base_path", STORAGE_ENV, in_bucket("assets")), **on_endpoint}

@@ -86,8 +86,9 @@ def test_up_prints_where_everything_is_and_every_service_answers(running_stack):
 
 def test_landing_zone_is_seeded_in_the_bucket(running_stack):
     _, state, _ = running_stack
-    days = {key.split("/")[2] for key in keys(state, "landing/raw/")}
-    assert len(days) == 2
+    # `geo-busyness simulate` writes the catalog's city into its own folder
+    days = {key.split("/")[3] for key in keys(state, "landing/raw/city=regina/")}
+    assert len(days) == 2 and all(day.startswith("dt=") for day in days)
 
 
 def test_a_second_up_is_refused_while_the_stack_runs(running_stack):
@@ -111,9 +112,7 @@ def test_the_daemon_ingests_a_seeded_day_into_the_bucket(running_stack):
                 break
             time.sleep(1)
         assert done, f"no day ingested within {INGESTED_WITHIN_S} s; logs in {state['logs']}"
-    assert any(
-        key.startswith("assets/regina/raw_courier_pings/") for key in keys(state, "assets/")
-    )
+    assert any(key.startswith("assets/regina/raw_courier_pings/") for key in keys(state, "assets/"))
 
 
 def test_down_stops_every_process(running_stack):

@@ -25,7 +25,7 @@ from geo_busyness.core.city import City
 from geo_busyness.core.schema import read_raw_file, validate_pings
 from geo_busyness.definitions import ingest_job_name
 from geo_busyness.partitions import city_partitions, export_partitions, latest_complete_day
-from geo_busyness.resources.io_manager import ParquetIOManagerResource
+from geo_busyness.resources.io_manager import ParquetIOManagerResource, committed_path
 from geo_busyness.resources.landing_zone import LandingZone
 from geo_busyness.sensors import build_landing_sensor
 from geo_busyness.simulate import (
@@ -209,8 +209,8 @@ def test_the_latest_day_is_ingested_fresh_and_every_row_is_accounted_for(now, tm
     pings = pd.to_datetime(clean["courier_location_timestamp"], utc=True)
     assert (pings.dt.date == yesterday).all()
     # The asset keys and the stored partition carry the city.
-    stored = tmp_path / "assets" / city.key / "clean_courier_pings" / f"{yesterday}.parquet"
-    assert stored.exists()
+    stored = committed_path(tmp_path / "assets", [city.key, "clean_courier_pings"], str(yesterday))
+    assert stored.exists() and stored.parent.name == "clean_courier_pings"
     materialized = {e.materialization.asset_key for e in result.get_asset_materialization_events()}
     assert city_key(city, "raw_courier_pings") in materialized
 

@@ -25,6 +25,7 @@ from geo_busyness.core.catalog import Catalog, load_catalog, load_configured_cat
 from geo_busyness.core.city import DEFAULT_CITY, City
 from geo_busyness.definitions import build_definitions
 from geo_busyness.partitions import latest_complete_day
+from geo_busyness.resources.io_manager import committed_path
 from geo_busyness.resources.landing_zone import LandingZone
 from geo_busyness.resources.settings import LANDING_ZONE_ENV, STORAGE_ENV
 from geo_busyness.simulate import (
@@ -392,7 +393,7 @@ def test_requested_run_ingests_the_day(tmp_path: Path, monkeypatch: pytest.Monke
     evaluations = result.get_asset_check_evaluations()
     assert {e.asset_check_key.name for e in evaluations} == INGESTION_CHECKS
     assert all(e.passed for e in evaluations)
-    assert (tmp_path / "assets" / "regina" / "clean_courier_pings" / f"{day}.parquet").exists()
+    assert committed_path(tmp_path / "assets", ["regina", "clean_courier_pings"], day).exists()
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
@@ -426,7 +427,7 @@ def test_days_already_ingested_are_not_rerun_on_a_first_tick(
 
 
 def parquet(tmp_path: Path, *key: str) -> pd.DataFrame:
-    return pd.read_parquet(tmp_path.joinpath("assets", *key[:-1], f"{key[-1]}.parquet"))
+    return pd.read_parquet(committed_path(tmp_path / "assets", key[:-1], key[-1]).path)
 
 
 def assert_mixed_export_accounted(summary, cities, tables, unrouted: pd.DataFrame) -> None:

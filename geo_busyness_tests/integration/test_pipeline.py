@@ -12,6 +12,7 @@ from geo_busyness.core.city import City
 from geo_busyness.definitions import build_definitions, defs
 from geo_busyness.partitions import city_partitions, day_range_problem
 from geo_busyness.resources.environment import local_resources
+from geo_busyness.resources.io_manager import committed_path
 from geo_busyness.runner import day_range, materialize_days, run_landing
 from geo_busyness.simulate import SimulationConfig, simulate
 
@@ -48,8 +49,7 @@ def pipeline(tmp_path_factory):
 
 
 def read(root, asset, day=None):
-    base = root / "assets" / CITY
-    return pd.read_parquet(base / asset / f"{day}.parquet" if day else base / f"{asset}.parquet")
+    return pd.read_parquet(committed_path(root / "assets", [CITY, asset], day).path)
 
 
 def test_every_check_passed_and_rows_are_conserved(pipeline):

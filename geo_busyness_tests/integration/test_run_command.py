@@ -15,6 +15,7 @@ from geo_busyness import cli
 from geo_busyness.core.catalog import catalog_yaml
 from geo_busyness.core.export import route_export
 from geo_busyness.core.schema import QuarantineReason, read_landing_file
+from geo_busyness.resources.io_manager import committed_path
 from geo_busyness.resources.landing_zone import LandingZone
 from geo_busyness.simulate import MULTI_CITIES, multi_city_configs, simulate_cities
 
@@ -61,11 +62,8 @@ def ran(landed, tmp_path_factory):
 
 
 def _frames(base, asset, days):
-    return {
-        day: pd.read_parquet(base / asset / f"{day}.parquet")
-        for day in days
-        if (base / asset / f"{day}.parquet").exists()
-    }
+    paths = {day: committed_path(base, [asset], day) for day in days}
+    return {day: pd.read_parquet(path.path) for day, path in paths.items() if path.exists()}
 
 
 def test_every_row_of_every_file_lands_in_one_city_or_in_unrouted(ran):
@@ -77,9 +75,9 @@ def test_every_row_of_every_file_lands_in_one_city_or_in_unrouted(ran):
     taken: dict[str, int] = {}
     for city in CITIES:
         for day, raw in _frames(assets / city.key, "raw_courier_pings", days).items():
-            clean = pd.read_parquet(assets / city.key / "clean_courier_pings" / f"{day}.parquet")
-            quarantined = pd.read_parquet(
-                assets / city.key / "quarantined_pings" / f"{day}.parquet"
+            clean, quarantined = (
+                pd.read_parquet(committed_path(assets, [city.key, name], day).path)
+                for name in ("clean_courier_pings", "quarantined_pings")
             )
             assert len(raw) == len(clean) + len(quarantined)  # per city and day
             for file, rows in raw["source_file"].value_counts().items():

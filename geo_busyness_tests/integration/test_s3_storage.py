@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import io
+import json
 
 import dagster as dg
 import pandas as pd
@@ -19,7 +20,7 @@ import time_machine
 from dagster_aws.s3 import S3Resource
 
 from geo_busyness.assets.features import build_features
-from geo_busyness.assets.ingestion import build_ingestion, build_unrouted
+from geo_busyness.assets.ingestion import VALIDATED, build_ingestion, build_unrouted
 from geo_busyness.checks import build_checks
 from geo_busyness.core.city import DEFAULT_CITY, City
 from geo_busyness.resources.io_manager import ParquetIOManagerResource
@@ -84,9 +85,29 @@ def s3_landing_zone(bucket: S3Bucket) -> LandingZone:
     return LandingZone(root=bucket.url("landing"), s3=S3Resource(endpoint_url=bucket.endpoint_url))
 
 
+def stored_key(bucket: S3Bucket, key: str) -> str:
+    """The object holding the table of ``key`` (``<prefix>/<name>/<day>.parquet``): for the
+    clean and quarantined pings, the version their day's commit record names."""
+    prefix, name, file = key.rsplit("/", 2)
+    if name not in ("clean_courier_pings", "quarantined_pings"):
+        return key
+    record_key = f"{prefix}/{VALIDATED}/{file.removesuffix('.parquet')}.json"
+    record = bucket.client().get_object(Bucket=bucket.name, Key=record_key)["Body"].read()
+    return f"{prefix}/{name}/{json.loads(record)['files'][name]}"
+
+
+def commit_records(keys: set[str]) -> set[str]:
+    """The commit records of the clean and quarantined pings among ``keys``."""
+    return {
+        f"{key.rsplit('/', 2)[0]}/{VALIDATED}/{key.rsplit('/', 1)[1].removesuffix('.parquet')}.json"
+        for key in keys
+        if key.rsplit("/", 2)[1] == "clean_courier_pings"
+    }
+
+
 def read_parquet(bucket: S3Bucket, key: str) -> pd.DataFrame:
-    body = bucket.client().get_object(Bucket=bucket.name, Key=key)["Body"].read()
-    return pd.read_parquet(io.BytesIO(body))
+    body = bucket.client().get_object(Bucket=bucket.name, Key=stored_key(bucket, key))["Body"]
+    return pd.read_parquet(io.BytesIO(body.read()))
 
 
 def row_counts(result: dg.ExecuteInProcessResult) -> dict[str, int]:
@@ -286,11 +307,12 @@ def materialize_data_assets_to_s3(s3_env: S3Bucket) -> None:
     assert set(first_day["h3_cell"]) <= featured
     assert featured <= set(first_day["h3_cell"]) | set(clusters["h3_cell"])
 
-    expected = {f"assets/regina/{name}/{day}.parquet" for name in DAILY_OUTPUTS for day in days} | {
+    tables = {f"assets/regina/{name}/{day}.parquet" for name in DAILY_OUTPUTS for day in days} | {
         "assets/regina/restaurants.parquet",
         "assets/regina/restaurant_clusters.parquet",
         f"assets/regina/busyness_features/{days[1]}.parquet",
     }
+    expected = {stored_key(s3_env, key) for key in tables} | commit_records(tables)
     assert set(s3_env.keys("assets/")) == expected
 
 
@@ -363,6 +385,8 @@ def ingest_mixed_export_on_s3(s3_env: S3Bucket) -> None:
     unrouted = read_parquet(s3_env, f"assets/unrouted_pings/{day}.parquet")
     assert row_counts(result) == {"unrouted_pings": len(unrouted)}
     assert_mixed_export_accounted(summary, cities, tables, unrouted)
-    assert set(s3_env.keys("assets/")) == {
+    tables = {
         f"assets/{city.key}/{name}/{day}.parquet" for city in cities for name in INGESTION_NAMES
     } | {f"assets/unrouted_pings/{day}.parquet"}
+    expected = {stored_key(s3_env, key) for key in tables} | commit_records(tables)
+    assert set(s3_env.keys("assets/")) == expected

@@ -1,7 +1,15 @@
-"""The IO managers on local disk: atomic writes, the pickle IO manager between two assets, and
-the ``lazy`` input of the Parquet IO manager (one loader per partition present on disk)."""
+"""The IO managers on local disk: atomic writes (and the removal of killed writes' temporary
+files), the pickle IO manager between two assets, the ``lazy`` input of the Parquet IO manager
+(one loader per partition present on disk), and commit groups (two tables of one step published
+together: a crash between their writes leaves the previous pair)."""
 
 # No `from __future__ import annotations`: Dagster inspects the `context` annotation.
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 
 import dagster as dg
@@ -12,6 +20,9 @@ from upath import UPath
 from geo_busyness.resources.io_manager import (
     ParquetIOManagerResource,
     PickleIOManagerResource,
+    TableRewrittenError,
+    commit_group,
+    committed_path,
     write_atomically,
 )
 
@@ -259,3 +270,242 @@ def test_city_prefixed_keys_are_stored_under_the_city_folder(tmp_path, instance,
     pd.testing.assert_frame_equal(
         pd.read_parquet(tmp_path / city / "raw_courier_pings" / f"{day}.parquet"), part_frame(day)
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Commit groups: the two tables of one step are published together
+
+
+PAIR = commit_group("pair_step", ["left", "right"])
+
+
+class PairConfig(dg.Config):
+    rows: int = 3
+    crash_after_first: bool = False
+    exit_after_first: bool = False
+
+
+@dg.multi_asset(
+    name="pair_step",
+    partitions_def=PARTS,
+    outs={"left": dg.AssetOut(metadata=PAIR), "right": dg.AssetOut(metadata=PAIR)},
+)
+def pair_step(context: dg.AssetExecutionContext, config: PairConfig):
+    run = context.run.run_id
+    yield dg.Output(pd.DataFrame({"run": [run] * config.rows}), output_name="left")
+    if config.exit_after_first:
+        os._exit(9)  # the process dies between the two writes, as under kill -9
+    if config.crash_after_first:
+        raise Boom("crashed between the two writes")
+    yield dg.Output(pd.DataFrame({"run": [run] * (2 * config.rows)}), output_name="right")
+
+
+def read_pair(base, partition: str, instance) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both tables as a downstream asset reads them (through the IO manager)."""
+    seen = {}
+
+    @dg.asset(partitions_def=PARTS)
+    def reader(left: pd.DataFrame, right: pd.DataFrame) -> None:
+        seen.update(left=left, right=right)
+
+    result = dg.materialize(
+        [pair_step, reader],
+        selection=[reader],
+        partition_key=partition,
+        instance=instance,
+        resources={"io_manager": ParquetIOManagerResource(base_path=str(base))},
+    )
+    assert result.success
+    return seen["left"], seen["right"]
+
+
+def run_pair(base, instance, **config):
+    return dg.materialize(
+        [pair_step],
+        partition_key=DAY,
+        instance=instance,
+        resources={"io_manager": ParquetIOManagerResource(base_path=str(base))},
+        run_config={"ops": {"pair_step": {"config": config}}},
+        raise_on_error=False,
+    )
+
+
+DAY = "2024-03-02"
+
+
+def stored(base) -> list[str]:
+    return sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file())
+
+
+def assert_one_pair(base, run_id: str, rows: int, instance) -> None:
+    left, right = read_pair(base, DAY, instance)
+    assert set(left["run"]) == set(right["run"]) == {run_id}
+    assert (len(left), len(right)) == (rows, 2 * rows)
+    assert stored(base) == [
+        f"left/{DAY}.{run_id}.parquet",
+        f"pair_step/{DAY}.json",
+        f"right/{DAY}.{run_id}.parquet",
+    ]
+
+
+def test_commit_group_publishes_both_tables_with_one_record(tmp_path, instance):
+    first = run_pair(tmp_path, instance, rows=3)
+    assert first.success
+    assert_one_pair(tmp_path, first.run_id, 3, instance)
+    record = json.loads((tmp_path / "pair_step" / f"{DAY}.json").read_text())
+    assert record["version"] == first.run_id
+    assert record["files"] == {
+        "left": f"{DAY}.{first.run_id}.parquet",
+        "right": f"{DAY}.{first.run_id}.parquet",
+    }
+    # the path in the materialization metadata is the file written
+    [left] = first.asset_materializations_for_node("pair_step")[:1]
+    assert str(left.metadata["path"].value).endswith(f"{DAY}.{first.run_id}.parquet")
+
+    # a re-run publishes its own pair and removes the previous one
+    second = run_pair(tmp_path, instance, rows=4)
+    assert second.success
+    assert_one_pair(tmp_path, second.run_id, 4, instance)
+
+
+def test_crash_between_the_two_writes_keeps_the_previous_pair_readable(tmp_path, instance):
+    first = run_pair(tmp_path, instance, rows=3)
+    crashed = run_pair(tmp_path, instance, rows=5, crash_after_first=True)
+    assert not crashed.success
+    # the crashed run wrote its first table, but the commit still names the first run's pair
+    assert f"left/{DAY}.{crashed.run_id}.parquet" in stored(tmp_path)
+    left, right = read_pair(tmp_path, DAY, instance)
+    assert set(left["run"]) == set(right["run"]) == {first.run_id}
+    assert (len(left), len(right)) == (3, 6)
+
+    # the next successful write publishes its pair and removes the crashed run's orphan
+    third = run_pair(tmp_path, instance, rows=7)
+    assert third.success
+    assert_one_pair(tmp_path, third.run_id, 7, instance)
+
+
+def test_process_killed_between_the_two_writes_keeps_the_previous_pair(tmp_path, instance):
+    """``os._exit`` in a subprocess right after the first table is written: nothing of the
+    dying process runs (no ``finally``, no failure event), as under kill -9."""
+    first = run_pair(tmp_path, instance, rows=3)
+    script = (
+        "import dagster as dg, sys\n"
+        "from geo_busyness.resources.io_manager import ParquetIOManagerResource\n"
+        "from geo_busyness_tests.unit.test_io_managers import DAY, pair_step\n"
+        "dg.materialize([pair_step], partition_key=DAY,\n"
+        "    resources={'io_manager': ParquetIOManagerResource(base_path=sys.argv[1])},\n"
+        "    run_config={'ops': {'pair_step': {'config': {'rows': 5, 'exit_after_first': True}}}})\n"
+    )
+    died = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, timeout=120
+    )
+    assert died.returncode == 9, died.stderr.decode()[-2000:]
+    orphans = [
+        name for name in stored(tmp_path) if name.endswith(".parquet") and first.run_id not in name
+    ]
+    assert len(orphans) == 1 and orphans[0].startswith(f"left/{DAY}.")
+    left, right = read_pair(tmp_path, DAY, instance)
+    assert set(left["run"]) == set(right["run"]) == {first.run_id}
+    assert (len(left), len(right)) == (3, 6)
+
+    again = run_pair(tmp_path, instance, rows=2)
+    assert again.success
+    assert_one_pair(tmp_path, again.run_id, 2, instance)
+
+
+def test_a_plain_file_written_before_is_read_until_the_first_commit(tmp_path, instance):
+    for name, rows in (("left", 1), ("right", 2)):
+        (tmp_path / name).mkdir()
+        pd.DataFrame({"run": ["before"] * rows}).to_parquet(tmp_path / name / f"{DAY}.parquet")
+    left, right = read_pair(tmp_path, DAY, instance)
+    assert (list(left["run"]), list(right["run"])) == (["before"], ["before"] * 2)
+    assert committed_path(tmp_path, ["left"], DAY) == UPath(tmp_path) / "left" / f"{DAY}.parquet"
+
+    result = run_pair(tmp_path, instance, rows=3)
+    assert result.success
+    assert_one_pair(tmp_path, result.run_id, 3, instance)  # the plain files are gone
+    assert committed_path(tmp_path, ["right"], DAY).name == f"{DAY}.{result.run_id}.parquet"
+
+
+def test_missing_partitions_of_a_commit_group_are_found_by_their_records(tmp_path, instance):
+    received = {}
+
+    @dg.asset(
+        ins={
+            "left": dg.AssetIn(
+                partition_mapping=dg.AllPartitionMapping(),
+                metadata={"allow_missing_partitions": True},
+            )
+        }
+    )
+    def every_left(left: dict) -> None:
+        received.update(left)
+
+    assert run_pair(tmp_path, instance, rows=3).success
+    result = dg.materialize(
+        [pair_step, every_left],
+        selection=[every_left],
+        instance=instance,
+        resources={"io_manager": ParquetIOManagerResource(base_path=str(tmp_path))},
+    )
+    assert result.success
+    assert list(received) == [DAY]
+    assert len(received[DAY]) == 3
+
+
+def test_a_pair_rewritten_while_a_step_reads_it_fails_the_step_instead_of_mixing(tmp_path):
+    """A reader keeps the commit it resolved: if that pair is removed under it after it read one
+    table, it fails rather than read the other table from a newer run."""
+    instance = dg.DagsterInstance.ephemeral()
+    assert run_pair(tmp_path, instance, rows=3).success
+    manager = ParquetIOManagerResource(base_path=str(tmp_path)).create_io_manager(None)
+    upstream = dg.build_output_context(definition_metadata=PAIR)
+
+    def load(name: str) -> pd.DataFrame:
+        context = dg.build_input_context(asset_key=dg.AssetKey(name), upstream_output=upstream)
+        return manager.load_from_path(context, UPath(tmp_path) / name / f"{DAY}.parquet")
+
+    assert len(load("left")) == 3
+    assert run_pair(tmp_path, instance, rows=4).success  # another run rewrites the pair
+    with pytest.raises(TableRewrittenError, match="rewritten while this step read"):
+        load("right")
+
+
+# ---------------------------------------------------------------------------------------------
+# Temporary files of killed writes
+
+
+def test_the_temporary_file_of_a_killed_write_is_removed_by_the_next_write(tmp_path):
+    script = (
+        "import os, sys\n"
+        "from upath import UPath\n"
+        "from geo_busyness.resources.io_manager import write_atomically\n"
+        "def die(handle):\n"
+        "    handle.write(b'half of a file'); handle.flush(); os._exit(9)\n"
+        "write_atomically(UPath(sys.argv[1]) / 'a.parquet', die)\n"
+    )
+    died = subprocess.run([sys.executable, "-c", script, str(tmp_path)], timeout=60)
+    assert died.returncode == 9
+    [temporary] = [p.name for p in tmp_path.iterdir()]
+    assert temporary.startswith(".tmp-") and temporary.endswith(".parquet")
+
+    write_atomically(UPath(tmp_path) / "b.parquet", lambda handle: handle.write(b"ok"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.parquet"]
+
+
+def test_temporary_files_of_live_writers_are_kept_and_old_unknown_ones_removed(tmp_path):
+    live = tmp_path / f".tmp-{socket.gethostname()}-{os.getpid()}-{'0' * 32}.parquet"
+    elsewhere = tmp_path / f".tmp-another-host-1-{'1' * 32}.parquet"
+    old_form = tmp_path / f".tmp-{'2' * 32}.parquet"  # the form before the writer's pid
+    for path in (live, elsewhere, old_form):
+        path.write_bytes(b"partial")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(old_form, (hours_ago, hours_ago))
+
+    write_atomically(UPath(tmp_path) / "b.parquet", lambda handle: handle.write(b"ok"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["b.parquet", live.name, elsewhere.name]
+    )
+    os.utime(elsewhere, (hours_ago, hours_ago))
+    write_atomically(UPath(tmp_path) / "b.parquet", lambda handle: handle.write(b"ok"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["b.parquet", live.name])

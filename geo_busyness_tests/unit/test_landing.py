@@ -33,6 +33,12 @@ NOT_IN_LAYOUT = "not in a raw/dt=YYYY-MM-DD/ or raw/city=<id>/dt=YYYY-MM-DD/ fol
 raw_courier_pings, _ = build_ingestion(DEFAULT_CITY_FOR_TESTS, (DEFAULT_CITY_FOR_TESTS,))
 
 
+def ingest(asset, context, zone):
+    """A raw-pings asset invoked directly: its rows, or None when it materializes nothing."""
+    outputs = list(asset(context, zone))
+    return outputs[0].value if outputs else None
+
+
 def listed(key: str, etag: str = "e1", modified: dt.datetime = NOON) -> LandingFile:
     return LandingFile(key=key, size=10, modified=modified, version=etag)
 
@@ -303,7 +309,7 @@ def test_every_file_seen_under_the_day_folder_is_recorded(tmp_path, folder):
     for name, content in files.items():
         zone.write(f"{folder}/dt={day}/{name}", content)
     with dg.build_asset_context(partition_key=day) as context:
-        raw = raw_courier_pings(context, zone)
+        raw = ingest(raw_courier_pings, context, zone)
         metadata = context.get_output_metadata("result")
     seen = {record["key"].rsplit(f"dt={day}/", 1)[1]: record for record in metadata["files"].data}
     assert set(seen) == set(files)
@@ -351,7 +357,7 @@ def test_a_day_with_only_unreadable_files_fails_naming_them(tmp_path):
         dg.build_asset_context(partition_key="2026-10-05") as context,
         pytest.raises(dg.Failure, match=expected),
     ):
-        raw_courier_pings(context, zone)
+        ingest(raw_courier_pings, context, zone)
 
 
 # --- multi-city layout: raw/city=<id>/dt=D/ (one city's) and raw/dt=D/ (every city's) -------
@@ -505,7 +511,7 @@ def test_raw_pings_of_a_city_are_its_folder_and_its_rows_of_the_export(tmp_path)
     zone.write(f"raw/city=regina/dt={day}/own.csv", rows_text(3, 100).encode())
     zone.write(f"raw/city=new-york/dt={day}/theirs.csv", rows_text(7, 200).encode())
     with dg.build_asset_context(partition_key=day) as context:
-        raw = raw_of_regina(context, zone)
+        raw = ingest(raw_of_regina, context, zone)
         metadata = context.get_output_metadata("result")
     by_file = raw.groupby("source_file").size().to_dict()
     assert by_file == {f"raw/city=regina/dt={day}/own.csv": 3, f"raw/dt={day}/export.csv": 2}
@@ -523,6 +529,6 @@ def test_a_city_day_without_files_fails_naming_both_folders(tmp_path):
         dg.build_asset_context(partition_key="2026-10-05") as context,
         pytest.raises(dg.Failure) as failure,
     ):
-        raw_courier_pings(context, zone)
+        ingest(raw_courier_pings, context, zone)
     message = failure.value.description
     assert "raw/city=regina/dt=2026-10-05/" in message and "raw/dt=2026-10-05/" in message
