@@ -59,6 +59,7 @@ from geo_busyness.core.city import DEFAULT_CITY
 from geo_busyness.definitions import defs
 from geo_busyness.partitions import city_partitions
 from geo_busyness.resources.environment import local_resources
+from geo_busyness.resources.io_manager import committed_path
 from geo_busyness.runner import INGEST_ASSETS, LOCAL_INSTANCE_SETTINGS, materialize_days
 from geo_busyness.simulate import SimulationConfig, simulate
 from geo_busyness.stack.postgres import (
@@ -210,7 +211,7 @@ def test_runs_and_materializations_are_stored_in_postgres(ingested, postgres):
     ).records
     rows = clean.asset_materialization.metadata["dagster/row_count"].value
     written = pd.read_parquet(
-        ingested.root / "assets" / CITY.key / "clean_courier_pings" / f"{DAY}.parquet"
+        committed_path(ingested.root / "assets", [CITY.key, "clean_courier_pings"], DAY)
     )
     assert rows == len(written) > 0
 
