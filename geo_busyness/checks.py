@@ -42,6 +42,18 @@ def build_checks(city: City, catalog: str) -> list[dg.AssetChecksDefinition]:
     """The data and model checks of ``city`` (``catalog``: the catalog file, for messages)."""
     partitions = city_partitions(city)
 
+    def day_counts_ins() -> dict[str, dg.AssetIn]:
+        """The day's raw and quarantined rows, with one narrow column each: what the counting
+        checks on clean pings read beside them."""
+        return {
+            "raw_courier_pings": city_in(
+                city, "raw_courier_pings", metadata={"columns": ["source_file"]}
+            ),
+            "quarantined_pings": city_in(
+                city, "quarantined_pings", metadata={"columns": ["reason"]}
+            ),
+        }
+
     @dg.asset_check(
         asset=city_key(city, "clean_courier_pings"),
         partitions_def=partitions,
@@ -58,14 +70,7 @@ def build_checks(city: City, catalog: str) -> list[dg.AssetChecksDefinition]:
         asset=city_key(city, "clean_courier_pings"),
         partitions_def=partitions,
         blocking=True,
-        additional_ins={
-            "raw_courier_pings": city_in(
-                city, "raw_courier_pings", metadata={"columns": ["source_file"]}
-            ),
-            "quarantined_pings": city_in(
-                city, "quarantined_pings", metadata={"columns": ["reason"]}
-            ),
-        },
+        additional_ins=day_counts_ins(),
         description="Nothing is lost: raw rows = clean rows + quarantined rows for the day.",
     )
     def rows_are_conserved(
@@ -92,14 +97,7 @@ def build_checks(city: City, catalog: str) -> list[dg.AssetChecksDefinition]:
         asset=city_key(city, "clean_courier_pings"),
         partitions_def=partitions,
         blocking=True,
-        additional_ins={
-            "raw_courier_pings": city_in(
-                city, "raw_courier_pings", metadata={"columns": ["source_file"]}
-            ),
-            "quarantined_pings": city_in(
-                city, "quarantined_pings", metadata={"columns": ["reason"]}
-            ),
-        },
+        additional_ins=day_counts_ins(),
         description=(
             "At most data_quality_policy.max_quarantine_share (20% by default) of the day's rows "
             "are quarantined; above it the day's busyness and features wait, and the message "

@@ -180,6 +180,19 @@ def build_ingestion(city: City, cities: Sequence[City]) -> list:
         )
         yield dg.Output(raw)
 
+    def validated_out(description: str) -> dg.AssetOut:
+        """One of the two tables published together by the validation (``VALIDATED_PAIR``)."""
+        return dg.AssetOut(
+            key_prefix=[city.key],
+            owners=[OWNER],
+            kinds={"pandas", "parquet"},
+            tags={STAGE_TAG: GROUP},
+            code_version=city_fingerprint(city),
+            description=description,
+            metadata=VALIDATED_PAIR,
+            automation_condition=on_new_data(city),
+        )
+
     @dg.multi_asset(
         name=f"{city.key}__{VALIDATED}",
         partitions_def=partitions,
@@ -187,25 +200,11 @@ def build_ingestion(city: City, cities: Sequence[City]) -> list:
         code_version=city_fingerprint(city),
         ins={"raw_courier_pings": city_in(city, "raw_courier_pings")},
         outs={
-            "clean_courier_pings": dg.AssetOut(
-                key_prefix=[city.key],
-                owners=[OWNER],
-                kinds={"pandas", "parquet"},
-                tags={STAGE_TAG: GROUP},
-                code_version=city_fingerprint(city),
-                description="Typed pings that passed every rule of the data contract (DESIGN §2).",
-                metadata=VALIDATED_PAIR,
-                automation_condition=on_new_data(city),
+            "clean_courier_pings": validated_out(
+                "Typed pings that passed every rule of the data contract (DESIGN §2)."
             ),
-            "quarantined_pings": dg.AssetOut(
-                key_prefix=[city.key],
-                owners=[OWNER],
-                kinds={"pandas", "parquet"},
-                tags={STAGE_TAG: GROUP},
-                code_version=city_fingerprint(city),
-                description="Refused rows exactly as they arrived, with `reason` and `detail`.",
-                metadata=VALIDATED_PAIR,
-                automation_condition=on_new_data(city),
+            "quarantined_pings": validated_out(
+                "Refused rows exactly as they arrived, with `reason` and `detail`."
             ),
         },
     )
