@@ -176,10 +176,11 @@ def fail_orphaned_runs(
     Only for an instance on SQLite, whose runs ran on this machine (pids mean nothing across
     machines); runs whose process is unknown (no pid recorded yet) are left to run monitoring's
     ``max_runtime_seconds``."""
-    # Dagster has no public way to ask where a run storage lives; the class name of the
-    # storage (SqliteRunStorage, the default of a local DAGSTER_HOME) says it, without
-    # importing Dagster's private storage module.
-    if not type(instance.run_storage).__name__.startswith("Sqlite"):
+    # Private import, on purpose: Dagster has no public way to ask whether a run storage is
+    # this machine's SQLite (pids only mean something for runs of this machine).
+    from dagster._core.storage.runs import SqliteRunStorage
+
+    if not isinstance(instance.run_storage, SqliteRunStorage):
         return []
     failed = []
     records = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
