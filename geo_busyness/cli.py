@@ -295,6 +295,14 @@ def cmd_endpoint(args: argparse.Namespace) -> int:
             f"nothing serves at {redact_url(status.url)}"
             + (f": {redact_text('; '.join(status.problems))}" if status.problems else "")
         )
+    if status.serving and status.problems:
+        print(f"  warning: {redact_text('; '.join(status.problems))}")
+    for restart in getattr(status, "restarts", ()):
+        outcome = f"pid {restart.get('new_pid')}" if restart["ok"] else restart.get("error", "")
+        print(
+            f"  {restart['at']} {restart['part']} pid {restart['pid']} {restart['reason']}: "
+            f"{'restarted as ' if restart['ok'] else 'restart failed: '}{redact_text(str(outcome))}"
+        )
     return 0 if status.serving else 1
 
 

@@ -35,7 +35,7 @@ from geo_busyness.retraining import (
     retrain_job,
     weekly_retrain,
 )
-from geo_busyness.sensors import build_landing_sensor
+from geo_busyness.sensors import build_landing_sensor, endpoint_health_sensor
 
 
 def ingest_job_name(city: City | None) -> str:
@@ -168,6 +168,7 @@ def build_definitions(catalog: Catalog) -> dg.Definitions:
             build_landing_sensor(cities, ingest_jobs),
             build_drift_retrain_sensor(cities),
             build_first_model_sensor(cities),
+            endpoint_health_sensor,
         ],
         schedules=[weekly_retrain],
         resources=resources,

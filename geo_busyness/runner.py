@@ -382,7 +382,10 @@ def train_and_promote(
         name: float(evaluation[key])
         for name, key in (
             ("model", "model_mae"),
+            ("zero", "zero_mae"),
             ("seasonal naive", "seasonal_naive_mae"),
+            ("4-week same-hour mean", "same_hour_4w_mean_mae"),
+            ("yesterday", "yesterday_mae"),
             ("PoC random forest", "poc_mae"),
             ("champion before", "champion_mae"),
         )

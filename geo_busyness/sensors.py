@@ -1,6 +1,7 @@
 """Sensors: the landing zone starts ingestion for every city-day whose files changed."""
 
 import datetime as dt
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from geo_busyness.core.landing import (
     landing_slot,
     plan_landing_runs,
 )
+from geo_busyness.core.redact import redact_data, redact_text
 from geo_busyness.partitions import (
     city_partitions,
     day_range_problem,
@@ -24,6 +26,7 @@ from geo_busyness.partitions import (
     first_day,
     latest_complete_day,
 )
+from geo_busyness.resources.deployment import EndpointTarget
 from geo_busyness.resources.landing_zone import (
     RAW_PREFIX,
     LandingZone,
@@ -186,9 +189,55 @@ def build_landing_sensor(
 
 def _previous_slots(cursor: str | None) -> list[str]:
     """Slots the previous cursor knew (none when it cannot be read)."""
-    import json
-
     try:
         return list(json.loads(cursor)["days"]) if cursor else []
     except (ValueError, KeyError, TypeError):
         return []
+
+
+ENDPOINT_KEY = dg.AssetKey("endpoint_deployment")
+
+
+@dg.sensor(
+    name="endpoint_health_sensor",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=sensor_interval_seconds(),
+    description=(
+        "Asks the deployment target what serves now and records an observation of "
+        "`endpoint_deployment` whenever that changes: down, another model version, a problem, "
+        "or a restart by the local endpoint's supervisor (whose restarts it counts)."
+    ),
+)
+def endpoint_health_sensor(
+    context: dg.SensorEvaluationContext, endpoint: EndpointTarget
+) -> dg.SensorResult | dg.SkipReason:
+    if context.instance.get_latest_materialization_event(ENDPOINT_KEY) is None:
+        return dg.SkipReason("nothing deployed yet: endpoint_deployment was never materialized")
+    try:
+        health = redact_data(endpoint.health())
+    except Exception as error:  # an unreachable control plane is itself the news
+        health = {"serving": False, "problems": [redact_text(f"health unknown: {error}")]}
+    cursor = json.dumps(health, sort_keys=True, default=str)
+    summary = "serving" if health["serving"] else "NOT serving"
+    summary += f" model version {health.get('model_version')}"
+    if health.get("problems"):
+        summary += f"; {'; '.join(health['problems'])}"
+    if cursor == context.cursor:
+        return dg.SkipReason(f"unchanged: {summary}")
+    (context.log.info if health["serving"] and not health.get("problems") else context.log.warning)(
+        f"endpoint health changed: {summary}"
+    )
+    metadata: dict[str, Any] = {
+        "serving": health["serving"],
+        "model_version": str(health.get("model_version")),
+        "problems": dg.MetadataValue.json(health.get("problems", [])),
+        "health": dg.MetadataValue.json(health),
+    }
+    if "restarts_since_deploy" in health:
+        metadata["restarts_since_deploy"] = health["restarts_since_deploy"]
+    return dg.SensorResult(
+        asset_events=[
+            dg.AssetObservation(asset_key=ENDPOINT_KEY, description=summary, metadata=metadata)
+        ],
+        cursor=cursor,
+    )

@@ -44,7 +44,8 @@ def build_forecast(city: City) -> dg.AssetsDefinition:
         kinds={"xgboost", "parquet"},
         ins={
             "restaurant_clusters": city_in(city, "restaurant_clusters"),
-            "champion_model": city_in(city, "champion_model"),
+            # optional: with no champion yet the forecast says so instead of failing to load it
+            "champion_model": city_in(city, "champion_model", metadata={"optional": True}),
             "hex_hourly_busyness": city_in(
                 city,
                 "hex_hourly_busyness",
@@ -65,11 +66,18 @@ def build_forecast(city: City) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext,
         hex_hourly_busyness: dict[str, pd.DataFrame],
         restaurant_clusters: pd.DataFrame,
-        champion_model: Champion,
+        champion_model: Champion | None,
         mlflow_tracking: MlflowTracking,
     ) -> Iterator[dg.Output[pd.DataFrame]]:
         mlflow_tracking = mlflow_tracking.for_city(city.id)
         day = context.partition_key
+        if champion_model is None:
+            skipped(
+                context,
+                f"no forecast of {next_day(day)}: {city.id} has no champion model yet (no "
+                "candidate has passed the promotion checks; materialize the training group)",
+            )
+            return
         if day not in hex_hourly_busyness:
             # Forecasting from a day that has not landed would use a stale week: wait for it.
             context.log.info(
@@ -105,6 +113,19 @@ def build_forecast(city: City) -> dg.AssetsDefinition:
         yield dg.Output(table, metadata=metadata)
 
     return busyness_forecast
+
+
+def skipped(context: dg.AssetExecutionContext, reason: str) -> None:
+    """No output this run, and why, where the UI shows it: the run log and the asset's events."""
+    context.log.warning(reason)
+    context.log_event(
+        dg.AssetObservation(
+            asset_key=context.asset_key,
+            partition=context.partition_key if context.has_partition_key else None,
+            description=reason,
+            metadata={"skipped": reason},
+        )
+    )
 
 
 def smoke_rows(
@@ -194,6 +215,7 @@ def build_endpoint(cities: Sequence[City]) -> list:
         owners=[OWNER],
         kinds={"xgboost"},
         io_manager_key=OBJECT_IO,
+        output_required=False,
         ins=ins,
         automation_condition=ready_to_deploy(cities),
         description=(
@@ -209,12 +231,15 @@ def build_endpoint(cities: Sequence[City]) -> list:
         endpoint: EndpointTarget,
         mlflow_tracking: MlflowTracking,
         **inputs,
-    ) -> DeploymentRecord:
+    ) -> Iterator[dg.Output[DeploymentRecord]]:
         members = _members(context, cities, inputs, mlflow_tracking)
         if not members:
-            raise dg.Failure(
-                "no city has a busyness_forecast made by its champion: forecast a day first"
+            skipped(
+                context,
+                "nothing deployed: no city has both a champion model and a busyness_forecast "
+                "made by it yet (see the warnings above for each city)",
             )
+            return
         label = "-".join(
             f"{m.city.id}-v{m.champion.version}-{next_day(m.data_day)}" for m in members
         )
@@ -261,8 +286,9 @@ def build_endpoint(cities: Sequence[City]) -> list:
             ) from error
         # Metadata is shown and kept: no credential of an address or a detail goes into it.
         address = redact_url(record.address)
-        context.add_output_metadata(
-            {
+        yield dg.Output(
+            record,
+            metadata={
                 "target": record.target,
                 "address": dg.MetadataValue.url(address) if address.startswith("http") else address,
                 "model_version": record.model_version,
@@ -283,9 +309,8 @@ def build_endpoint(cities: Sequence[City]) -> list:
                 "try_it": dg.MetadataValue.md(
                     f"```\n{curl_example(address, _instances(expected.head(1)))}\n```"
                 ),
-            }
+            },
         )
-        return record
 
     return [endpoint_deployment, *(_endpoint_check(endpoint_deployment, city) for city in cities)]
 

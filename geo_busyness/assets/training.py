@@ -19,6 +19,7 @@ from geo_busyness.automation import after_passed_checks
 from geo_busyness.core.city import City
 from geo_busyness.core.features import TARGET_COLUMN, feature_columns
 from geo_busyness.core.lifecycle import (
+    BASELINES,
     CHAMPION,
     MODEL,
     POC_BASELINE,
@@ -27,6 +28,7 @@ from geo_busyness.core.lifecycle import (
     SPLITS,
     CandidateModel,
     Evaluation,
+    baseline_predictions,
     evaluate,
     promotion_gates,
     split_from_training_set,
@@ -37,7 +39,6 @@ from geo_busyness.core.model import (
     TrainingConfig,
     metrics_table,
     predict,
-    seasonal_naive_predict,
     train_poc_baseline,
 )
 from geo_busyness.core.plots import hexagon_map_png, markdown_image, predicted_vs_actual_png
@@ -234,7 +235,7 @@ def build_training(city: City) -> list:
             )
             validation = {
                 MODEL: predict(trained, split.validation, names),
-                SEASONAL_NAIVE: seasonal_naive_predict(split.validation),
+                **baseline_predictions(split.validation),
             }
             if poc is not None:
                 validation[POC_BASELINE] = poc.predict(split.validation[names])
@@ -336,8 +337,9 @@ def build_training(city: City) -> list:
             "busyness_model": city_in(city, "busyness_model"),
         },
         description=(
-            "Test-slice MAE, RMSE, R² and Poisson deviance of the candidate, seasonal naive, the PoC "
-            "baseline and the current champion; error by hour of day and by hexagon, with a "
+            "Test-slice MAE, RMSE, R² and Poisson deviance of the candidate, every baseline (zero, "
+            "seasonal naive, 4-week same-hour mean, yesterday, the PoC model when trained) and the "
+            "current champion; error by hour of day and by hexagon, with a "
             "predicted-vs-actual plot and an error map. Logged into the candidate's MLflow run."
         ),
     )
@@ -352,7 +354,7 @@ def build_training(city: City) -> list:
         names = busyness_model.feature_names
         predictions = {
             MODEL: predict(busyness_model.trained, test, names),
-            SEASONAL_NAIVE: seasonal_naive_predict(test),
+            **baseline_predictions(test),
         }
         if busyness_model.poc_baseline is not None:
             predictions[POC_BASELINE] = busyness_model.poc_baseline.predict(test[names])
@@ -396,7 +398,11 @@ def build_training(city: City) -> list:
             {
                 "test_metrics": _md_table(evaluation.metrics),
                 "model_mae": evaluation.mae(MODEL),
-                "seasonal_naive_mae": evaluation.mae(SEASONAL_NAIVE),
+                **{
+                    f"{name}_mae": evaluation.mae(name)
+                    for name in BASELINES
+                    if name in predictions and name != POC_BASELINE
+                },
                 **(
                     {"poc_mae": evaluation.mae(POC_BASELINE)} if POC_BASELINE in predictions else {}
                 ),

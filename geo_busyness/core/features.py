@@ -24,7 +24,9 @@ from geo_busyness.core.geo import (
 )
 
 HOUR_NS = 3_600 * 10**9
-LOOKBACK_DAYS = 8  # 168h lag plus a 24h window before the first target hour
+SAME_HOUR_WEEKS = 4  # the same hour of the week, this many weeks back, averaged
+# the 4-week same-hour mean's 672 h lag plus a 24 h window before the first target hour
+LOOKBACK_DAYS = 7 * SAME_HOUR_WEEKS + 1
 HOURLY_COLUMNS = (
     "h3_cell",
     "hour_start",
@@ -202,6 +204,8 @@ def feature_columns(n_clusters: int) -> list[str]:
         "orders_lag_1h",
         "orders_lag_24h",
         "orders_lag_168h",
+        "orders_same_hour_mean_4w",
+        "orders_same_hour_weeks_known",
         "orders_mean_3h",
         "orders_mean_24h",
         "orders_mean_168h",
@@ -316,6 +320,7 @@ def busyness_features(
         "orders_lag_1h": _lag(orders, targets, 1),
         "orders_lag_24h": _lag(orders, targets, 24),
         "orders_lag_168h": _lag(orders, targets, 168),
+        **_same_hour_of_week(orders, targets),
         "orders_mean_3h": _window_sum(orders, targets, 3) / _window_count(observed, targets, 3),
         "orders_mean_24h": _window_sum(orders, targets, 24) / _window_count(observed, targets, 24),
         "orders_mean_168h": _window_sum(orders, targets, 168)
@@ -360,6 +365,16 @@ def _lag(grid: np.ndarray, targets: np.ndarray, hours: int) -> np.ndarray:
     ok = source >= 0
     out[:, ok] = grid[:, source[ok]]
     return out
+
+
+def _same_hour_of_week(grid: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean of the same hour 1..SAME_HOUR_WEEKS weeks before, over the weeks that are known
+    (an unknown week is left out, not counted as zero), and how many weeks were known."""
+    lags = np.stack([_lag(grid, targets, 168 * week) for week in range(1, SAME_HOUR_WEEKS + 1)])
+    known = np.isfinite(lags).sum(axis=0).astype("float64")
+    total = np.nansum(lags, axis=0)
+    mean = np.divide(total, known, out=np.full(total.shape, np.nan), where=known > 0)
+    return {"orders_same_hour_mean_4w": mean, "orders_same_hour_weeks_known": known}
 
 
 def _window_sum(grid: np.ndarray, targets: np.ndarray, hours: int) -> np.ndarray:

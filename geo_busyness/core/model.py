@@ -409,6 +409,27 @@ def seasonal_naive_predict(frame: pd.DataFrame) -> np.ndarray:
     )
 
 
+def zero_predict(frame: pd.DataFrame) -> np.ndarray:
+    """Nothing happens: in a sparse city most cell-hours are zero, and a model must beat that."""
+    return np.zeros(len(frame))
+
+
+def yesterday_predict(frame: pd.DataFrame) -> np.ndarray:
+    """Same hour one day earlier (``orders_lag_24h``), falling back like seasonal naive."""
+    return frame["orders_lag_24h"].fillna(frame["orders_mean_168h"]).fillna(0.0).to_numpy("float64")
+
+
+def same_hour_of_week_mean_predict(frame: pd.DataFrame) -> np.ndarray:
+    """Mean of the same hour of the 4 previous weeks (``orders_same_hour_mean_4w``: weeks that
+    are not known are left out, not zeros); where no week is known, seasonal naive's value."""
+    return (
+        frame["orders_same_hour_mean_4w"]
+        .fillna(frame["orders_mean_168h"])
+        .fillna(0.0)
+        .to_numpy("float64")
+    )
+
+
 def train_poc_baseline(
     split: Split, feature_names: list[str], seed: int = 0, cv: int | BaseCrossValidator = 5
 ) -> tuple[GridSearchCV, float]:

@@ -14,6 +14,14 @@ clients use; each model server runs on a private loopback port behind it. A depl
 Any failure before the old server is stopped kills the new one, leaves (or puts back) the old
 one behind the proxy and raises :class:`DeploymentFailed`: that is the rollback.
 
+A **supervisor** process (:mod:`geo_busyness.deploy.supervisor`, started by the first deploy)
+checks both processes every ``supervisor_interval_seconds``: a dead model server is started
+again from the same bundle on a new private port (ready once ``GET /ping`` answers; the bundle
+passed its smoke test when it was deployed) and the proxy switched to it; a dead proxy is
+started again on the fixed address. Each restart is a line of ``restarts.jsonl``, which
+``status()`` and the next deployment report. The supervisor takes the deploy lock for each
+pass (never waiting for it), so it never races a deployment or a stop.
+
 The state (proxy and server pid, port, model version, bundle, start time) lives in
 ``<state_dir>/endpoint.json`` so a later process (another Dagster run) can replace or stop
 the server; a dead or reused pid makes that state stale, and stale parts are started afresh.
@@ -39,7 +47,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +65,8 @@ from geo_busyness.deploy.proxy import UNIX_SOCKET_PATH_MAX, control_request
 STATE_FILE = "endpoint.json"
 LOCK_FILE = "deploy.lock"
 CONTROL_SOCKET = "proxy.sock"
+SUPERVISOR_CONFIG = "supervisor.json"
+RESTARTS_FILE = "restarts.jsonl"
 LOG_DIR = "logs"
 KEEP_SERVER_LOGS = 20
 # Placeholders: {python} {model_dir} {host} {port}.
@@ -88,10 +98,22 @@ class LocalEndpointConfig:
     drain_timeout_seconds: float = 30.0
     stop_timeout_seconds: float = 30.0
     lock_timeout_seconds: float = 600.0
+    supervise: bool = True
+    supervisor_interval_seconds: float = 0.5
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def to_json(self) -> dict[str, Any]:
+        """What the supervisor needs to start parts again; ``server_env`` stays out of the file
+        (it may hold secrets) and reaches the supervisor through its environment instead."""
+        data = {k: v for k, v in self.__dict__.items() if k not in ("server_env", "state_dir")}
+        return {**data, "server_command": list(self.server_command)}
+
+    @classmethod
+    def from_json(cls, state_dir: Path, data: Mapping[str, Any]) -> LocalEndpointConfig:
+        return cls(state_dir=state_dir, **{**data, "server_command": tuple(data["server_command"])})
 
 
 @dataclass(frozen=True)
@@ -127,6 +149,11 @@ class ProxyState:
 class EndpointState:
     proxy: ProxyState | None = None
     server: ServerState | None = None
+    supervisor: ProcessState | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.proxy is None and self.server is None and self.supervisor is None
 
     def to_json(self) -> dict[str, Any]:
         def encode(value: Any) -> Any:
@@ -137,13 +164,19 @@ class EndpointState:
                 for k, v in value.__dict__.items()
             }
 
-        return {"proxy": encode(self.proxy), "server": encode(self.server)}
+        return {
+            "proxy": encode(self.proxy),
+            "server": encode(self.server),
+            "supervisor": encode(self.supervisor),
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> EndpointState:
         proxy = data.get("proxy")
         server = data.get("server")
+        supervisor = data.get("supervisor")
         return cls(
+            supervisor=ProcessState(**supervisor) if supervisor else None,
             proxy=ProxyState(**{**proxy, "process": ProcessState(**proxy["process"])})
             if proxy
             else None,
@@ -169,6 +202,9 @@ class LocalEndpointStatus:
     started_at: str | None
     problems: tuple[str, ...] = ()
     members: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    supervisor_pid: int | None = None
+    # the supervisor's restarts since the last deployment, oldest first
+    restarts: tuple[Mapping[str, Any], ...] = ()
 
 
 # ---------------------------------------------------------------------- processes
@@ -258,6 +294,21 @@ def stop_process(process: ProcessState, timeout: float) -> None:
             child.wait(timeout=1)
 
 
+def _both_alive(*processes: ProcessState) -> bool:
+    return all(process_alive(process) for process in processes)
+
+
+def _exit_reason(process: ProcessState) -> str:
+    """How a dead process ended, as far as this process can tell."""
+    child = _children.get(process.pid)
+    code = child.returncode if child is not None else None
+    if code is None:
+        return "exited (not a child of the supervisor: exit status unknown)"
+    if code < 0:
+        return f"killed by signal {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
 def log_tail(path: str | Path, lines: int = 30) -> str:
     try:
         text = Path(path).read_text(errors="replace").splitlines()
@@ -318,7 +369,7 @@ class LocalEndpoint:
     def write_state(self, state: EndpointState) -> None:
         """Atomic replace: a reader never sees half a file."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        if state.proxy is None and state.server is None:
+        if state.empty:
             self.state_path.unlink(missing_ok=True)
             return
         partial = self.state_path.with_suffix(".json.tmp")
@@ -326,8 +377,9 @@ class LocalEndpoint:
         os.replace(partial, self.state_path)
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """One deployment or stop at a time per state dir, across processes."""
+    def _locked(self, wait: bool = True) -> Iterator[bool]:
+        """One deployment, stop or supervision pass at a time per state dir, across processes;
+        with ``wait=False`` yields False at once when someone else holds the lock."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with open(self.state_dir / LOCK_FILE, "a+") as lock:
             deadline = time.monotonic() + self.config.lock_timeout_seconds
@@ -336,6 +388,9 @@ class LocalEndpoint:
                     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
+                    if not wait:
+                        yield False
+                        return
                     if time.monotonic() > deadline:
                         raise DeploymentFailed(
                             f"another deployment in {self.state_dir} still holds "
@@ -343,24 +398,29 @@ class LocalEndpoint:
                         ) from None
                     time.sleep(0.1)
             try:
-                yield
+                yield True
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _live(self, state: EndpointState) -> tuple[EndpointState, list[str]]:
         """``state`` without its dead parts, and what was dead."""
         problems = []
-        proxy, server = state.proxy, state.server
+        proxy, server, supervisor = state.proxy, state.server, state.supervisor
         if proxy is not None and not process_alive(proxy.process):
-            problems.append(f"proxy pid {proxy.process.pid} is not running (stale state)")
+            problems.append(f"proxy pid {proxy.process.pid} is not running")
             proxy = None
         if server is not None and not process_alive(server.process):
             problems.append(
-                f"server pid {server.process.pid} (model {server.model_version}) is not "
-                "running (stale state)"
+                f"server pid {server.process.pid} (model {server.model_version}) is not running"
             )
             server = None
-        return EndpointState(proxy=proxy, server=server), problems
+        if supervisor is not None and not process_alive(supervisor):
+            supervisor = None
+        if self.config.supervise and supervisor is None and (proxy or server):
+            problems.append(
+                "no supervisor runs: a dead server or proxy is not restarted until the next deploy"
+            )
+        return EndpointState(proxy=proxy, server=server, supervisor=supervisor), problems
 
     # ------------------------------------------------------------------ public API
     def status(self) -> LocalEndpointStatus:
@@ -391,13 +451,33 @@ class LocalEndpoint:
             started_at=server.process.started_at if server else None,
             problems=tuple(problems),
             members=dict(server.members) if server else {},
+            supervisor_pid=state.supervisor.pid if state.supervisor else None,
+            restarts=tuple(self.restarts()),
         )
 
+    def restarts(self) -> list[dict[str, Any]]:
+        """The supervisor's restarts (and failed attempts) since the last deployment."""
+        try:
+            lines = (self.state_dir / RESTARTS_FILE).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        events = []
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                events.append(json.loads(line))
+        return events
+
+    def _log_restart(self, event: dict[str, Any]) -> None:
+        with open(self.state_dir / RESTARTS_FILE, "a") as log:
+            log.write(json.dumps({"at": utc_now(), **event}) + "\n")
+
     def stop(self) -> bool:
-        """Stop the server and the proxy and forget them; False if nothing was running."""
+        """Stop the supervisor, the server and the proxy and forget them; False if nothing ran."""
         with self._locked():
             state, _problems = self._live(self.read_state())
-            # Proxy first: no new requests, and its pooled connections no longer keep the
+            if state.supervisor is not None:  # first, or it would start the others again
+                stop_process(state.supervisor, self.config.stop_timeout_seconds)
+            # Proxy next: no new requests, and its pooled connections no longer keep the
             # server's graceful shutdown waiting.
             if state.proxy is not None:
                 self._shutdown_proxy(state.proxy)
@@ -412,8 +492,9 @@ class LocalEndpoint:
         smoke = smoke.for_bundle(manifest)
         with self._locked():
             state, _stale = self._live(self.read_state())
+            restarts = self.restarts()
             if state.proxy is None:
-                state = EndpointState(proxy=self._start_proxy(), server=state.server)
+                state = replace(state, proxy=self._start_proxy())
                 self.write_state(state)
             elif (state.proxy.host, state.proxy.port) != (self.config.host, self.config.port):
                 raise DeploymentFailed(
@@ -427,12 +508,17 @@ class LocalEndpoint:
                 self._switch_to(state, new_server, smoke)
             except BaseException:
                 if state.server is None:  # nothing to serve: leave nothing running
+                    if state.supervisor is not None:
+                        stop_process(state.supervisor, self.config.stop_timeout_seconds)
                     self._shutdown_proxy(state.proxy)
                     self.write_state(EndpointState())
                 raise
-            self.write_state(EndpointState(proxy=state.proxy, server=new_server))
+            self.write_state(replace(state, server=new_server))
             if state.server is not None:
                 self._retire(state.proxy, state.server)
+            supervisor = self._ensure_supervisor(state.supervisor)
+            self.write_state(replace(state, server=new_server, supervisor=supervisor))
+            (self.state_dir / RESTARTS_FILE).unlink(missing_ok=True)  # counted from this deploy
             self._prune_logs()
         return DeploymentRecord(
             target=self.target_name,
@@ -446,11 +532,68 @@ class LocalEndpoint:
                 "server_pid": new_server.process.pid,
                 "server_port": new_server.port,
                 "proxy_pid": state.proxy.process.pid,
+                "supervisor_pid": supervisor.pid if supervisor else None,
                 "state_file": str(self.state_path),
                 "server_log": new_server.process.log_path,
+                "restarts_since_previous_deploy": restarts,
             },
             members=dict(manifest.members),
         )
+
+    def heal(self) -> list[dict[str, Any]] | None:
+        """One supervision pass: start a dead server or proxy again and switch the proxy to the
+        server; the restarts made (or tried), or None when this process is no longer the
+        endpoint's supervisor (stopped, or replaced) and should exit."""
+        with self._locked(wait=False) as held:
+            if not held:  # a deployment or stop is under way: it owns the processes now
+                return []
+            state = self.read_state()
+            if state.supervisor is None or state.supervisor.pid != os.getpid():
+                return None
+            events: list[dict[str, Any]] = []
+            proxy, server = state.proxy, state.server
+            if server is not None and not process_alive(server.process):
+                event = {"part": "server", "pid": server.process.pid, "model": server.model_version}
+                event["reason"] = _exit_reason(server.process)
+                try:
+                    server = self._restart_server(server)
+                    events.append({**event, "ok": True, "new_pid": server.process.pid})
+                except DeploymentFailed as error:
+                    events.append({**event, "ok": False, "error": error.reason})
+            if proxy is not None and not process_alive(proxy.process):
+                event = {"part": "proxy", "pid": proxy.process.pid}
+                event["reason"] = _exit_reason(proxy.process)
+                try:
+                    proxy = self._start_proxy()
+                    events.append({**event, "ok": True, "new_pid": proxy.process.pid})
+                except DeploymentFailed as error:
+                    events.append({**event, "ok": False, "error": error.reason})
+            restarted = any(event["ok"] for event in events)
+            if restarted and proxy and server and _both_alive(proxy.process, server.process):
+                self._control(proxy, {"op": "switch", "upstream": f"{LOOPBACK}:{server.port}"})
+                if state.server is not None and state.server.port != server.port:
+                    # forget the dead server (and its pooled connections)
+                    old = f"{LOOPBACK}:{state.server.port}"
+                    self._control(proxy, {"op": "drain", "upstream": old, "timeout": 0})
+            self.write_state(replace(state, proxy=proxy, server=server))
+            for event in events:
+                self._log_restart(event)
+            return events
+
+    def _ensure_supervisor(self, current: ProcessState | None) -> ProcessState | None:
+        """The running supervisor, or a new one (with the config it needs); None if disabled."""
+        if not self.config.supervise:
+            if current is not None:
+                stop_process(current, self.config.stop_timeout_seconds)
+            return None
+        config_path = self.state_dir / SUPERVISOR_CONFIG
+        partial = config_path.with_suffix(".json.tmp")
+        partial.write_text(json.dumps(self.config.to_json(), indent=2) + "\n")
+        os.replace(partial, config_path)
+        if current is not None and process_alive(current):
+            return current  # it reads the config file again on every pass
+        command = [sys.executable, "-m", "geo_busyness.deploy.supervisor", str(self.state_dir)]
+        return _spawn(command, self.state_dir / LOG_DIR / "supervisor.log", self.config.server_env)
 
     # ------------------------------------------------------------------ steps
     def _control(self, proxy: ProxyState, command: dict[str, Any], timeout: float = 10) -> dict:
@@ -521,8 +664,8 @@ class LocalEndpoint:
                 "{model_dir}, {host}, {port}"
             ) from None
 
-    def _start_checked_server(self, manifest: BundleManifest, smoke: SmokeTest) -> ServerState:
-        """Start the new server on a private port; kill it and raise unless /ping and smoke pass."""
+    def _start_server(self, manifest: BundleManifest) -> ServerState:
+        """A server process for ``manifest`` on a free private port (not yet checked)."""
         port = _free_port(LOOPBACK)
         log_path = (
             self.state_dir
@@ -530,30 +673,45 @@ class LocalEndpoint:
             / f"server-{compact_stamp()}-{slug(manifest.model_version, 40)}-{port}.log"
         )
         command = self._server_command(manifest.bundle_dir, port)
-        process = _spawn(command, log_path, self.config.server_env)
-        server = ServerState(
-            process=process,
+        return ServerState(
+            process=_spawn(command, log_path, self.config.server_env),
             port=port,
             model_name=manifest.model_name,
             model_version=manifest.model_version,
             bundle_dir=str(manifest.bundle_dir),
             members={city: dict(model) for city, model in manifest.members.items()},
         )
+
+    def _start_checked_server(self, manifest: BundleManifest, smoke: SmokeTest) -> ServerState:
+        """Start the new server on a private port; kill it and raise unless /ping and smoke pass."""
+        server = self._start_server(manifest)
+        log_path = server.process.log_path
         try:
             self._wait_ready(server)
-            problems = self._smoke(f"http://{LOOPBACK}:{port}", smoke)
+            problems = self._smoke(f"http://{LOOPBACK}:{server.port}", smoke)
             if problems:
                 raise DeploymentFailed(
                     f"smoke test of model {manifest.model_version} failed: {'; '.join(problems)}"
                 )
         except DeploymentFailed as error:
-            stop_process(process, self.config.stop_timeout_seconds)
+            stop_process(server.process, self.config.stop_timeout_seconds)
             raise DeploymentFailed(
                 f"{error.reason}; the new server was stopped and the previous model (if any) "
                 f"keeps serving. Server log {log_path}:\n{log_tail(log_path)}"
             ) from None
         except BaseException:
-            stop_process(process, self.config.stop_timeout_seconds)
+            stop_process(server.process, self.config.stop_timeout_seconds)
+            raise
+        return server
+
+    def _restart_server(self, dead: ServerState) -> ServerState:
+        """The deployed bundle of ``dead`` on a new server, ready on ``GET /ping``."""
+        manifest = BundleManifest.read(dead.bundle_dir)
+        server = self._start_server(manifest)
+        try:
+            self._wait_ready(server)
+        except BaseException:
+            stop_process(server.process, self.config.stop_timeout_seconds)
             raise
         return server
 

@@ -42,6 +42,11 @@ class EndpointTarget(dg.ConfigurableResource, ABC):
         """Where the deployment bundles this target serves are written."""
         return default_data_dir() / "bundles"
 
+    @abstractmethod
+    def health(self) -> dict[str, Any]:
+        """What serves now, as JSON: ``serving``, ``model_version``, ``problems`` and what the
+        target adds; the endpoint health sensor records it when it changes."""
+
     def deploy(
         self,
         bundle_dir: str | Path,
@@ -96,6 +101,18 @@ class LocalEndpointTarget(EndpointTarget):
     def status(self) -> LocalEndpointStatus:
         return self.target().status()
 
+    def health(self) -> dict[str, Any]:
+        status = self.status()
+        return {
+            "serving": status.serving,
+            "address": status.url,
+            "model_version": status.model_version,
+            "problems": list(status.problems),
+            "supervised": status.supervisor_pid is not None,
+            "restarts_since_deploy": len(status.restarts),
+            "last_restart": status.restarts[-1] if status.restarts else None,
+        }
+
     def stop(self) -> bool:
         return self.target().stop()
 
@@ -147,3 +164,14 @@ class SageMakerEndpointTarget(EndpointTarget):
 
     def status(self) -> EndpointSnapshot | None:
         return self.target().status()
+
+    def health(self) -> dict[str, Any]:
+        snapshot = self.status()
+        if snapshot is None:
+            return {"serving": False, "model_version": None, "problems": ["no such endpoint"]}
+        return {
+            "serving": snapshot.status == "InService",
+            "status": snapshot.status,
+            "model_version": snapshot.model_version,
+            "problems": [snapshot.failure_reason] if snapshot.failure_reason else [],
+        }

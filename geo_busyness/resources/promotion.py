@@ -11,12 +11,16 @@ _DEFAULTS = PromotionPolicy()
 
 
 class PromotionPolicyResource(dg.ConfigurableResource):
-    """How much better than seasonal naive a candidate must be, and how much worse than the
+    """How much better than the best baseline a candidate must be, and how much worse than the
     current champion it may be, to become the champion."""
 
-    min_improvement_vs_naive: float = Field(
-        default=_DEFAULTS.min_improvement_vs_naive,
-        description="Required relative MAE improvement over seasonal naive (0.10 = 10% lower).",
+    min_improvement_vs_baselines: float = Field(
+        default=_DEFAULTS.min_improvement_vs_baselines,
+        description=(
+            "Required relative MAE improvement over the best of the baselines (zero, seasonal "
+            "naive, 4-week same-hour mean, yesterday, and the PoC model when trained), on the "
+            "same test rows (0.10 = 10% lower)."
+        ),
     )
     champion_tolerance: float = Field(
         default=_DEFAULTS.champion_tolerance,
@@ -25,6 +29,6 @@ class PromotionPolicyResource(dg.ConfigurableResource):
 
     def to_policy(self) -> PromotionPolicy:
         return PromotionPolicy(
-            min_improvement_vs_naive=self.min_improvement_vs_naive,
+            min_improvement_vs_baselines=self.min_improvement_vs_baselines,
             champion_tolerance=self.champion_tolerance,
         )

@@ -59,6 +59,8 @@ def demo_rows(
         frame[name] = rng.poisson(level * daily).astype("float64")
     for name in ("orders_mean_3h", "orders_mean_24h", "orders_mean_168h"):
         frame[name] = level * rng.uniform(0.7, 1.3, n)
+    frame["orders_same_hour_mean_4w"] = level * daily * rng.uniform(0.8, 1.2, n)
+    frame["orders_same_hour_weeks_known"] = rng.integers(1, 5, n).astype("float64")
     frame["pings_lag_1h"] = frame["orders_lag_1h"] * rng.uniform(5, 15, n)
     frame["couriers_lag_1h"] = np.ceil(frame["orders_lag_1h"] / 2)
     for name in ("neighbour_orders_lag_1h", "neighbour_orders_lag_24h"):
@@ -79,7 +81,7 @@ def demo_rows(
         frame.loc[rng.random(n) < 0.05, name] = np.nan
     expected = level * daily * (1 + 0.3 * frame["restaurants_in_cell"].to_numpy() / 3)
     frame["orders"] = rng.poisson(expected)
-    return frame
+    return frame[["h3_cell", "hour_start", *feature_columns(n_clusters), "orders"]]
 
 
 def demo_features(

@@ -247,7 +247,7 @@ def test_new_days_are_processed_and_drift_retrains_through_the_gates(platform):
     ]
     checks = {evaluation.check_name: evaluation.passed for evaluation in evaluations}
     assert set(checks) == {
-        "candidate_beats_seasonal_naive",
+        "candidate_beats_every_baseline",
         "candidate_not_worse_than_champion",
         "candidate_predictions_are_sane",
     }

@@ -127,7 +127,7 @@ def test_webserver_serves_the_asset_graph_with_checks(dagster_env):
             for c in by_name["model_evaluation"]["assetChecksOrError"]["checks"]
         }
         assert gates == {
-            "candidate_beats_seasonal_naive": True,
+            "candidate_beats_every_baseline": True,
             "candidate_not_worse_than_champion": True,
             "candidate_predictions_are_sane": True,
         }

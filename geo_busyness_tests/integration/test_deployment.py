@@ -17,6 +17,7 @@ and rollback paths are covered with botocore's Stubber in ``unit/test_deploy_sag
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -328,7 +329,7 @@ def test_local_stop_leaves_no_process_and_a_later_process_finds_the_server(
         "7",
         record.details["server_pid"],
     )
-    pids = [record.details["server_pid"], record.details["proxy_pid"]]
+    pids = [record.details[key] for key in ("server_pid", "proxy_pid", "supervisor_pid")]
 
     assert later.stop() is True
 
@@ -340,24 +341,121 @@ def test_local_stop_leaves_no_process_and_a_later_process_finds_the_server(
         post(local_endpoint.config.url, timeout=2)
 
 
-def test_local_redeploys_after_the_server_died(local_endpoint, tmp_path):
+def test_local_redeploys_after_the_server_died_without_a_supervisor(local_endpoint, tmp_path):
     import signal
 
+    local_endpoint.config = dataclasses.replace(local_endpoint.config, supervise=False)
     record = local_endpoint.deploy(make_bundle(tmp_path, "1"), SmokeTest(INSTANCES))
+    assert record.details["supervisor_pid"] is None
     os.killpg(record.details["server_pid"], signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while process_alive(_process(local_endpoint, record.details["server_pid"])):
-        assert time.monotonic() < deadline, "killed server did not die"
-        time.sleep(0.05)
+    wait_until(
+        lambda: not process_alive(_process(local_endpoint, record.details["server_pid"])),
+        "the killed server dies",
+    )
 
     status = local_endpoint.status()
     assert not status.serving
-    assert any("not running (stale state)" in p for p in status.problems), status.problems
+    assert any("is not running" in p for p in status.problems), status.problems
 
     again = local_endpoint.deploy(make_bundle(tmp_path, "2"), SmokeTest(INSTANCES))
     assert again.previous_model_version is None  # the dead server was not serving
     assert again.details["proxy_pid"] == record.details["proxy_pid"]  # same fixed address
     assert post(local_endpoint.config.url)["model_version"] == "2"
+
+
+def wait_until(condition, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting until {what}"
+        time.sleep(0.05)
+
+
+def answers(url: str, version: str) -> bool:
+    try:
+        return post(url, timeout=2)["model_version"] == version
+    except OSError:
+        return False
+
+
+def test_a_killed_server_or_proxy_is_restarted_within_seconds_and_reported(
+    local_endpoint, tmp_path
+):
+    import signal
+
+    url = local_endpoint.config.url
+    record = local_endpoint.deploy(make_bundle(tmp_path, "1"), SmokeTest(INSTANCES))
+    supervisor = record.details["supervisor_pid"]
+    assert process_alive(_process(local_endpoint, supervisor))
+    assert record.details["restarts_since_previous_deploy"] == []
+
+    killed_at = time.monotonic()
+    os.kill(record.details["server_pid"], signal.SIGKILL)
+    wait_until(lambda: answers(url, "1"), "the fixed address answers again", timeout=20)
+    server_back_s = time.monotonic() - killed_at
+    status = local_endpoint.status()
+    assert status.serving and status.server_pid != record.details["server_pid"], status
+    assert status.problems == ()
+    (restart,) = status.restarts
+    assert (restart["part"], restart["pid"], restart["ok"]) == (
+        "server",
+        record.details["server_pid"],
+        True,
+    )
+
+    # Now the server is the supervisor's child: its exit status is known.
+    os.kill(status.server_pid, signal.SIGKILL)
+    wait_until(lambda: len(local_endpoint.status().restarts) == 2, "the second restart")
+    assert local_endpoint.status().restarts[1]["reason"] == "killed by signal SIGKILL"
+
+    os.kill(record.details["proxy_pid"], signal.SIGKILL)
+    wait_until(lambda: answers(url, "1"), "the proxy is back on the fixed address")
+    status = local_endpoint.status()
+    assert status.proxy_pid != record.details["proxy_pid"] and status.serving, status
+    assert [r["part"] for r in status.restarts] == ["server", "server", "proxy"]
+
+    # The next deployment reports what happened since the previous one, then counts afresh.
+    again = local_endpoint.deploy(make_bundle(tmp_path, "2"), SmokeTest(INSTANCES))
+    assert [r["part"] for r in again.details["restarts_since_previous_deploy"]] == [
+        "server",
+        "server",
+        "proxy",
+    ]
+    assert again.details["supervisor_pid"] == supervisor
+    assert local_endpoint.status().restarts == ()
+    assert server_back_s < 20  # the bound is the wait above; the figure goes to the log
+    print(f"server answered again {server_back_s:.2f} s after kill -9")
+
+
+def test_a_server_that_cannot_start_again_is_reported_and_retried_with_backoff(
+    local_endpoint, tmp_path
+):
+    import signal
+
+    bundle = make_bundle(tmp_path, "1")
+    record = local_endpoint.deploy(bundle, SmokeTest(INSTANCES))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    (bundle / "manifest.json").write_text(json.dumps({**manifest, "stand_in": "exit"}))
+    os.kill(record.details["server_pid"], signal.SIGKILL)
+
+    wait_until(lambda: len(local_endpoint.status().restarts) >= 2, "two failed restarts")
+    status = local_endpoint.status()
+    assert not status.serving
+    failed = status.restarts[0]
+    assert failed["ok"] is False and "exited while starting" in failed["error"], failed
+
+    # Fixing the bundle is enough: the next retry serves it again.
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    wait_until(lambda: answers(local_endpoint.config.url, "1"), "the repaired bundle serves")
+    assert local_endpoint.status().restarts[-1]["ok"] is True
+
+
+def test_stop_also_stops_the_supervisor(local_endpoint, tmp_path):
+    record = local_endpoint.deploy(make_bundle(tmp_path, "1"), SmokeTest(INSTANCES))
+    supervisor = _process(local_endpoint, record.details["supervisor_pid"])
+    assert local_endpoint.stop() is True
+    wait_until(lambda: not process_alive(supervisor), "the supervisor exits")
+    with pytest.raises(OSError):
+        post(local_endpoint.config.url, timeout=2)
 
 
 def real_bundle(root: Path, version: str, seed: int) -> tuple[Path, list[dict], list[dict]]:
@@ -441,6 +539,51 @@ def test_a_dagster_asset_deploys_through_the_local_target_resource(local_endpoin
     assert metadata["model_version"].value == "9"
     assert post(config.url)["model_version"] == "9"
     assert resource.status().model_version == "9"
+
+
+def test_the_health_sensor_observes_the_deployment_when_its_health_changes(
+    local_endpoint, tmp_path
+):
+    import signal
+
+    from geo_busyness.sensors import ENDPOINT_KEY, endpoint_health_sensor
+
+    config = local_endpoint.config
+    resource = LocalEndpointTarget(
+        port=config.port,
+        state_dir=str(config.state_dir),
+        server_command=list(config.server_command),
+    )
+    instance = dg.DagsterInstance.ephemeral()
+
+    def tick(cursor: str | None):
+        context = dg.build_sensor_context(
+            instance=instance, cursor=cursor, resources={"endpoint": resource}
+        )
+        return endpoint_health_sensor(context)
+
+    assert "nothing deployed yet" in tick(None).skip_message
+    record = local_endpoint.deploy(make_bundle(tmp_path, "5"), SmokeTest(INSTANCES))
+    instance.report_runless_asset_event(dg.AssetMaterialization(ENDPOINT_KEY))
+
+    healthy = tick(None)
+    (observation,) = healthy.asset_events
+    assert observation.metadata["serving"].value is True
+    assert observation.metadata["model_version"].value == "5"
+    assert observation.metadata["restarts_since_deploy"].value == 0
+    assert "unchanged: serving model version 5" in tick(healthy.cursor).skip_message
+
+    os.kill(record.details["server_pid"], signal.SIGKILL)
+    wait_until(lambda: answers(config.url, "5"), "the supervisor restarted the server")
+    after_restart = tick(healthy.cursor)
+    (observation,) = after_restart.asset_events
+    assert observation.metadata["restarts_since_deploy"].value == 1
+    assert observation.metadata["health"].value["last_restart"]["part"] == "server"
+
+    local_endpoint.stop()
+    (down,) = tick(after_restart.cursor).asset_events
+    assert down.metadata["serving"].value is False
+    assert down.description.startswith("NOT serving")
 
 
 # ---------------------------------------------------------------------- SageMaker target

@@ -30,7 +30,7 @@ CITIES = (MULTI_CITIES[0], dataclasses.replace(MULTI_CITIES[1], h3_resolution=7)
 # Two weeks of history are too short to beat seasonal naive by the default 10%; the gates'
 # arithmetic is tested elsewhere, here each city's candidate has to become its champion by
 # beating seasonal naive at all, on a day of test and of validation.
-LENIENT = PromotionPolicyResource(min_improvement_vs_naive=0.0)
+LENIENT = PromotionPolicyResource(min_improvement_vs_baselines=0.0)
 TRAINING = {
     "ops": {
         "training_set": {"config": {"validation_days": 1, "test_days": 1, "gap_hours": 12}},

@@ -120,6 +120,44 @@ def test_a_day_without_files_fails_with_a_clear_message(pipeline):
     assert "raw/city=regina/dt=2026-09-01/" in message and "raw/dt=2026-09-01/" in message
 
 
+def test_without_a_champion_forecast_and_deployment_skip_and_say_why(pipeline):
+    """No candidate was ever trained here: both skip (no output, no failure) with the reason
+    on the asset's events instead of a load error of champion_model.pickle."""
+    _, test_defs, instance, _ = pipeline
+    day = (START + dt.timedelta(days=DAYS - 1)).isoformat()
+    forecast = dg.materialize(
+        [*test_defs.assets],
+        selection=dg.AssetSelection.assets(key("busyness_forecast")),
+        partition_key=day,
+        instance=instance,
+        resources=test_defs.resources,
+    )
+    assert forecast.success
+    assert forecast.asset_materializations_for_node(f"{CITY}__busyness_forecast") == []
+    (observation,) = observations(forecast)
+    assert "regina has no champion model yet" in observation.description
+    assert observation.partition == day
+
+    deployment = dg.materialize(
+        [*test_defs.assets],
+        selection=dg.AssetSelection.assets("endpoint_deployment"),
+        instance=instance,
+        resources=test_defs.resources,
+    )
+    assert deployment.success
+    assert deployment.asset_materializations_for_node("endpoint_deployment") == []
+    (observation,) = observations(deployment)
+    assert observation.description.startswith("nothing deployed: no city has both a champion")
+
+
+def observations(result) -> list[dg.AssetObservation]:
+    return [
+        event.asset_observation_data.asset_observation
+        for event in result.all_events
+        if event.event_type_value == "ASSET_OBSERVATION"
+    ]
+
+
 def test_a_failing_blocking_check_stops_downstream_assets(pipeline):
     """Duplicated hourly keys fail `hourly_keys_are_unique`, so busyness_features is not built."""
     root, test_defs, instance, _ = pipeline

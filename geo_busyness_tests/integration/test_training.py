@@ -116,7 +116,7 @@ def first_run(platform):
 def test_a_good_candidate_passes_every_gate_and_becomes_champion(platform, first_run):
     assert first_run.success
     assert check_results(first_run) == {
-        "candidate_beats_seasonal_naive": True,
+        "candidate_beats_every_baseline": True,
         "candidate_not_worse_than_champion": True,
         "candidate_predictions_are_sane": True,
     }
@@ -244,7 +244,7 @@ def test_a_broken_candidate_is_refused_and_the_champion_stays(platform, first_ru
 
     result = run(platform, retrain, raise_on_error=False, run_config=ONE_FIT)
     assert check_results(result) == {
-        "candidate_beats_seasonal_naive": False,
+        "candidate_beats_every_baseline": False,
         "candidate_not_worse_than_champion": False,
         "candidate_predictions_are_sane": True,
     }

@@ -94,7 +94,7 @@ def test_status_reports_stale_state_without_failing(endpoint):
     assert not status.serving
     assert status.model_version is None
     assert len(status.problems) == 2
-    assert all("not running (stale state)" in p for p in status.problems), status.problems
+    assert all(p.endswith("is not running") for p in status.problems), status.problems
 
 
 def test_status_notices_a_proxy_that_does_not_answer(endpoint):
@@ -103,6 +103,8 @@ def test_status_notices_a_proxy_that_does_not_answer(endpoint):
     assert not status.serving
     assert status.model_version == "3"
     assert any("control socket does not answer" in p for p in status.problems), status.problems
+    # a live endpoint that nothing supervises says so
+    assert any(p.startswith("no supervisor runs") for p in status.problems), status.problems
 
 
 def test_stop_with_only_stale_state_clears_it(endpoint):

@@ -1,17 +1,26 @@
-"""The front proxy's HTTP handling and switch/drain, in-process on loopback sockets (port 0).
+"""The front proxy's HTTP handling, limits and switch/drain, in-process on loopback (port 0).
 
-Each test runs the proxy and fake upstream servers on one asyncio loop; clients speak raw
-HTTP/1.1 so framing (chunked, close-delimited, keep-alive) is checked byte for byte.
+Each test runs the proxy (uvicorn with the guarded protocol, as ``python -m
+geo_busyness.deploy.proxy`` runs it) and fake upstream servers on one asyncio loop; clients
+speak raw HTTP/1.1 so framing (chunked, close-delimited, keep-alive) is checked byte for byte.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import pytest
 
-from geo_busyness.deploy.proxy import ReverseProxy, handle_control
+from geo_busyness.deploy.proxy import (
+    ProxyLimits,
+    ReverseProxy,
+    handle_control,
+    http_server,
+    listen,
+)
+from geo_busyness.serving.protocol import ConnectionLimits
 
 pytestmark = pytest.mark.unit
 
@@ -21,9 +30,19 @@ POST = (
 )
 
 
-async def start_proxy(proxy: ReverseProxy) -> tuple[asyncio.Server, int]:
-    server = await asyncio.start_server(proxy.handle_client, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
+@contextlib.asynccontextmanager
+async def running(proxy: ReverseProxy, connection: ConnectionLimits | None = None):
+    """The proxy served by uvicorn on a free port, for the block; yields the port."""
+    listener = listen("127.0.0.1", 0)
+    server = http_server(proxy, connection or ConnectionLimits(), grace_seconds=1)
+    task = asyncio.create_task(server.serve(sockets=[listener]))
+    await until(lambda: server.started, "the proxy listens")
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        server.should_exit = True
+        await task
+        await proxy.close()
 
 
 async def start_upstream(respond) -> tuple[asyncio.Server, str]:
@@ -101,34 +120,53 @@ def run(coro) -> None:
 
 def test_without_upstream_the_proxy_answers_503_and_keeps_the_connection():
     async def scenario():
-        server, port = await start_proxy(ReverseProxy())
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        for _ in range(2):
-            writer.write(POST)
-            head, body = await read_response(reader)
-            assert head.startswith(b"HTTP/1.1 503"), head
-            assert json.loads(body) == {"error": "no model server deployed"}
-        writer.close()
-        server.close()
+        async with running(ReverseProxy()) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            for _ in range(2):
+                writer.write(POST)
+                head, body = await read_response(reader)
+                assert head.startswith(b"HTTP/1.1 503"), head
+                assert json.loads(body)["error"]["message"] == "no model server is deployed"
+            writer.close()
 
     run(scenario())
 
 
-def test_an_unreachable_upstream_is_a_502_naming_it():
+def test_an_unreachable_upstream_is_a_502_that_does_not_name_the_internal_port():
     async def scenario():
-        proxy = ReverseProxy(connect_timeout=2)
+        proxy = ReverseProxy(ProxyLimits(connect_timeout_s=2))
         upstream, address = await start_upstream(None)
         upstream.close()
         await upstream.wait_closed()
         proxy.switch(address)
-        server, port = await start_proxy(proxy)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(POST)
-        head, body = await read_response(reader)
-        assert head.startswith(b"HTTP/1.1 502"), head
-        assert address in json.loads(body)["error"]
-        writer.close()
-        server.close()
+        async with running(proxy) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(POST)
+            head, body = await read_response(reader)
+            assert head.startswith(b"HTTP/1.1 502"), head
+            assert "not answering" in json.loads(body)["error"]["message"]
+            assert address.split(":")[1].encode() not in body, "internal port leaked"
+            writer.close()
+
+    run(scenario())
+
+
+def test_a_slow_upstream_is_a_504_after_the_response_timeout():
+    async def respond(number, request):
+        await asyncio.sleep(30)
+
+    async def scenario():
+        proxy = ReverseProxy(ProxyLimits(response_timeout_s=0.3))
+        upstream, address = await start_upstream(respond)
+        proxy.switch(address)
+        async with running(proxy) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(POST)
+            head, body = await read_response(reader)
+            assert head.startswith(b"HTTP/1.1 504"), head
+            assert "did not answer within 0.3 s" in json.loads(body)["error"]["message"]
+            writer.close()
+        upstream.close()
 
     run(scenario())
 
@@ -146,19 +184,14 @@ def test_chunked_and_close_delimited_responses_are_relayed_intact():
         proxy = ReverseProxy()
         upstream, address = await start_upstream(respond)
         proxy.switch(address)
-        server, port = await start_proxy(proxy)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        for _ in range(2):  # keep-alive: both on one client connection
-            writer.write(b"GET /chunked HTTP/1.1\r\nHost: x\r\n\r\n")
-            head, body = await read_response(reader)
-            assert body == b"hello world", (head, body)
-        writer.write(b"GET /close HTTP/1.1\r\nHost: x\r\n\r\n")
-        head, body = await read_response(reader)
-        assert body == b"until close"
-        assert b"connection: close" in head.lower()
-        assert await reader.read() == b"", "the client connection must close after such a body"
-        writer.close()
-        server.close()
+        async with running(proxy) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            for path in (b"/chunked", b"/chunked", b"/close"):  # all on one client connection
+                writer.write(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+                head, body = await read_response(reader)
+                assert head.startswith(b"HTTP/1.1 200"), head
+                assert body == (b"until close" if path == b"/close" else b"hello world")
+            writer.close()
         upstream.close()
 
     run(scenario())
@@ -174,21 +207,20 @@ def test_a_pooled_connection_the_server_dropped_is_retried_on_a_fresh_one():
         return json_response({"n": number})
 
     async def scenario():
-        proxy = ReverseProxy(upstream_idle_seconds=60)
+        proxy = ReverseProxy(ProxyLimits(upstream_idle_s=60))
         upstream, address = await start_upstream(respond)
         proxy.switch(address)
-        server, port = await start_proxy(proxy)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        answers = []
-        for _ in range(3):
-            writer.write(POST)
-            head, body = await read_response(reader)
-            assert head.startswith(b"HTTP/1.1 200"), (head, body)
-            answers.append(json.loads(body)["n"])
-        assert dropped == [2]
-        assert answers == [1, 1, 2], "second request retried on a new upstream connection"
-        writer.close()
-        server.close()
+        async with running(proxy) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            answers = []
+            for _ in range(3):
+                writer.write(POST)
+                head, body = await read_response(reader)
+                assert head.startswith(b"HTTP/1.1 200"), (head, body)
+                answers.append(json.loads(body)["n"])
+            assert dropped == [2]
+            assert answers == [1, 1, 2], "second request retried on a new upstream connection"
+            writer.close()
         upstream.close()
 
     run(scenario())
@@ -209,35 +241,34 @@ def test_switch_sends_new_requests_to_the_new_upstream_and_drain_waits_for_the_o
         old_server, old_address = await start_upstream(old)
         new_server, new_address = await start_upstream(new)
         proxy.switch(old_address)
-        server, port = await start_proxy(proxy)
+        async with running(proxy) as port:
+            slow_reader, slow_writer = await asyncio.open_connection("127.0.0.1", port)
+            slow_writer.write(POST)
+            await until(
+                lambda: proxy.upstreams[old_address].in_flight == 1, "the slow request runs"
+            )
 
-        slow_reader, slow_writer = await asyncio.open_connection("127.0.0.1", port)
-        slow_writer.write(POST)
-        await until(lambda: proxy.upstreams[old_address].in_flight == 1, "the slow request runs")
+            assert proxy.switch(new_address) == old_address
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(POST)
+            _head, body = await read_response(reader)
+            assert json.loads(body) == {"version": "new"}
 
-        assert proxy.switch(new_address) == old_address
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(POST)
-        _head, body = await read_response(reader)
-        assert json.loads(body) == {"version": "new"}
+            drain = asyncio.create_task(proxy.drain(old_address, timeout=10))
+            released_when_drained = []
+            drain.add_done_callback(lambda _: released_when_drained.append(release_old.is_set()))
+            release_old.set()
+            _head, body = await read_response(slow_reader)
+            assert json.loads(body) == {"version": "old"}, "the in-flight request must finish"
+            assert await drain == {"ok": True, "drained": True, "in_flight": 0}
+            assert released_when_drained == [True], "the drain finished before the request did"
+            assert old_address not in proxy.upstreams
 
-        drain = asyncio.create_task(proxy.drain(old_address, timeout=10))
-        released_when_drained = []
-        drain.add_done_callback(lambda _: released_when_drained.append(release_old.is_set()))
-        await asyncio.sleep(0)  # one loop step: the drain runs up to its first wait
-        assert not drain.done(), "drain returned while a request still ran on the old upstream"
-        release_old.set()
-        _head, body = await read_response(slow_reader)
-        assert json.loads(body) == {"version": "old"}, "the in-flight request must finish"
-        assert await drain == {"ok": True, "drained": True, "in_flight": 0}
-        assert released_when_drained == [True], "the drain finished before the request did"
-        assert old_address not in proxy.upstreams
-
-        refused = await proxy.drain(new_address, timeout=1)
-        assert refused["ok"] is False and "active upstream" in refused["error"]
-        for item in (writer, slow_writer):
-            item.close()
-        for item in (server, old_server, new_server):
+            refused = await proxy.drain(new_address, timeout=1)
+            assert refused["ok"] is False and "active upstream" in refused["error"]
+            for item in (writer, slow_writer):
+                item.close()
+        for item in (old_server, new_server):
             item.close()
 
     run(scenario())
@@ -252,18 +283,17 @@ def test_expect_100_continue_is_answered_by_the_proxy():
         proxy = ReverseProxy()
         upstream, address = await start_upstream(respond)
         proxy.switch(address)
-        server, port = await start_proxy(proxy)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(
-            b"POST /invocations HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
-            b"Content-Length: 2\r\n\r\n"
-        )
-        assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
-        writer.write(b"{}")
-        head, body = await read_response(reader)
-        assert head.startswith(b"HTTP/1.1 200") and json.loads(body) == {"ok": True}
-        writer.close()
-        server.close()
+        async with running(proxy) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                b"POST /invocations HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                b"Content-Length: 2\r\n\r\n"
+            )
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 100 Continue")
+            writer.write(b"{}")
+            head, body = await read_response(reader)
+            assert head.startswith(b"HTTP/1.1 200") and json.loads(body) == {"ok": True}
+            writer.close()
         upstream.close()
 
     run(scenario())
@@ -293,18 +323,106 @@ def test_control_commands_and_errors(tmp_path):
     run(scenario())
 
 
-def test_a_malformed_body_length_is_a_400_and_the_connection_closes():
+# -- what used to hang or exhaust the hand-written proxy ----------------------------------
+
+
+async def exchange(port: int, request: bytes, then_send: bytes = b"") -> tuple[bytes, bytes]:
+    """Send ``request``, read one answer (the connection must then close), return it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    if then_send:
+        with contextlib.suppress(ConnectionError):
+            writer.write(then_send)
+    head, body = await read_response(reader)
+    writer.close()
+    return head, body
+
+
+def never_called(number, request):
+    raise AssertionError("the upstream must not be reached")
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        # a malformed length, a malformed chunk, bare-LF line ends with a lying length
+        (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n", 400),
+        (
+            b"POST /invocations HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            400,
+        ),
+        # a declared body over the limit is refused before it is read
+        (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n", 413),
+        # 5,000 header fields, a 64 KB header
+        (
+            b"GET /ping HTTP/1.1\r\nHost: x\r\n"
+            + b"".join(b"X-H%d: v\r\n" % i for i in range(5000))
+            + b"\r\n",
+            431,
+        ),
+        (b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 65536 + b"\r\n\r\n", 431),
+    ],
+    ids=["bad-length", "bad-chunk", "huge-length", "5000-headers", "64kb-header"],
+)
+def test_malformed_or_oversized_requests_get_a_4xx_without_reaching_the_server(
+    request_bytes, status
+):
+    async def scenario():
+        proxy = ReverseProxy(ProxyLimits(max_body_bytes=1024))
+        upstream, address = await start_upstream(never_called)
+        proxy.switch(address)
+        async with running(proxy) as port:
+            head, _body = await exchange(port, request_bytes)
+            assert head.startswith(b"HTTP/1.1 %d" % status), head[:200]
+        upstream.close()
+
+    run(scenario())
+
+
+def test_a_chunked_body_over_the_limit_is_a_413_as_soon_as_it_exceeds_it():
+    async def scenario():
+        proxy = ReverseProxy(ProxyLimits(max_body_bytes=1024))
+        upstream, address = await start_upstream(never_called)
+        proxy.switch(address)
+        async with running(proxy) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                b"POST /invocations HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + b"400\r\n"
+                + b"a" * 1024
+                + b"\r\n"
+                + b"400\r\n"
+                + b"a" * 1024
+                + b"\r\n"
+            )  # 2 KB sent, the terminating chunk never comes
+            head, body = await read_response(reader)
+            assert head.startswith(b"HTTP/1.1 413"), head
+            assert "over 1024 bytes" in json.loads(body)["error"]["message"]
+            writer.close()
+        upstream.close()
+
+    run(scenario())
+
+
+def test_half_sent_requests_and_idle_connections_are_closed_by_deadlines():
     async def scenario():
         proxy = ReverseProxy()
-        proxy.switch("127.0.0.1:9")  # never reached
-        server, port = await start_proxy(proxy)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n")
-        head, body = await read_response(reader)
-        assert head.startswith(b"HTTP/1.1 400"), head
-        assert "invalid body length" in json.loads(body)["error"]
-        assert await reader.read() == b""
-        writer.close()
-        server.close()
+        upstream, address = await start_upstream(never_called)
+        proxy.switch(address)
+        limits = ConnectionLimits(header_timeout_s=0.3, body_timeout_s=0.3)
+        async with running(proxy, limits) as port:
+            # headers that never end
+            head, _ = await exchange(port, b"POST /invocations HTTP/1.1\r\nHost: x\r\n")
+            assert head.startswith(b"HTTP/1.1 408"), head
+            # a body shorter than its length
+            head, _ = await exchange(
+                port, b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{}"
+            )
+            assert head.startswith(b"HTTP/1.1 408"), head
+            # a connection that never sends anything is closed without an answer
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            assert await asyncio.wait_for(reader.read(), timeout=5) == b""
+            writer.close()
+        upstream.close()
 
     run(scenario())

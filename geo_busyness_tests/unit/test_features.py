@@ -195,6 +195,26 @@ def test_hours_of_days_not_materialized_are_unknown_not_zero(history):
     assert features["orders_mean_168h"].notna().all()
 
 
+def test_the_four_week_same_hour_mean_counts_only_weeks_that_are_known(history):
+    hourly, clusters = history
+    two_weeks_before = (dt.date.fromisoformat(TARGET_DAY) - dt.timedelta(days=14)).isoformat()
+    partial = {day: frame for day, frame in hourly.items() if day != two_weeks_before}
+    features = busyness_features(partial, TARGET_DAY, clusters, DEFAULT_CITY)
+    everything = pd.concat(partial.values()).set_index(["h3_cell", "hour_start"])["orders"]
+    weeks = [
+        everything.reindex(
+            pd.MultiIndex.from_arrays(
+                [features["h3_cell"], features["hour_start"] - pd.Timedelta(weeks=week)]
+            )
+        )
+        .fillna(0)  # a known day without a row for the cell: zero orders
+        .to_numpy()
+        for week in (1, 3, 4)  # week 2 is missing: unknown, not zero
+    ]
+    assert (features["orders_same_hour_weeks_known"] == 3).all()
+    assert np.allclose(features["orders_same_hour_mean_4w"], np.mean(weeks, axis=0))
+
+
 def test_first_day_without_history_has_no_known_cells(history):
     hourly, clusters = history
     only_today = {TARGET_DAY: hourly[TARGET_DAY]}

@@ -15,12 +15,15 @@ from geo_busyness.core.lifecycle import (
     CHAMPION,
     MODEL,
     POC_BASELINE,
+    SAME_HOUR_4W_MEAN,
     SEASONAL_NAIVE,
     SPLIT_COLUMN,
     SPLITS,
+    YESTERDAY,
+    ZERO,
     Evaluation,
     PromotionPolicy,
-    beats_seasonal_naive,
+    beats_every_baseline,
     evaluate,
     not_worse_than_champion,
     predictions_are_sane,
@@ -316,11 +319,12 @@ def test_evaluate_errors_by_hour_and_hexagon():
     assert evaluation.by_hexagon["mae"].tolist() == pytest.approx([2.5 / 3, 1.0 / 3])
 
 
-@pytest.mark.parametrize("required", [MODEL, SEASONAL_NAIVE])
-def test_evaluate_requires_model_and_seasonal_naive(required):
-    predictions = {k: v for k, v in PREDICTIONS.items() if k != required}
-    with pytest.raises(ValueError, match=repr(required)):
-        evaluate(small_test(), predictions)
+def test_evaluate_requires_the_model_and_a_baseline():
+    without_model = {k: v for k, v in PREDICTIONS.items() if k != MODEL}
+    with pytest.raises(ValueError, match=repr(MODEL)):
+        evaluate(small_test(), without_model)
+    with pytest.raises(ValueError, match="needs a baseline prediction: one of zero, "):
+        evaluate(small_test(), {MODEL: PREDICTIONS[MODEL]})
 
 
 def test_evaluate_rejects_an_empty_test_slice():
@@ -413,11 +417,11 @@ def evaluation_with(
 @pytest.mark.parametrize(
     ("naive", "margin"), [(10.0, 0.10), (1.0, 0.10), (7.3, 0.10), (5.0, 0.2), (3.0, 0.0)]
 )
-def test_beats_seasonal_naive_passes_exactly_at_the_required_improvement(naive, margin):
-    policy = PromotionPolicy(min_improvement_vs_naive=margin)
+def test_beats_every_baseline_passes_exactly_at_the_required_improvement(naive, margin):
+    policy = PromotionPolicy(min_improvement_vs_baselines=margin)
     at_limit = (1 - margin) * naive
-    gate = beats_seasonal_naive(evaluation_with({MODEL: at_limit, SEASONAL_NAIVE: naive}), policy)
-    assert gate.name == "beats_seasonal_naive"
+    gate = beats_every_baseline(evaluation_with({MODEL: at_limit, SEASONAL_NAIVE: naive}), policy)
+    assert gate.name == "beats_every_baseline"
     assert gate.passed is True
     assert gate.metadata["model_mae"] == at_limit
     assert gate.metadata["seasonal_naive_mae"] == naive
@@ -425,30 +429,31 @@ def test_beats_seasonal_naive_passes_exactly_at_the_required_improvement(naive, 
     assert gate.metadata["required_improvement"] == margin
 
     above = np.nextafter(at_limit, np.inf)
-    gate = beats_seasonal_naive(evaluation_with({MODEL: above, SEASONAL_NAIVE: naive}), policy)
+    gate = beats_every_baseline(evaluation_with({MODEL: above, SEASONAL_NAIVE: naive}), policy)
     assert gate.passed is False
 
 
-def test_beats_seasonal_naive_with_margin_0_10_through_evaluate():
+def test_beats_every_baseline_with_margin_0_10_through_evaluate():
     # Exact in floating point: model MAE 9 = 0.9 x naive MAE 10.
     test = small_test().iloc[:2]  # orders 3, 0
     at_limit = evaluate(
         test, {MODEL: np.array([12.0, 9.0]), SEASONAL_NAIVE: np.array([13.0, 10.0])}
     )
     assert (at_limit.mae(MODEL), at_limit.mae(SEASONAL_NAIVE)) == (9.0, 10.0)
-    gate = beats_seasonal_naive(at_limit, PromotionPolicy(min_improvement_vs_naive=0.10))
+    gate = beats_every_baseline(at_limit, PromotionPolicy(min_improvement_vs_baselines=0.10))
     assert gate.passed is True
     assert "+10.0% better (required: 10%)" in gate.description
 
     above = evaluate(test, {MODEL: np.array([12.0, 9.02]), SEASONAL_NAIVE: np.array([13.0, 10.0])})
     assert above.mae(MODEL) == pytest.approx(9.01)
     assert (
-        beats_seasonal_naive(above, PromotionPolicy(min_improvement_vs_naive=0.10)).passed is False
+        beats_every_baseline(above, PromotionPolicy(min_improvement_vs_baselines=0.10)).passed
+        is False
     )
 
 
-def test_beats_seasonal_naive_fails_a_model_worse_than_naive():
-    gate = beats_seasonal_naive(
+def test_beats_every_baseline_fails_a_model_worse_than_naive():
+    gate = beats_every_baseline(
         evaluation_with({MODEL: 12.0, SEASONAL_NAIVE: 10.0}), PromotionPolicy()
     )
     assert gate.passed is False
@@ -530,11 +535,39 @@ def test_predictions_are_sane_passes_without_problems_and_fails_with_them():
     assert insane.description == "; ".join(problems)
 
 
+def test_a_model_that_loses_to_predicting_zero_is_refused_naming_zero():
+    """Sparse real data: zero everywhere scores 0.776, seasonal naive 1.2, the model 1.036."""
+    gate = beats_every_baseline(
+        evaluation_with({MODEL: 1.036, ZERO: 0.776, SEASONAL_NAIVE: 1.2, YESTERDAY: 1.4}),
+        PromotionPolicy(),
+    )
+    assert gate.passed is False
+    assert gate.metadata["best_baseline"] == ZERO
+    assert gate.description == (
+        "test MAE 1.0360 vs the best baseline, zero, 0.7760: -33.5% better (required: 2%)"
+    )
+    assert gate.metadata["seasonal_naive_mae"] == 1.2  # every baseline's error is kept
+
+
+def test_the_gate_compares_with_the_best_baseline_not_the_first():
+    maes = {MODEL: 8.0, ZERO: 30.0, SEASONAL_NAIVE: 10.0, SAME_HOUR_4W_MEAN: 8.5, YESTERDAY: 12.0}
+    gate = beats_every_baseline(evaluation_with(maes), PromotionPolicy(0.10))
+    assert (gate.passed, gate.metadata["best_baseline"]) == (False, SAME_HOUR_4W_MEAN)
+    lenient = beats_every_baseline(
+        evaluation_with(maes), PromotionPolicy(min_improvement_vs_baselines=0.05)
+    )
+    assert lenient.passed is True  # 8.0 <= 0.95 * 8.5
+    with_poc = beats_every_baseline(
+        evaluation_with({**maes, POC_BASELINE: 7.0}), PromotionPolicy(0.10)
+    )
+    assert with_poc.metadata["best_baseline"] == POC_BASELINE and not with_poc.passed
+
+
 def test_promotion_gates_lists_every_rule_in_order():
     good = evaluation_with({MODEL: 8.0, SEASONAL_NAIVE: 10.0, CHAMPION: 8.1}, champion_version="2")
     gates = promotion_gates(good, PromotionPolicy())
     assert [gate.name for gate in gates] == [
-        "beats_seasonal_naive",
+        "beats_every_baseline",
         "not_worse_than_champion",
         "predictions_are_sane",
     ]
@@ -549,7 +582,7 @@ def test_promotion_gates_lists_every_rule_in_order():
         False,
     ]
 
-    worse = evaluation_with({MODEL: 9.5, SEASONAL_NAIVE: 10.0, CHAMPION: 8.0})
+    worse = evaluation_with({MODEL: 9.9, SEASONAL_NAIVE: 10.0, CHAMPION: 8.0})
     assert [gate.passed for gate in promotion_gates(worse, PromotionPolicy())] == [
         False,
         False,
@@ -561,9 +594,12 @@ def test_promotion_gates_on_a_real_evaluation():
     test = small_test()
     evaluation = evaluate(test, PREDICTIONS, champion_note="no champion alias yet")
     gates = {gate.name: gate for gate in promotion_gates(evaluation, PromotionPolicy())}
-    # Model MAE 0.583 vs naive 1.667: 65% better.
-    assert gates["beats_seasonal_naive"].passed is True
-    assert gates["beats_seasonal_naive"].metadata["improvement"] == pytest.approx(0.65)
+    # Model MAE 0.583 vs naive 1.667 and the PoC 0.75, the best baseline: 22% better.
+    assert gates["beats_every_baseline"].passed is True
+    assert gates["beats_every_baseline"].metadata["best_baseline"] == POC_BASELINE
+    assert gates["beats_every_baseline"].metadata["improvement"] == pytest.approx(
+        1 - (3.5 / 6) / 0.75
+    )
     assert gates["not_worse_than_champion"].description.endswith("no champion alias yet")
     assert gates["predictions_are_sane"].passed is True
 
@@ -573,18 +609,20 @@ def test_promotion_gates_on_a_real_evaluation():
 
 
 def test_promotion_policy_defaults_and_valid_edges():
-    assert PromotionPolicy() == PromotionPolicy(0.10, 0.02)
-    PromotionPolicy(min_improvement_vs_naive=0.0, champion_tolerance=0.0)
-    PromotionPolicy(min_improvement_vs_naive=0.99, champion_tolerance=1.5)
+    # 2%: what the model beats the best baseline (the 4-week same-hour mean) by on the
+    # simulated city is 4% (BENCHMARKS.md); 10% against that baseline is not reachable there
+    assert PromotionPolicy() == PromotionPolicy(0.02, 0.02)
+    PromotionPolicy(min_improvement_vs_baselines=0.0, champion_tolerance=0.0)
+    PromotionPolicy(min_improvement_vs_baselines=0.99, champion_tolerance=1.5)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"min_improvement_vs_naive": -0.01}, "min_improvement_vs_naive"),
-        ({"min_improvement_vs_naive": 1.0}, "min_improvement_vs_naive"),
-        ({"min_improvement_vs_naive": 1.5}, "min_improvement_vs_naive"),
-        ({"min_improvement_vs_naive": math.nan}, "min_improvement_vs_naive"),
+        ({"min_improvement_vs_baselines": -0.01}, "min_improvement_vs_baselines"),
+        ({"min_improvement_vs_baselines": 1.0}, "min_improvement_vs_baselines"),
+        ({"min_improvement_vs_baselines": 1.5}, "min_improvement_vs_baselines"),
+        ({"min_improvement_vs_baselines": math.nan}, "min_improvement_vs_baselines"),
         ({"champion_tolerance": -0.01}, "champion_tolerance"),
     ],
 )

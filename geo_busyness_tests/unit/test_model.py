@@ -32,10 +32,13 @@ from geo_busyness.core.model import (
     predict,
     prediction_problems,
     regression_metrics,
+    same_hour_of_week_mean_predict,
     seasonal_naive_predict,
     time_split,
     train_busyness_model,
     train_poc_baseline,
+    yesterday_predict,
+    zero_predict,
 )
 from geo_busyness.simulate import SimulationConfig, simulated_city
 
@@ -312,3 +315,17 @@ def test_prediction_problems_flags_insane_predictions(y_pred, problem):
 
 def test_prediction_problems_accepts_sane_predictions():
     assert prediction_problems([0.0, 0.2, 3.0]) == []
+
+
+def test_baselines_zero_yesterday_and_the_four_week_mean_fall_back_like_seasonal_naive():
+    frame = pd.DataFrame(
+        {
+            "orders_lag_24h": [7.0, np.nan, np.nan],
+            "orders_lag_168h": [3.0, np.nan, np.nan],
+            "orders_same_hour_mean_4w": [6.0, np.nan, np.nan],
+            "orders_mean_168h": [4.0, 2.5, np.nan],
+        }
+    )
+    assert zero_predict(frame).tolist() == [0.0, 0.0, 0.0]
+    assert yesterday_predict(frame).tolist() == [7.0, 2.5, 0.0]
+    assert same_hour_of_week_mean_predict(frame).tolist() == [6.0, 2.5, 0.0]
