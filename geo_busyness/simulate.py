@@ -145,6 +145,9 @@ class SimulationConfig:
     files_per_day: int = 3
     n_restaurants: int = 120
     n_couriers: int = 250
+    # A real export often ends mid-day: the last simulated day then has no order created at
+    # or after this UTC hour (and no ping after it). None: every day is whole.
+    last_day_ends_at_hour: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.city, City):
@@ -155,6 +158,10 @@ class SimulationConfig:
             raise ValueError(
                 f"city timezone {self.city.timezone!r} is not a known time zone"
             ) from error
+        if self.last_day_ends_at_hour is not None and not 0 < self.last_day_ends_at_hour < 24:
+            raise ValueError(
+                f"last_day_ends_at_hour must be an hour 1..23, got {self.last_day_ends_at_hour!r}"
+            )
         if self.city.n_restaurant_clusters < 1:
             raise ValueError("city.n_restaurant_clusters must be at least 1")
         if self.scenario not in SCENARIOS:
@@ -834,10 +841,15 @@ def _day_rows(config: SimulationConfig, day: datetime.date) -> _Rows:
     expected = _hourly_orders(config, day)
     if active and config.scenario == "new_district":
         expected = expected * NEW_DISTRICT_VOLUME
+    last_day = config.start_date + datetime.timedelta(days=config.days - 1)
+    data_hours = 24
+    if config.last_day_ends_at_hour is not None and day == last_day:
+        data_hours = config.last_day_ends_at_hour
+        expected = np.where(np.arange(24) < data_hours, expected, 0.0)
     counts = rng.poisson(expected)
     n_orders = int(counts.sum())
     day_start = (day.toordinal() - EPOCH_ORDINAL) * 24 * US_PER_HOUR
-    day_end = day_start + 24 * US_PER_HOUR
+    day_end = day_start + data_hours * US_PER_HOUR  # where this day's data stops
     created = np.sort(
         day_start
         + np.repeat(np.arange(24, dtype=np.int64) * US_PER_HOUR, counts)

@@ -13,7 +13,7 @@ import pandas as pd
 from geo_busyness.assets.metadata import OWNER, city_asset, city_in, preview
 from geo_busyness.automation import on_new_data_latest_day, ready_to_deploy
 from geo_busyness.core.city import City
-from geo_busyness.core.features import LOOKBACK_DAYS
+from geo_busyness.core.features import LOOKBACK_DAYS, partial_days
 from geo_busyness.core.forecast import (
     FORECAST_COLUMN,
     forecast_features,
@@ -93,8 +93,18 @@ def build_forecast(city: City) -> dg.AssetsDefinition:
         predictions = model.predict(features[names]) if len(features) else []
         table = forecast_table(features, predictions, champion_model.version)
         per_cell = table.groupby("h3_cell", as_index=False)[FORECAST_COLUMN].sum()
+        partial = partial_days({d: frame for d, frame in hex_hourly_busyness.items() if d <= day})
+        if partial:
+            context.log.warning(
+                f"the forecast of {next_day(day)} is made after partial day(s) "
+                f"{', '.join(sorted(partial))}: their hours after the data stops are unknown "
+                "inputs (not zeros), so the lags that reach them are missing"
+            )
         metadata = {
             "forecast_day": next_day(day),
+            "after_partial_days": dg.MetadataValue.json(
+                {d: mark.isoformat() for d, mark in sorted(partial.items())}
+            ),
             "model_version": champion_model.version,
             "hexagons": len(per_cell),
             "rows": len(table),

@@ -13,6 +13,7 @@ from geo_busyness.core.features import (
     LOOKBACK_DAYS,
     cluster_restaurants,
     feature_columns,
+    partial_days,
     restaurant_sightings,
     restaurants_from_sightings,
 )
@@ -104,10 +105,13 @@ def build_features(city: City) -> list:
     ) -> pd.DataFrame:
         hourly = build_hex_hourly_busyness(clean_courier_pings, city.h3_resolution)
         per_cell = hourly.groupby("h3_cell", as_index=False)["orders"].sum()
+        newest_ping = clean_courier_pings["courier_location_timestamp"].max()
         metadata = {
             "hexagons": len(per_cell),
             "orders": int(hourly["orders"].sum()),
             "pings": int(hourly["pings"].sum()),
+            # the day's watermark: busyness_features decides from it whether the day is partial
+            "newest_ping": str(newest_ping) if len(clean_courier_pings) else "none",
             "preview": preview(hourly),
         }
         if len(per_cell):
@@ -160,9 +164,24 @@ def build_features(city: City) -> list:
             return
         features = build_busyness_features(hex_hourly_busyness, day, restaurant_clusters, city)
         missing_share = features[feature_columns(city.n_restaurant_clusters)].isna().mean()
+        partial = partial_days(hex_hourly_busyness)
+        if day in partial:
+            context.log.warning(
+                f"{day} is partial: its data stops at {partial[day].isoformat()}; the hours after "
+                "it are unknown, not zero, and are no targets"
+            )
         yield dg.Output(
             features,
             metadata={
+                "day_complete": day not in partial,
+                "observed_until": (
+                    partial[day]
+                    if day in partial
+                    else pd.Timestamp(day, tz="UTC") + pd.Timedelta(days=1)
+                ).isoformat(),
+                "partial_days_in_history": dg.MetadataValue.json(
+                    {d: mark.isoformat() for d, mark in sorted(partial.items()) if d != day}
+                ),
                 "history_days_available": len(hex_hourly_busyness) - 1,
                 "hexagons": int(features["h3_cell"].nunique()),
                 "rows": len(features),

@@ -39,6 +39,47 @@ HOURLY_COLUMNS = (
 HOURLY_KEY = ("h3_cell", "hour_start")
 TARGET_COLUMN = "orders"
 TARGETS = ("orders", "pings", "couriers")
+# A day whose activity stops earlier than the city's usual quiet end of day is partial; the
+# usual quiet tail is learned per city from its days (quantile), widened by a factor, never
+# below a floor (a city busy around the clock has no quiet tail, but an export may end in
+# the last hour).
+QUIET_TAIL_QUANTILE = 0.5  # the median day: robust to the few partial days themselves
+QUIET_TAIL_FACTOR = 1.5
+QUIET_TAIL_FLOOR_H = 2
+
+
+def day_watermarks(hourly_by_day: dict[str, pd.DataFrame]) -> dict[str, pd.Timestamp]:
+    """Per day: the hour after its last active hour (the day's start when nothing is)."""
+    marks = {}
+    for day, hourly in hourly_by_day.items():
+        start = pd.Timestamp(day, tz="UTC")
+        last = hourly["hour_start"].max() if len(hourly) else None
+        marks[day] = start if last is None or pd.isna(last) else last + pd.Timedelta(hours=1)
+    return marks
+
+
+def partial_days(hourly_by_day: dict[str, pd.DataFrame]) -> dict[str, pd.Timestamp]:
+    """Days whose data stops early, each with its watermark: hours from it to the day's end are
+    unknown (not zero). Early means: the hours left after the day's last active hour exceed
+    the city's usual quiet tail, learned from these days themselves (a city with quiet nights
+    keeps its quiet hours as observed zeros; an export that ends at 03:47 does not)."""
+    marks = day_watermarks(hourly_by_day)
+    if not marks:
+        return {}
+    tails = np.array(
+        [
+            (pd.Timestamp(day, tz="UTC") + pd.Timedelta(days=1) - mark) / pd.Timedelta(hours=1)
+            for day, mark in marks.items()
+        ]
+    )
+    tolerance = max(
+        QUIET_TAIL_FLOOR_H, QUIET_TAIL_FACTOR * float(np.quantile(tails, QUIET_TAIL_QUANTILE))
+    )
+    return {
+        day: mark
+        for (day, mark), tail in zip(marks.items(), tails, strict=True)
+        if tail > tolerance
+    }
 
 
 def _factorize(values: pd.Series) -> tuple[np.ndarray, int]:
@@ -206,6 +247,7 @@ def feature_columns(n_clusters: int) -> list[str]:
         "orders_lag_168h",
         "orders_same_hour_mean_4w",
         "orders_same_hour_weeks_known",
+        "orders_expected_4w",
         "orders_mean_3h",
         "orders_mean_24h",
         "orders_mean_168h",
@@ -276,6 +318,13 @@ def busyness_features(
     for index, d in enumerate(days):
         if d in hourly_by_day:
             observed[index * 24 : (index + 1) * 24] = True
+    partial = partial_days({d: hourly_by_day[d] for d in days if d in hourly_by_day})
+    for d, mark in partial.items():  # after a day's watermark its hours are unknown
+        index = days.index(d)
+        first_unknown = index * 24 + int(
+            (mark - pd.Timestamp(d, tz="UTC")) // pd.Timedelta(hours=1)
+        )
+        observed[first_unknown : (index + 1) * 24] = False
     everything = pd.concat([past, hourly_by_day.get(day, _empty_hourly())], ignore_index=True)
     row = np.searchsorted(cell_names, everything["h3_cell"].to_numpy(str))
     in_grid = (row < n_cells) & (
@@ -321,6 +370,7 @@ def busyness_features(
         "orders_lag_24h": _lag(orders, targets, 24),
         "orders_lag_168h": _lag(orders, targets, 168),
         **_same_hour_of_week(orders, targets),
+        "orders_expected_4w": _expected_from_profile(orders, observed, targets),
         "orders_mean_3h": _window_sum(orders, targets, 3) / _window_count(observed, targets, 3),
         "orders_mean_24h": _window_sum(orders, targets, 24) / _window_count(observed, targets, 24),
         "orders_mean_168h": _window_sum(orders, targets, 168)
@@ -355,6 +405,8 @@ def busyness_features(
     frame = frame.join(static, on="h3_cell")
     for name in TARGETS:
         frame[name] = actual[name][:, targets].ravel().astype("int64")
+    if day in partial:  # hours after the target day's watermark are never targets
+        frame = frame.loc[frame["hour_start"] < partial[day]].reset_index(drop=True)
     return frame.loc[:, columns]
 
 
@@ -375,6 +427,24 @@ def _same_hour_of_week(grid: np.ndarray, targets: np.ndarray) -> dict[str, np.nd
     total = np.nansum(lags, axis=0)
     mean = np.divide(total, known, out=np.full(total.shape, np.nan), where=known > 0)
     return {"orders_same_hour_mean_4w": mean, "orders_same_hour_weeks_known": known}
+
+
+def _expected_from_profile(
+    grid: np.ndarray, observed: np.ndarray, targets: np.ndarray
+) -> np.ndarray:
+    """The cell's mean hour over the last 4 weeks times the city's profile for the hour of the
+    week (its same-hour total over the known weeks / its mean hourly total): a low-variance
+    estimate of the expected count, since both factors average many more orders than one
+    cell-hour of four weeks does."""
+    hours = 168 * SAME_HOUR_WEEKS
+    level = _window_sum(grid, targets, hours) / _window_count(observed, targets, hours)
+    city = np.where(observed, np.nansum(grid, axis=0), np.nan)[None, :]
+    same_hour = _same_hour_of_week(city, targets)["orders_same_hour_mean_4w"]
+    city_mean = _window_sum(city, targets, hours) / _window_count(observed, targets, hours)
+    profile = np.divide(
+        same_hour, city_mean, out=np.full(same_hour.shape, np.nan), where=city_mean > 0
+    )
+    return level * profile
 
 
 def _window_sum(grid: np.ndarray, targets: np.ndarray, hours: int) -> np.ndarray:

@@ -216,7 +216,7 @@ class PromotionPolicy:
     on the same test slice (retrains are noisy; a tiny regression should not freeze the
     champion forever, a real one must)."""
 
-    min_improvement_vs_baselines: float = 0.02
+    min_improvement_vs_baselines: float = 0.0
     champion_tolerance: float = 0.02
 
     def __post_init__(self) -> None:

@@ -61,6 +61,7 @@ def demo_rows(
         frame[name] = level * rng.uniform(0.7, 1.3, n)
     frame["orders_same_hour_mean_4w"] = level * daily * rng.uniform(0.8, 1.2, n)
     frame["orders_same_hour_weeks_known"] = rng.integers(1, 5, n).astype("float64")
+    frame["orders_expected_4w"] = level * daily * rng.uniform(0.9, 1.1, n)
     frame["pings_lag_1h"] = frame["orders_lag_1h"] * rng.uniform(5, 15, n)
     frame["couriers_lag_1h"] = np.ceil(frame["orders_lag_1h"] / 2)
     for name in ("neighbour_orders_lag_1h", "neighbour_orders_lag_24h"):

@@ -15,10 +15,13 @@ from geo_busyness.core.features import (
     duplicate_hourly_keys,
     feature_columns,
     hex_hourly_busyness,
+    partial_days,
     restaurant_sightings,
     restaurants_from_sightings,
 )
+from geo_busyness.core.forecast import forecast_features
 from geo_busyness.core.geo import cells_for, cells_to_strings, haversine_km
+from geo_busyness.simulate import SimulationConfig, simulated_city
 
 pytestmark = pytest.mark.unit
 RES = DEFAULT_CITY.h3_resolution
@@ -241,3 +244,84 @@ def test_features_never_look_at_the_current_or_a_future_hour(history, cut, seed)
     before = busyness_features(hourly, TARGET_DAY, clusters, DEFAULT_CITY)
     after = busyness_features(tampered, TARGET_DAY, clusters, DEFAULT_CITY)
     pd.testing.assert_frame_equal(before[names], after[names])
+
+
+def test_a_partial_last_day_yields_no_targets_after_its_watermark_and_no_false_zeros():
+    """The export ends at 04:00 UTC on its last day (orders created before then): that day is
+    partial, its later hours are never targets, and the next day's lags into them are unknown."""
+    config = SimulationConfig(
+        days=10, pings_per_day=3_000, dirty_files=False, last_day_ends_at_hour=4
+    )
+    city = simulated_city(config)
+    last = max(city.hourly)
+    assert set(partial_days(city.hourly)) == {last}  # every other day is whole
+    watermark = partial_days(city.hourly)[last]
+    assert (
+        pd.Timestamp(last, tz="UTC")
+        < watermark
+        <= pd.Timestamp(last, tz="UTC") + pd.Timedelta(hours=5)
+    )  # the last orders' pings may run a few minutes past 04:00
+
+    targets = city.features[last]
+    assert len(targets) and (targets["hour_start"] < watermark).all()
+    assert targets["hour_start"].max() == watermark - pd.Timedelta(hours=1)
+
+    after = forecast_features(city.hourly, last, city.restaurant_clusters, DEFAULT_CITY)
+    evening = after["hour_start"].dt.hour >= 6  # 24 h earlier: after the watermark
+    assert after.loc[evening, "orders_lag_24h"].isna().all(), "unknown hours became zeros"
+    morning = after["hour_start"] < watermark + pd.Timedelta(days=1) - pd.Timedelta(hours=2)
+    assert after.loc[morning, "orders_lag_24h"].notna().all()
+
+
+def test_a_city_with_quiet_nights_keeps_its_quiet_hours_as_zeros():
+    """Every day ends at 20:00 (nothing at night): that is the city's usual tail, not a gap."""
+    start = pd.Timestamp("2026-10-01", tz="UTC")
+    hourly = {
+        (start + pd.Timedelta(days=d)).date().isoformat(): pd.DataFrame(
+            {
+                "h3_cell": ["a"] * 20,
+                "hour_start": start + pd.Timedelta(days=d) + pd.to_timedelta(range(20), unit="h"),
+            }
+        )
+        for d in range(10)
+    }
+    assert partial_days(hourly) == {}
+    shortened = dict(hourly)
+    last = max(hourly)
+    shortened[last] = hourly[last].head(3)  # ends at 03:00: far earlier than usual
+    assert list(partial_days(shortened)) == [last]
+
+
+def test_the_expected_count_is_exact_when_every_cell_follows_the_city_profile(history):
+    """Weeks that repeat exactly and cells that are multiples of one hourly profile: the cell's
+    4-week level times the city's same-hour profile is the target itself."""
+    _, clusters = history
+    import h3
+
+    centre = h3.latlng_to_cell(DEFAULT_CITY.center_lat, DEFAULT_CITY.center_lon, RES)
+    cells = sorted(h3.grid_disk(centre, 1))[:2]
+    hour_of_week = np.arange(168)
+    profile = 1 + (hour_of_week % 24) + 3 * (hour_of_week // 24 == 5)  # Saturdays busier
+    start = pd.Timestamp("2026-09-07", tz="UTC")  # a Monday
+    hourly = {}
+    for day_index in range(36):
+        day_start = start + pd.Timedelta(days=day_index)
+        hours = day_start + pd.to_timedelta(np.arange(24), unit="h")
+        weekly = profile[(day_index % 7) * 24 + np.arange(24)]
+        hourly[day_start.date().isoformat()] = pd.DataFrame(
+            {
+                "h3_cell": np.repeat(cells, 24),
+                "hour_start": np.tile(hours, 2),
+                "orders": np.concatenate([weekly, 3 * weekly]),
+                "pings": np.concatenate([weekly, 3 * weekly]),
+                "couriers": 1,
+                "courier_restaurant_km_mean": 1.0,
+                "courier_restaurant_deg_mean": 0.01,
+            }
+        )
+    day = max(hourly)
+    features = busyness_features(hourly, day, clusters, DEFAULT_CITY)
+    mine = features.loc[features["h3_cell"].isin(cells)]
+    assert len(mine) == 48
+    assert np.allclose(mine["orders_expected_4w"], mine["orders"])
+    assert np.allclose(mine["orders_same_hour_mean_4w"], mine["orders"])
