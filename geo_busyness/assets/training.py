@@ -31,6 +31,7 @@ from geo_busyness.core.lifecycle import (
     baseline_predictions,
     evaluate,
     promotion_gates,
+    resolution_advice,
     split_from_training_set,
     training_set_from_features,
 )
@@ -168,9 +169,14 @@ def build_training(city: City) -> list:
         except ValueError as error:
             raise dg.Failure(str(error)) from error
         counts = frame[SPLIT_COLUMN].value_counts()
+        advice = resolution_advice(frame, city.h3_resolution)
+        if advice:
+            context.log.warning(f"{city.id}: {advice}")
         context.add_output_metadata(
             {
                 "partitions_available": len(busyness_features),
+                "zero_target_share": round(float((frame[TARGET_COLUMN] == 0).mean()), 4),
+                "resolution_advice": advice or "none: the city is dense enough at its resolution",
                 **{f"{name}_rows": int(counts.get(name, 0)) for name in SPLITS},
                 "time_ranges": dg.MetadataValue.md(
                     pd.DataFrame(

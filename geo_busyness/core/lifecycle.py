@@ -83,6 +83,28 @@ def training_set_from_features(
     return labelled, parts.ranges
 
 
+# Above this share of hexagon-hours without an order, a city is sparse for its resolution.
+SPARSE_ZERO_SHARE = 0.8
+
+
+def resolution_advice(rows: pd.DataFrame, resolution: int) -> str | None:
+    """Why the city looks too sparse for its H3 resolution, with the counts; None when not.
+
+    With most hexagon-hours at zero the model learns little beyond zero (which it must beat);
+    one resolution coarser pools about 7 hexagons into one."""
+    if rows.empty:
+        return None
+    zero_share = float((rows[TARGET_COLUMN] == 0).mean())
+    if zero_share <= SPARSE_ZERO_SHARE or resolution == 0:
+        return None
+    return (
+        f"{zero_share:.0%} of {len(rows):,} hexagon-hours have no order at H3 resolution "
+        f"{resolution} (mean {rows[TARGET_COLUMN].mean():.2f} orders per hexagon-hour, "
+        f"{rows['h3_cell'].nunique()} hexagons): too sparse to learn much beyond zero; "
+        f"h3_resolution {resolution - 1} in the city catalog would pool about 7 hexagons into one"
+    )
+
+
 def split_from_training_set(training_set: pd.DataFrame) -> Split:
     """The :class:`Split` a training set was labelled with (ranges from the rows present)."""
     missing = [name for name in SPLITS if not (training_set[SPLIT_COLUMN] == name).any()]

@@ -28,6 +28,7 @@ from geo_busyness.core.lifecycle import (
     not_worse_than_champion,
     predictions_are_sane,
     promotion_gates,
+    resolution_advice,
     split_from_training_set,
     training_set_from_features,
 )
@@ -634,3 +635,15 @@ def test_promotion_policy_rejects_invalid_values(kwargs, message):
 def test_promotion_policy_rejects_a_nan_champion_tolerance():
     with pytest.raises(ValueError, match="champion_tolerance"):
         PromotionPolicy(champion_tolerance=math.nan)
+
+
+def test_resolution_advice_names_the_counts_of_a_city_too_sparse_for_its_resolution():
+    sparse = pd.DataFrame({"h3_cell": ["a", "b"] * 50, "orders": [0] * 90 + [1] * 10})
+    advice = resolution_advice(sparse, 8)
+    assert advice == (
+        "90% of 100 hexagon-hours have no order at H3 resolution 8 (mean 0.10 orders per "
+        "hexagon-hour, 2 hexagons): too sparse to learn much beyond zero; h3_resolution 7 in "
+        "the city catalog would pool about 7 hexagons into one"
+    )
+    dense = sparse.assign(orders=[0] * 50 + [2] * 50)
+    assert resolution_advice(dense, 8) is None
