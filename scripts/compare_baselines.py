@@ -35,6 +35,7 @@ from geo_busyness.core.lifecycle import (
     PromotionPolicy,
     baseline_predictions,
     beats_every_baseline,
+    daily_totals,
     evaluate,
     split_from_training_set,
     training_set_from_features,
@@ -86,15 +87,7 @@ def run(scenario: str, seeds: list[int]) -> list[dict]:
         predictions = {MODEL: predict(trained, test, names), **baseline_predictions(test)}
         evaluation = evaluate(test, predictions)
         gate = beats_every_baseline(evaluation, PromotionPolicy())
-        days = test["hour_start"].dt.strftime("%Y-%m-%d")
-        totals = (
-            pd.DataFrame(
-                {"day": days, "actual": test[TARGET_COLUMN], "predicted": predictions[MODEL]}
-            )
-            .groupby("day")
-            .sum()
-            .round(1)
-        )
+        totals = daily_totals(test, predictions[MODEL])
         results.append(
             {
                 "scenario": scenario,

@@ -29,6 +29,7 @@ from geo_busyness.core.lifecycle import (
     CandidateModel,
     Evaluation,
     baseline_predictions,
+    daily_totals,
     evaluate,
     promotion_gates,
     resolution_advice,
@@ -420,6 +421,8 @@ def build_training(city: City) -> list:
                     markdown_image(scatter, "predicted vs actual")
                 ),
                 "error_map": dg.MetadataValue.md(markdown_image(error_map, "error map")),
+                # calibration: a forecast that sums to a third of a normal day shows here
+                "daily_totals": _md_table(daily_totals(test, predictions[MODEL])),
                 "error_by_hour_of_day": _md_table(evaluation.by_hour),
                 "worst_hexagons": _md_table(evaluation.by_hexagon.nlargest(10, "mae")),
                 "test_rows": evaluation.test_rows,

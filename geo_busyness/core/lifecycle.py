@@ -226,6 +226,26 @@ def evaluate(
     )
 
 
+def daily_totals(test: pd.DataFrame, predicted: np.ndarray) -> pd.DataFrame:
+    """Actual and predicted orders summed per UTC day of the test rows, and their ratio: a
+    model can have a fine MAE and still forecast a third of a normal day."""
+    totals = (
+        pd.DataFrame(
+            {
+                "day": test["hour_start"].dt.strftime("%Y-%m-%d").to_numpy(),
+                "actual": test[TARGET_COLUMN].to_numpy("float64"),
+                "predicted": np.asarray(predicted, dtype="float64"),
+            }
+        )
+        .groupby("day")
+        .sum()
+    )
+    totals["predicted_over_actual"] = totals["predicted"] / totals["actual"].where(
+        totals["actual"] > 0
+    )
+    return totals.round(3)
+
+
 # ---------------------------------------------------------------------------------------------
 # Promotion gates
 

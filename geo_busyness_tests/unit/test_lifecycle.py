@@ -24,6 +24,7 @@ from geo_busyness.core.lifecycle import (
     Evaluation,
     PromotionPolicy,
     beats_every_baseline,
+    daily_totals,
     evaluate,
     not_worse_than_champion,
     predictions_are_sane,
@@ -647,3 +648,17 @@ def test_resolution_advice_names_the_counts_of_a_city_too_sparse_for_its_resolut
     )
     dense = sparse.assign(orders=[0] * 50 + [2] * 50)
     assert resolution_advice(dense, 8) is None
+
+
+def test_daily_totals_show_a_forecast_that_sums_to_a_fraction_of_the_day():
+    test = pd.DataFrame(
+        {
+            "hour_start": pd.to_datetime(
+                ["2026-10-01 10:00", "2026-10-01 11:00", "2026-10-02 10:00"], utc=True
+            ),
+            "orders": [300, 400, 0],
+        }
+    )
+    totals = daily_totals(test, np.array([100.0, 132.0, 5.0]))
+    assert totals.loc["2026-10-01"].tolist() == [700.0, 232.0, 0.331]
+    assert np.isnan(totals.loc["2026-10-02", "predicted_over_actual"])  # no actual orders
