@@ -9,6 +9,7 @@ import pytest
 from geo_busyness.assets.metadata import stage_selection
 from geo_busyness.automation import after_passed_checks, on_new_data_latest_day, ready_to_deploy
 from geo_busyness.core.catalog import load_catalog, load_configured_catalog
+from geo_busyness.core.features import LOOKBACK_DAYS
 from geo_busyness.definitions import build_definitions, defs
 from geo_busyness.resources.environment import local_resources
 from geo_busyness.runner import day_range
@@ -103,8 +104,16 @@ def test_new_days_flow_to_features_but_not_to_training(platform):
     next_tick = dg.evaluate_automation_conditions(
         defs=test_defs, instance=instance, cursor=result.cursor
     )
-    # each day's features and those of the 8 days whose history it is (existing partitions)
-    assert requested(next_tick, "busyness_features") == set(day_range(START, 3 + 8))
+    # each day's features and those of the LOOKBACK_DAYS days whose history it is (existing
+    # partitions only)
+    existing = set(
+        test_defs.get_assets_def(key("busyness_features")).partitions_def.get_partition_keys()
+    )
+    assert (
+        requested(next_tick, "busyness_features")
+        == set(day_range(START, 3 + LOOKBACK_DAYS)) & existing
+    )
+    assert len(requested(next_tick, "busyness_features")) > 3 + 7  # beyond a week
     assert requested(next_tick, "hex_hourly_busyness") == set()
 
 
