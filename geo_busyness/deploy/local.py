@@ -575,7 +575,8 @@ class LocalEndpoint:
                     # forget the dead server (and its pooled connections)
                     old = f"{LOOPBACK}:{state.server.port}"
                     self._control(proxy, {"op": "drain", "upstream": old, "timeout": 0})
-            self.write_state(replace(state, proxy=proxy, server=server))
+            if restarted:  # a quiet pass (every 0.5 s) rewrites nothing
+                self.write_state(replace(state, proxy=proxy, server=server))
             for event in events:
                 self._log_restart(event)
             return events
