@@ -86,8 +86,10 @@ def ingest_runs(plan: LandingPlan, cities: Sequence[City]) -> tuple[list[IngestR
 def _not_yet_ingested(
     instance: dg.DagsterInstance, runs: list[IngestRun], listing, previous_slots
 ) -> list[IngestRun]:
-    """Drop city-days new to the cursor whose ingestion already ran after their newest file
-    landed: a first tick over a loaded landing zone would otherwise re-ingest all of history."""
+    """Drop city-days new to the cursor whose ingestion already ran, and succeeded, after their
+    newest file landed: a first tick over a loaded landing zone would otherwise re-ingest all of
+    history. A run that died or failed after writing the raw pings still counts as not ingested:
+    its later steps (the clean and quarantined pings) never ran."""
     newest: dict[tuple[str | None, str], float] = {}
     for item in listing:
         found = city_day_of_key(item.key)
@@ -105,9 +107,14 @@ def _not_yet_ingested(
         records = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=key, asset_partitions=[run.day]), limit=1
         ).records
-        if not (records and records[0].timestamp > landed):
+        if not (records and records[0].timestamp > landed and _succeeded(instance, records[0])):
             kept.append(run)
     return kept
+
+
+def _succeeded(instance: dg.DagsterInstance, record: dg.EventLogRecord) -> bool:
+    run = instance.get_run_by_id(record.run_id)
+    return run is not None and run.status == dg.DagsterRunStatus.SUCCESS
 
 
 def _log_findings(log, plan: LandingPlan, landing_zone: LandingZone) -> None:

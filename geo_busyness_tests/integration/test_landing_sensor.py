@@ -426,6 +426,28 @@ def test_days_already_ingested_are_not_rerun_on_a_first_tick(
         assert [(r.job_name, r.partition_key) for r in second.run_requests] == requested(jobs, day)
 
 
+def test_a_day_whose_ingestion_did_not_succeed_is_requested_on_a_first_tick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A run killed or failed after writing the raw pings (its clean and quarantined pings
+    never written) does not count as an ingestion: the first tick requests the day again."""
+    day = latest_complete_day(REGINA).isoformat()
+    folder, jobs = LAYOUTS["city"]
+    zone = LandingZone(root=str(tmp_path / "landing"))
+    zone.write(file_key(day, "a.csv", folder), valid_csv(day))
+    defs = storage_defs(monkeypatch, tmp_path)
+    sensor = defs.get_sensor_def("landing_zone_sensor")
+    with dg.instance_for_test() as instance:
+        result = execute(defs, dg.RunRequest(job_name=jobs[0], partition_key=day), instance)
+        # as the runner marks a run whose process was killed mid-run
+        instance.report_run_failed(instance.get_run_by_id(result.run_id), "process killed")
+        with dg.build_sensor_context(
+            instance=instance, resources={"landing_zone": zone}, definitions=defs
+        ) as ctx:
+            first = sensor.evaluate_tick(ctx)
+        assert [(r.job_name, r.partition_key) for r in first.run_requests] == requested(jobs, day)
+
+
 def parquet(tmp_path: Path, *key: str) -> pd.DataFrame:
     return pd.read_parquet(committed_path(tmp_path / "assets", key[:-1], key[-1]).path)
 
