@@ -368,6 +368,17 @@ def cmd_stack(args: argparse.Namespace) -> int:
     return serve_until_interrupted(state)
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    from geo_busyness.stack.local_stack import StackError
+    from geo_busyness.stack.ui import run_ui
+
+    try:
+        return run_ui(args.port)
+    except StackError as error:
+        print(f"geo-busyness: ui: {redact_text(str(error))}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="geo-busyness", description=__doc__)
     parser.add_argument("--version", action="version", version="geo-busyness 0.1.0")
@@ -459,6 +470,13 @@ def main(argv: list[str] | None = None) -> int:
             f"--{service}-port", type=int, default=port, help="0 picks a free port"
         )
     stack_parser.set_defaults(handler=cmd_stack)
+    ui_parser = commands.add_parser(
+        "ui",
+        help="Dagster (webserver + daemon), the MLflow UI and the report server over the local "
+        "defaults; Ctrl-C stops all three",
+    )
+    ui_parser.add_argument("--port", type=int, default=3000, help="Dagster's port")
+    ui_parser.set_defaults(handler=cmd_ui)
     args = parser.parse_args(argv)
     try:
         return args.handler(args)

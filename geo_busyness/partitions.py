@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import os
+import warnings
 
 import dagster as dg
 
@@ -20,6 +21,20 @@ from geo_busyness.core.city import City
 from geo_busyness.resources.settings import END_DATE_ENV, START_DATE_ENV
 
 DEFAULT_START_DATE = "2025-01-01"
+
+
+def window_mapping(start_offset: int, end_offset: int = 0) -> dg.TimeWindowPartitionMapping:
+    """A window of upstream days that may reach before a city's first day (its first weeks
+    have less history: the assets read what exists). Dagster marks
+    ``allow_nonexistent_upstream_partitions`` beta; we rely on it on purpose, so its warning is
+    silenced here instead of on every console."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return dg.TimeWindowPartitionMapping(
+            start_offset=start_offset,
+            end_offset=end_offset,
+            allow_nonexistent_upstream_partitions=True,
+        )
 
 
 def _day_setting(name: str, default: str | None) -> dt.date | None:

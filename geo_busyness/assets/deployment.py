@@ -10,7 +10,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from geo_busyness.assets.metadata import OWNER, city_asset, city_in, preview
+from geo_busyness.assets.metadata import OWNER, city_asset, city_in, picture_path, preview
 from geo_busyness.automation import on_new_data_latest_day, ready_to_deploy
 from geo_busyness.core.city import City
 from geo_busyness.core.features import LOOKBACK_DAYS, partial_days
@@ -20,11 +20,12 @@ from geo_busyness.core.forecast import (
     forecast_table,
     next_day,
 )
-from geo_busyness.core.plots import hexagon_map_png, markdown_image
+from geo_busyness.core.plots import hexagon_map_png
 from geo_busyness.core.redact import redact_data, redact_text, redact_url
 from geo_busyness.deploy import DeploymentFailed, DeploymentRecord
-from geo_busyness.partitions import city_partitions
+from geo_busyness.partitions import city_partitions, window_mapping
 from geo_busyness.resources.deployment import EndpointTarget
+from geo_busyness.resources.reports import ReportStore
 from geo_busyness.resources.tracking import Champion, MlflowTracking
 from geo_busyness.serving.bundle import Manifest, write_bundle, write_city_bundle
 
@@ -49,9 +50,7 @@ def build_forecast(city: City) -> dg.AssetsDefinition:
             "hex_hourly_busyness": city_in(
                 city,
                 "hex_hourly_busyness",
-                partition_mapping=dg.TimeWindowPartitionMapping(
-                    start_offset=-(LOOKBACK_DAYS - 1), allow_nonexistent_upstream_partitions=True
-                ),
+                partition_mapping=window_mapping(-(LOOKBACK_DAYS - 1)),
                 metadata={"allow_missing_partitions": True},
             ),
         },
@@ -68,6 +67,7 @@ def build_forecast(city: City) -> dg.AssetsDefinition:
         restaurant_clusters: pd.DataFrame,
         champion_model: Champion | None,
         mlflow_tracking: MlflowTracking,
+        report_store: ReportStore,
     ) -> Iterator[dg.Output[pd.DataFrame]]:
         mlflow_tracking = mlflow_tracking.for_city(city.id)
         day = context.partition_key
@@ -119,7 +119,9 @@ def build_forecast(city: City) -> dg.AssetsDefinition:
                 f"Forecast orders per hexagon, {next_day(day)}",
                 "predicted orders",
             )
-            metadata["forecast_map"] = dg.MetadataValue.md(markdown_image(png, "forecast map"))
+            metadata["forecast_map"] = report_store.picture(
+                picture_path(context, city, "forecast_map"), png, "forecast map"
+            )
         yield dg.Output(table, metadata=metadata)
 
     return busyness_forecast

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 import dagster as dg
 import pandas as pd
 
-from geo_busyness.assets.metadata import city_asset, city_in, preview
+from geo_busyness.assets.metadata import city_asset, city_in, picture_path, preview
 from geo_busyness.automation import on_new_checked_data, on_new_data
 from geo_busyness.core.city import City
 from geo_busyness.core.features import (
@@ -23,8 +23,9 @@ from geo_busyness.core.features import (
 from geo_busyness.core.features import (
     hex_hourly_busyness as build_hex_hourly_busyness,
 )
-from geo_busyness.core.plots import hexagon_map_png, markdown_image
-from geo_busyness.partitions import city_partitions
+from geo_busyness.core.plots import hexagon_map_png
+from geo_busyness.partitions import city_partitions, window_mapping
+from geo_busyness.resources.reports import ReportStore
 
 GROUP = "features"
 RESTAURANT_COLUMNS = ["restaurant_lat", "restaurant_lon"]
@@ -101,7 +102,9 @@ def build_features(city: City) -> list:
         ),
     )
     def hex_hourly_busyness(
-        context: dg.AssetExecutionContext, clean_courier_pings: pd.DataFrame
+        context: dg.AssetExecutionContext,
+        clean_courier_pings: pd.DataFrame,
+        report_store: ReportStore,
     ) -> pd.DataFrame:
         hourly = build_hex_hourly_busyness(clean_courier_pings, city.h3_resolution)
         per_cell = hourly.groupby("h3_cell", as_index=False)["orders"].sum()
@@ -121,7 +124,9 @@ def build_features(city: City) -> list:
                 f"Orders per hexagon, {context.partition_key}",
                 "orders",
             )
-            metadata["busyness_map"] = dg.MetadataValue.md(markdown_image(png, "busyness map"))
+            metadata["busyness_map"] = report_store.picture(
+                picture_path(context, city, "busyness_map"), png, "busyness map"
+            )
         context.add_output_metadata(metadata)
         return hourly
 
@@ -136,9 +141,7 @@ def build_features(city: City) -> list:
             "hex_hourly_busyness": city_in(
                 city,
                 "hex_hourly_busyness",
-                partition_mapping=dg.TimeWindowPartitionMapping(
-                    start_offset=-LOOKBACK_DAYS, allow_nonexistent_upstream_partitions=True
-                ),
+                partition_mapping=window_mapping(-LOOKBACK_DAYS),
                 metadata={"allow_missing_partitions": True},
             ),
         },

@@ -24,6 +24,14 @@ def preview(frame: pd.DataFrame, rows: int = PREVIEW_ROWS) -> dg.MetadataValue:
 STAGE_TAG = "geo_busyness/stage"
 
 
+def picture_path(context: dg.AssetExecutionContext, city: City, name: str) -> str:
+    """Where a picture of this materialization goes in the report store: one file per run, so
+    each materialization in the asset's history keeps its own picture."""
+    partition = context.partition_key if context.has_partition_key else "all"
+    asset = context.asset_key.path[-1]
+    return f"pictures/{city.id}/{asset}/{partition}/{name}-{context.run_id[:8]}.png"
+
+
 def city_key(city: City, name: str) -> dg.AssetKey:
     """The key of a city's asset: ``<city key>/<name>``."""
     return dg.AssetKey([city.key, name])

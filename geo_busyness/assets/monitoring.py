@@ -14,7 +14,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from geo_busyness.assets.metadata import city_asset, city_in
+from geo_busyness.assets.metadata import city_asset, city_in, picture_path
 from geo_busyness.automation import on_new_day_of_monitoring
 from geo_busyness.core.city import City
 from geo_busyness.core.drift import (
@@ -31,9 +31,8 @@ from geo_busyness.core.drift import (
 from geo_busyness.core.features import feature_columns
 from geo_busyness.core.forecast import FORECAST_COLUMN
 from geo_busyness.core.lifecycle import MODEL, SPLIT_COLUMN
-from geo_busyness.core.plots import markdown_image
 from geo_busyness.core.redact import redact_text
-from geo_busyness.partitions import city_partitions
+from geo_busyness.partitions import city_partitions, window_mapping
 from geo_busyness.resources.reports import DriftPolicy, ReportStore, report_link
 from geo_busyness.resources.tracking import MlflowTracking
 
@@ -84,9 +83,7 @@ def build_monitoring(city: City) -> dg.AssetsDefinition:
             "busyness_forecast": city_in(
                 city,
                 "busyness_forecast",
-                partition_mapping=dg.TimeWindowPartitionMapping(
-                    start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True
-                ),
+                partition_mapping=window_mapping(-1, -1),
                 metadata={"allow_missing_partitions": True, "columns": FORECAST_COLUMNS},
                 dagster_type=OptionalPartitions,
             ),
@@ -172,6 +169,7 @@ def build_monitoring(city: City) -> dg.AssetsDefinition:
         )
         metadata = {
             **_drift_metadata(day, result, reference, busyness_features, location),
+            **_drift_picture(context, city, result, reference, busyness_features, report_store),
             **_growth_metadata(growth, growth_note, version),
             "drift_seconds": round(drift_seconds, 2),
         }
@@ -230,12 +228,27 @@ def _drift_metadata(
         # A day the model was trained on cannot look drifted: read its report with care.
         "day_in_reference": bool(((hours >= start) & (hours < start + pd.Timedelta(days=1))).any()),
     }
-    png = drift_chart_png(reference, current, result)
-    if png is not None:
-        metadata["drifted_distributions"] = dg.MetadataValue.md(
-            markdown_image(png, "reference vs current distributions of the drifted columns")
-        )
     return metadata
+
+
+def _drift_picture(
+    context: dg.AssetExecutionContext,
+    city: City,
+    result: DriftResult,
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    report_store: ReportStore,
+) -> dict[str, dg.MetadataValue]:
+    png = drift_chart_png(reference, current, result)
+    if png is None:
+        return {}
+    return {
+        "drifted_distributions": report_store.picture(
+            picture_path(context, city, "drifted_distributions"),
+            png,
+            "reference vs current distributions of the drifted columns",
+        )
+    }
 
 
 def _error_growth(

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from geo_busyness.assets.metadata import city_asset, city_in, preview
+from geo_busyness.assets.metadata import city_asset, city_in, picture_path, preview
 from geo_busyness.automation import after_passed_checks
 from geo_busyness.core.city import City
 from geo_busyness.core.features import TARGET_COLUMN, feature_columns
@@ -43,8 +43,9 @@ from geo_busyness.core.model import (
     predict,
     train_poc_baseline,
 )
-from geo_busyness.core.plots import hexagon_map_png, markdown_image, predicted_vs_actual_png
+from geo_busyness.core.plots import hexagon_map_png, predicted_vs_actual_png
 from geo_busyness.resources.promotion import PromotionPolicyResource
+from geo_busyness.resources.reports import ReportStore
 from geo_busyness.resources.tracking import Champion, MlflowTracking
 from geo_busyness.resources.training_backend import TrainingBackend
 
@@ -355,6 +356,7 @@ def build_training(city: City) -> list:
         training_set: pd.DataFrame,
         busyness_model: CandidateModel,
         mlflow_tracking: MlflowTracking,
+        report_store: ReportStore,
     ) -> Evaluation:
         mlflow_tracking = mlflow_tracking.for_city(city.id)
         test = split_from_training_set(training_set).test
@@ -417,10 +419,14 @@ def build_training(city: City) -> list:
                 "champion_version": str(version or "none"),
                 "champion_note": note or "compared on the same test slice",
                 "prediction_problems": dg.MetadataValue.json(evaluation.problems),
-                "predicted_vs_actual": dg.MetadataValue.md(
-                    markdown_image(scatter, "predicted vs actual")
+                "predicted_vs_actual": report_store.picture(
+                    picture_path(context, city, "predicted_vs_actual"),
+                    scatter,
+                    "predicted vs actual",
                 ),
-                "error_map": dg.MetadataValue.md(markdown_image(error_map, "error map")),
+                "error_map": report_store.picture(
+                    picture_path(context, city, "error_map"), error_map, "error map"
+                ),
                 # calibration: a forecast that sums to a third of a normal day shows here
                 "daily_totals": _md_table(daily_totals(test, predictions[MODEL])),
                 "error_by_hour_of_day": _md_table(evaluation.by_hour),

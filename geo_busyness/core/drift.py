@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from geo_busyness.core.plots import pyplot
+
 # Deterministic functions of the timestamp: one day always "drifts" from a multi-week
 # reference on day of week and weekend, which says nothing about the data.
 CALENDAR_COLUMNS = ("hour_of_day", "day_of_week", "is_weekend")
@@ -191,16 +193,12 @@ def drift_chart_png(
     names = result.drifted_columns[:columns]
     if not names:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     scores = result.columns.set_index("column")
     n_cols = min(3, len(names))
     n_rows = math.ceil(len(names) / n_cols)
     figure, axes = plt.subplots(
-        n_rows, n_cols, figsize=(3.3 * n_cols, 2.6 * n_rows), dpi=90, squeeze=False
+        n_rows, n_cols, figsize=(4.2 * n_cols, 3.4 * n_rows), dpi=110, squeeze=False
     )
     for axis, name in zip(axes.flat, names, strict=False):
         before = _finite(reference[name])
@@ -217,11 +215,11 @@ def drift_chart_png(
             color="crimson",
         )
         row = scores.loc[name]
-        axis.set_title(f"{name}\n{row['stattest']}: {row['drift_score']:.3g}", fontsize=8)
-        axis.tick_params(labelsize=7)
+        axis.set_title(f"{name}\n{row['stattest']}: {row['drift_score']:.3g}", fontsize=10)
+        axis.tick_params(labelsize=9)
     for axis in list(axes.flat)[len(names) :]:
         axis.set_visible(False)
-    axes.flat[0].legend(fontsize=7)
+    axes.flat[0].legend(fontsize=9)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")

@@ -9,8 +9,12 @@ import numpy as np
 
 from geo_busyness.core.geo import cell_boundary
 
+# Shown at their pixel size on the asset page (the UI does not scale images): 880 x 715 px.
+FIGURE_SIZE = (8, 6.5)
+DPI = 110
 
-def _pyplot():
+
+def pyplot():
     """matplotlib's pyplot on the file-only Agg backend, imported on first use: every Dagster
     run process imports this module, few draw."""
     import matplotlib
@@ -24,9 +28,10 @@ def _pyplot():
 def hexagon_map_png(cells: np.ndarray, values: np.ndarray, title: str, label: str) -> bytes:
     """PNG of H3 cells coloured by value (one polygon per distinct cell)."""
     polygons = [[(lon, lat) for lat, lon in cell_boundary(str(cell))] for cell in cells]
-    plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(6, 5), dpi=90)
+    plt = pyplot()
+    figure, axes = plt.subplots(figsize=FIGURE_SIZE, dpi=DPI)
     from matplotlib.collections import PolyCollection
+    from matplotlib.ticker import MaxNLocator
 
     collection = PolyCollection(
         polygons, array=np.asarray(values, float), cmap="magma_r", edgecolors="grey", linewidths=0.3
@@ -40,6 +45,9 @@ def hexagon_map_png(cells: np.ndarray, values: np.ndarray, title: str, label: st
     axes.set_title(title)
     axes.set_xlabel("longitude")
     axes.set_ylabel("latitude")
+    # A city spans a few hundredths of a degree: few, unshifted ticks stay legible.
+    axes.xaxis.set_major_locator(MaxNLocator(5))
+    axes.ticklabel_format(useOffset=False)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", bbox_inches="tight")
     plt.close(figure)
@@ -60,8 +68,8 @@ def predicted_vs_actual_png(
     busyness level (a good model follows the diagonal), the scatter shows the spread.
     """
     actual = np.asarray(actual, dtype="float64")
-    plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(6, 5), dpi=90)
+    plt = pyplot()
+    figure, axes = plt.subplots(figsize=FIGURE_SIZE, dpi=DPI)
     first = next(iter(predictions))
     axes.scatter(actual, predictions[first], s=4, alpha=0.15, color="grey", rasterized=True)
     levels = np.unique(actual)
@@ -70,13 +78,16 @@ def predicted_vs_actual_png(
         index = np.searchsorted(levels, actual)
         sums = np.bincount(index, weights=np.nan_to_num(predicted), minlength=len(levels))
         counts = np.bincount(index, minlength=len(levels))
-        axes.plot(levels, sums / np.maximum(counts, 1), marker="o", markersize=3, label=name)
+        # points, not a line: the means of the rare high counts jump, and a line zig-zags
+        axes.plot(
+            levels, sums / np.maximum(counts, 1), marker="o", markersize=4, linestyle="", label=name
+        )
     top = float(actual.max()) if actual.size else 1.0
     axes.plot([0, top], [0, top], color="black", linewidth=0.8, linestyle="--", label="y = x")
     axes.set_xlabel(f"actual {label}")
     axes.set_ylabel(f"predicted {label}")
     axes.set_title(title)
-    axes.legend(loc="upper left", fontsize=8)
+    axes.legend(loc="upper left", fontsize=10)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", bbox_inches="tight")
     plt.close(figure)

@@ -20,7 +20,8 @@
 | ``GEO_BUSYNESS_S3_ENDPOINT_URL`` | S3-compatible endpoint (SeaweedFS, MinIO…) | AWS; required in ``stack`` |
 | ``MLFLOW_TRACKING_URI`` | MLflow tracking + registry (``http://…`` server, ``sqlite:///…``) | ``$DATA_DIR/mlflow/mlflow.db``; required in ``stack``, ``aws`` |
 | ``GEO_BUSYNESS_MLFLOW_UI_URL`` | MLflow UI base URL for links in Dagster metadata | none |
-| ``GEO_BUSYNESS_REPORTS`` | drift reports (HTML): directory or ``s3://bucket/prefix`` | ``$DATA_DIR/reports`` |
+| ``GEO_BUSYNESS_REPORTS`` | drift reports (HTML) and metadata pictures: directory or ``s3://bucket/prefix`` | ``$DATA_DIR/reports`` |
+| ``GEO_BUSYNESS_REPORTS_URL`` | HTTP address serving the reports (links, inline pictures) | ``http://127.0.0.1:3001`` (``geo-busyness ui``) for a local store; none for S3 |
 | ``GEO_BUSYNESS_ENDPOINT_TARGET`` | where ``endpoint_deployment`` deploys: ``local`` or ``sagemaker`` | ``sagemaker`` in ``aws``, else ``local`` |
 | ``GEO_BUSYNESS_ENDPOINT_PORT`` | port of the local model endpoint (127.0.0.1) | 8080 |
 | ``GEO_BUSYNESS_SAGEMAKER_*`` | ``ENDPOINT``, ``ROLE_ARN``, ``IMAGE_URI``, ``BUCKET`` of the SageMaker target | required for sagemaker |
@@ -49,7 +50,7 @@ from geo_busyness.resources.io_manager import ParquetIOManagerResource, PickleIO
 from geo_busyness.resources.landing_zone import LandingZone
 from geo_busyness.resources.promotion import PromotionPolicyResource
 from geo_busyness.resources.quality import DataQualityPolicy
-from geo_busyness.resources.reports import DriftPolicy, ReportStore
+from geo_busyness.resources.reports import LOCAL_REPORTS_URL, DriftPolicy, ReportStore
 from geo_busyness.resources.settings import (
     BUCKET_ENV,
     ENDPOINT_PORT_ENV,
@@ -59,6 +60,7 @@ from geo_busyness.resources.settings import (
     MLFLOW_TRACKING_ENV,
     MLFLOW_UI_ENV,
     REPORTS_ENV,
+    REPORTS_URL_ENV,
     S3_ENDPOINT_ENV,
     SAGEMAKER_ENV,
     STORAGE_ENV,
@@ -122,6 +124,7 @@ def build_resources() -> dict[str, Any]:
         return f"s3://{bucket}/{prefix}" if bucket else str(default_data_dir() / prefix)
 
     on_endpoint = _field("s3_endpoint_url", S3_ENDPOINT_ENV)
+    reports = os.environ.get(REPORTS_ENV) or in_bucket("reports")
     storage_options = {**_field("base_path", STORAGE_ENV, in_bucket("assets")), **on_endpoint}
     return {
         "landing_zone": LandingZone(
@@ -137,7 +140,13 @@ def build_resources() -> dict[str, Any]:
         "endpoint": endpoint_target("sagemaker" if name == "aws" else "local"),
         "training_backend": training_backend(),
         "report_store": ReportStore(
-            **_field("base_path", REPORTS_ENV, in_bucket("reports")), **on_endpoint
+            **_field("base_path", REPORTS_ENV, reports),
+            **_field(
+                "public_url",
+                REPORTS_URL_ENV,
+                None if reports.startswith("s3://") else LOCAL_REPORTS_URL,
+            ),
+            **on_endpoint,
         ),
         "drift_policy": DriftPolicy(),
         "data_quality_policy": DataQualityPolicy(),

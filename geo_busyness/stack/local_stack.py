@@ -103,7 +103,7 @@ def process_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -121,7 +121,7 @@ def _resolve_ports(requested: dict[str, int]) -> dict[str, int]:
             port = free_port()
             while port in ports.values():
                 port = free_port()
-        elif not _port_free(port):
+        elif not port_free(port):
             raise StackError(
                 f"port {port} ({name}) on {LOOPBACK} is in use: stop what uses it "
                 f"(`geo-busyness stack down` if it is an earlier stack) or pass "
@@ -155,7 +155,7 @@ def _tail(log: Path, lines: int = 25) -> str:
     return f"last lines of {log}:\n" + "\n".join(text)
 
 
-def _tool(name: str) -> str:
+def console_tool(name: str) -> str:
     """A console script of this environment (next to ``python``), else from ``PATH``."""
     beside = Path(sys.executable).parent / name
     if beside.exists():
@@ -166,7 +166,9 @@ def _tool(name: str) -> str:
     return found
 
 
-def _start(command: list[str], env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen:
+def start_service(
+    command: list[str], env: dict[str, str], log: Path, cwd: Path
+) -> subprocess.Popen:
     with open(log, "ab") as handle:
         return subprocess.Popen(
             command,
@@ -253,9 +255,9 @@ def up(config: StackConfig, say: Callable[[str], None] = print) -> StackState:
         state.seeded = _seed(config, env, say)
 
         dagster_url = f"http://{LOOPBACK}:{ports['dagster']}"
-        dagster = _start(
+        dagster = start_service(
             [
-                _tool("dagster"),
+                console_tool("dagster"),
                 "dev",
                 "-m",
                 "geo_busyness.definitions",
@@ -297,9 +299,9 @@ def start_mlflow_server(
     ``s3://<bucket>/mlflow`` (clients upload and download through the server). Not waited for:
     ``wait_http(<url>/health, ...)`` is."""
     store_dir.mkdir(parents=True, exist_ok=True)
-    return _start(
+    return start_service(
         [
-            _tool("mlflow"),
+            console_tool("mlflow"),
             "server",
             "--backend-store-uri",
             f"sqlite:///{store_dir / 'mlflow.db'}",
@@ -327,7 +329,7 @@ def _seed(config: StackConfig, env: dict[str, str], say: Callable[[str], None]) 
     start = end - dt.timedelta(days=config.seed_days - 1)
     seeded = subprocess.run(
         [
-            _tool("geo-busyness"),
+            console_tool("geo-busyness"),
             "simulate",
             "--start",
             start.isoformat(),
@@ -349,7 +351,7 @@ def _seed(config: StackConfig, env: dict[str, str], say: Callable[[str], None]) 
     return f"{start}..{end}"
 
 
-def _stop_group(pid: int, first_signal: int) -> bool:
+def stop_group(pid: int, first_signal: int) -> bool:
     """Signal process group ``pid``, wait, SIGKILL what is left; whether it was running."""
     if not process_alive(pid):
         return False
@@ -385,7 +387,7 @@ def down(root: Path, say: Callable[[str], None] = print) -> list[str]:
             stopped.append("endpoint")
     for name in STOP_ORDER:
         pid = state.process_groups.get(name)
-        if pid and _stop_group(pid, signal.SIGINT if name == "dagster" else signal.SIGTERM):
+        if pid and stop_group(pid, signal.SIGINT if name == "dagster" else signal.SIGTERM):
             stopped.append(name)
     (Path(state.root) / STATE_FILE).unlink(missing_ok=True)
     say(f"stopped: {', '.join(stopped) or 'nothing was running'}")

@@ -77,6 +77,8 @@ def wait_for(what: str, predicate, timeout: float, process: subprocess.Popen, lo
 
 
 def tail(log: Path, lines: int = 60) -> str:
+    if not log.exists():
+        return f"(no {log} yet)"
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
@@ -106,6 +108,10 @@ def platform(tmp_path_factory):
         "GEO_BUSYNESS_END_DATE": DRIFT_DAY.isoformat(),
         "GEO_BUSYNESS_SENSOR_INTERVAL_SECONDS": str(SENSOR_INTERVAL_SECONDS),
         "GEO_BUSYNESS_CITIES": str(catalog),
+        # where `geo-busyness ui` serves the reports and the MLflow UI: links written by the demo
+        # and the daemon's runs open there
+        "GEO_BUSYNESS_REPORTS_URL": f"http://127.0.0.1:{free_port()}",
+        "GEO_BUSYNESS_MLFLOW_UI_URL": f"http://127.0.0.1:{free_port()}",
     }
     env.pop("MLFLOW_TRACKING_URI", None)
     demo = subprocess.run(
@@ -117,18 +123,19 @@ def platform(tmp_path_factory):
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     assert "promoted in this run" in demo.stdout
 
-    log = root / "dagster-dev.log"
+    # `geo-busyness ui`, as `scripts/dev ui` starts it: the report server, the MLflow UI and
+    # `dagster dev` (webserver + daemon), stopped together when it is interrupted.
+    log = root / "data" / "ui-logs" / "dagster.log"
     port = free_port()
-    with log.open("w") as output:
+    with (root / "ui.log").open("w") as output:
         dagster = subprocess.Popen(
-            [BIN / "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+            [BIN / "geo-busyness", "ui", "--port", str(port)],
             cwd=REPO,
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            # A background shell starts us with SIGINT ignored, and `dagster dev` only stops
-            # cleanly on SIGINT: restore the default before exec.
+            # A background shell starts us with SIGINT ignored: restore the default before exec.
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     try:
@@ -137,11 +144,11 @@ def platform(tmp_path_factory):
             dagster, log,
         )  # fmt: skip
         with dg.DagsterInstance.from_config(str(home)) as instance:
-            yield env, instance, dagster, log
+            yield env, instance, dagster, log, f"http://127.0.0.1:{port}"
     finally:
         os.killpg(dagster.pid, signal.SIGINT)
         try:
-            dagster.wait(timeout=60)
+            dagster.wait(timeout=90)
         except subprocess.TimeoutExpired:
             stop_process_group(dagster)
         subprocess.run([BIN / "geo-busyness", "endpoint", "stop"], cwd=REPO, env=env, timeout=120)
@@ -178,7 +185,7 @@ def champion_version(instance: dg.DagsterInstance) -> str | None:
 
 
 def test_new_days_are_processed_and_drift_retrains_through_the_gates(platform):
-    env, instance, dagster, log = platform
+    env, instance, dagster, log, _ = platform
     first_champion = champion_version(instance)
     assert first_champion == "1"
 

@@ -175,3 +175,29 @@ def test_every_resource_the_definitions_require_is_built(clean_env, tmp_path):
     assert resources["data_quality_policy"].max_quarantine_share == 0.2
     keys = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
     assert {"regina/raw_courier_pings", "new_york/raw_courier_pings", "unrouted_pings"} <= keys
+
+
+def test_building_the_definitions_warns_of_nothing(clean_env):
+    """A quiet console: the Beta/Preview features we chose are silenced where we use them,
+    and nothing else warns that a console shows (Python hides deprecation warnings of
+    libraries by default; pytest's own filters do not apply inside this block)."""
+    import warnings
+
+    from geo_busyness.core.catalog import load_configured_catalog
+    from geo_busyness.definitions import build_definitions
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_definitions(load_configured_catalog()).get_repository_def()
+    hidden = (DeprecationWarning, PendingDeprecationWarning)
+    shown = [w for w in caught if not issubclass(w.category, hidden)]
+    assert [f"{w.category.__name__}: {w.message}" for w in shown] == []
+
+
+def test_the_local_instance_sends_no_telemetry_and_shows_no_community_dialog():
+    import yaml
+
+    from geo_busyness.runner import LOCAL_INSTANCE_SETTINGS
+
+    settings = yaml.safe_load(LOCAL_INSTANCE_SETTINGS.read_text())
+    assert settings["telemetry"] == settings["nux"] == {"enabled": False}
