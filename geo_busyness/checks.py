@@ -12,7 +12,7 @@ import warnings
 import dagster as dg
 import pandas as pd
 
-from geo_busyness.assets.metadata import city_in, city_key
+from geo_busyness.assets.metadata import city_in, city_key, shown
 from geo_busyness.core.city import City
 from geo_busyness.core.features import HOURLY_KEY, duplicate_hourly_keys
 from geo_busyness.core.lifecycle import (
@@ -35,7 +35,7 @@ def _gate_result(gate: GateResult) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         passed=gate.passed,
         description=gate.description,
-        metadata={"verdict": gate.description, **gate.metadata},
+        metadata={"verdict": gate.description, **{k: shown(v) for k, v in gate.metadata.items()}},
     )
 
 

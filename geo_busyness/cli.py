@@ -195,9 +195,9 @@ def _run_landing(args: argparse.Namespace, training_config: dict, heading: str) 
         f"  landing zone   {landing}\n"
         f"  asset files    {storage}/<city>/<asset>/<day>.parquet "
         f"(quarantine: {storage}/<city>/quarantined_pings/)\n"
-        f"  MLflow         {tracking.display_uri}  (UI: scripts/dev mlflow-ui)\n"
+        f"  MLflow         {tracking.display_uri}\n"
         f"  Dagster UI     scripts/dev ui   (DAGSTER_HOME={home}: runs, metadata, maps and "
-        "checks of this run)"
+        "checks of this run; with the MLflow UI and the report server its links open)"
     )
     return 1 if outcome.failed else 0
 

@@ -302,7 +302,13 @@ def build_endpoint(cities: Sequence[City]) -> list:
             record,
             metadata={
                 "target": record.target,
-                "address": dg.MetadataValue.url(address) if address.startswith("http") else address,
+                "address": address,
+                # what a browser can open: the health route (the root has no page)
+                **(
+                    {"ping": dg.MetadataValue.url(f"{address.rstrip('/')}/ping")}
+                    if address.startswith("http")
+                    else {}
+                ),
                 "model_version": record.model_version,
                 "previous_model_version": record.previous_model_version or "none",
                 "cities": dg.MetadataValue.json(

@@ -21,6 +21,12 @@ def preview(frame: pd.DataFrame, rows: int = PREVIEW_ROWS) -> dg.MetadataValue:
     return dg.MetadataValue.md(head.to_markdown(index=False) if len(head) else "_empty_")
 
 
+def shown(value):
+    """A float rounded to what a reader compares (4 significant digits), anything else as is:
+    ``0.7635`` in the UI, not ``0.7635391413373088``."""
+    return float(f"{value:.4g}") if isinstance(value, float) else value
+
+
 STAGE_TAG = "geo_busyness/stage"
 
 

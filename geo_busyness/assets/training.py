@@ -5,6 +5,7 @@ re-applies the same rules before it moves the registry alias, so a candidate tha
 cannot become the champion even when ``champion_model`` is materialized on its own.
 """
 
+import dataclasses
 import importlib.metadata
 import tempfile
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from geo_busyness.assets.metadata import city_asset, city_in, picture_path, preview
+from geo_busyness.assets.metadata import city_asset, city_in, picture_path, preview, shown
 from geo_busyness.automation import after_passed_checks
 from geo_busyness.core.city import City
 from geo_busyness.core.features import TARGET_COLUMN, feature_columns
@@ -43,9 +44,16 @@ from geo_busyness.core.model import (
     predict,
     train_poc_baseline,
 )
+from geo_busyness.core.model_card import (
+    ModelCard,
+    busiest_contributions,
+    feature_importance,
+    model_card_html,
+    summary_markdown,
+)
 from geo_busyness.core.plots import hexagon_map_png, predicted_vs_actual_png
 from geo_busyness.resources.promotion import PromotionPolicyResource
-from geo_busyness.resources.reports import ReportStore
+from geo_busyness.resources.reports import ReportStore, report_link
 from geo_busyness.resources.tracking import Champion, MlflowTracking
 from geo_busyness.resources.training_backend import TrainingBackend
 
@@ -136,6 +144,50 @@ def _champion_predictions(
     if missing:
         return None, champion.version, f"champion needs features absent here: {missing}"
     return champion_model.predict(test[names]).astype("float64"), champion.version, ""
+
+
+def _range_text(time_range) -> str:
+    if time_range is None:
+        return "unknown"
+    return f"{time_range.start:%Y-%m-%d %H:%M} to {time_range.end:%Y-%m-%d %H:%M} UTC"
+
+
+def _model_card(
+    context: dg.AssetExecutionContext,
+    city: City,
+    candidate: CandidateModel,
+    evaluation: Evaluation,
+    gates: list,
+    champion: Champion,
+    tracking: MlflowTracking,
+) -> ModelCard:
+    """The card of the version just promoted, with its lineage: the Dagster run, the MLflow run
+    and registry version, and the days of busyness_features it learned from and was tested on."""
+    first = evaluation.train_range.start if evaluation.train_range else evaluation.test_range.start
+    days = f"{first:%Y-%m-%d} to {evaluation.test_range.end - pd.Timedelta(hours=1):%Y-%m-%d}"
+    links = {
+        "Dagster run": context.run_id,
+        "busyness_features partitions": days,
+        "MLflow run": tracking.run_url(champion.run_id) or champion.run_id,
+        "registry version": tracking.model_version_url(champion.version)
+        or f"{tracking.registered_model_name} version {champion.version}",
+        "model URI": champion.model_uri,
+    }
+    return ModelCard(
+        city=f"{city.name} ({city.id}, H3 resolution {city.h3_resolution})",
+        version=champion.version,
+        objective=candidate.trained.objective,
+        train_range=_range_text(evaluation.train_range),
+        train_rows=evaluation.train_rows,
+        test_range=_range_text(evaluation.test_range),
+        test_rows=evaluation.test_rows,
+        metrics=evaluation.metrics,
+        by_band=evaluation.by_band if evaluation.by_band is not None else pd.DataFrame(),
+        gates=[(gate.name, gate.passed, gate.description) for gate in gates],
+        importance=evaluation.importance if evaluation.importance is not None else pd.Series(),
+        busiest=evaluation.busiest if evaluation.busiest is not None else pd.DataFrame(),
+        links=links,
+    )
 
 
 def build_training(city: City) -> list:
@@ -359,7 +411,8 @@ def build_training(city: City) -> list:
         report_store: ReportStore,
     ) -> Evaluation:
         mlflow_tracking = mlflow_tracking.for_city(city.id)
-        test = split_from_training_set(training_set).test
+        split = split_from_training_set(training_set)
+        test = split.test
         names = busyness_model.feature_names
         predictions = {
             MODEL: predict(busyness_model.trained, test, names),
@@ -372,7 +425,13 @@ def build_training(city: City) -> list:
         )
         if champion is not None:
             predictions[CHAMPION] = champion
-        evaluation = evaluate(test, predictions, busyness_model.mlflow_run_id, version, note)
+        evaluation = dataclasses.replace(
+            evaluate(test, predictions, busyness_model.mlflow_run_id, version, note),
+            train_range=split.ranges["train"],
+            train_rows=len(split.train),
+            importance=feature_importance(busyness_model.trained),
+            busiest=busiest_contributions(busyness_model.trained, test),
+        )
 
         compared = {
             name: predictions[name]
@@ -406,16 +465,22 @@ def build_training(city: City) -> list:
         context.add_output_metadata(
             {
                 "test_metrics": _md_table(evaluation.metrics),
-                "model_mae": evaluation.mae(MODEL),
+                "model_mae": shown(evaluation.mae(MODEL)),
                 **{
-                    f"{name}_mae": evaluation.mae(name)
+                    f"{name}_mae": shown(evaluation.mae(name))
                     for name in BASELINES
                     if name in predictions and name != POC_BASELINE
                 },
                 **(
-                    {"poc_mae": evaluation.mae(POC_BASELINE)} if POC_BASELINE in predictions else {}
+                    {"poc_mae": shown(evaluation.mae(POC_BASELINE))}
+                    if POC_BASELINE in predictions
+                    else {}
                 ),
-                **({"champion_mae": evaluation.mae(CHAMPION)} if CHAMPION in predictions else {}),
+                **(
+                    {"champion_mae": shown(evaluation.mae(CHAMPION))}
+                    if CHAMPION in predictions
+                    else {}
+                ),
                 "champion_version": str(version or "none"),
                 "champion_note": note or "compared on the same test slice",
                 "prediction_problems": dg.MetadataValue.json(evaluation.problems),
@@ -430,6 +495,8 @@ def build_training(city: City) -> list:
                 # calibration: a forecast that sums to a third of a normal day shows here
                 "daily_totals": _md_table(daily_totals(test, predictions[MODEL])),
                 "error_by_hour_of_day": _md_table(evaluation.by_hour),
+                # the busy hexagon-hours drive courier positioning: errors there, apart
+                "error_by_busyness_band": _md_table(evaluation.by_band),
                 "worst_hexagons": _md_table(evaluation.by_hexagon.nlargest(10, "mae")),
                 "test_rows": evaluation.test_rows,
                 "test_range": f"{evaluation.test_range.start} to {evaluation.test_range.end}",
@@ -459,6 +526,7 @@ def build_training(city: City) -> list:
         model_evaluation: Evaluation,
         mlflow_tracking: MlflowTracking,
         promotion_policy: PromotionPolicyResource,
+        report_store: ReportStore,
     ) -> Champion:
         mlflow_tracking = mlflow_tracking.for_city(city.id)
         if model_evaluation.candidate_run_id != busyness_model.mlflow_run_id:
@@ -467,11 +535,8 @@ def build_training(city: City) -> list:
                 f"busyness_model is run {busyness_model.mlflow_run_id}: materialize model_evaluation "
                 "(and its checks) for this candidate first"
             )
-        failed = [
-            gate
-            for gate in promotion_gates(model_evaluation, promotion_policy.to_policy())
-            if not gate.passed
-        ]
+        gates = promotion_gates(model_evaluation, promotion_policy.to_policy())
+        failed = [gate for gate in gates if not gate.passed]
         if failed:
             current = mlflow_tracking.champion()
             raise dg.Failure(
@@ -482,14 +547,29 @@ def build_training(city: City) -> list:
         champion, changed = mlflow_tracking.promote(
             busyness_model.model_uri, busyness_model.mlflow_run_id
         )
+        card = _model_card(
+            context, city, busyness_model, model_evaluation, gates, champion, mlflow_tracking
+        )
+        location = report_store.save(
+            f"model_cards/{city.id}/version-{champion.version}.html",
+            model_card_html(card).encode(),
+            "text/html; charset=utf-8",
+        )
         context.add_output_metadata(
             {
+                "model_card": report_link(location),
+                "summary": dg.MetadataValue.md(summary_markdown(card)),
                 "version": champion.version,
                 "previous_version": champion.previous_version or "none",
                 "changed": changed,
                 "model_uri": champion.model_uri,
                 "registered_model": mlflow_tracking.registered_model_name,
                 **mlflow_tracking.run_metadata(champion.run_id),
+                **(
+                    {"mlflow_model_version": dg.MetadataValue.url(url)}
+                    if (url := mlflow_tracking.model_version_url(champion.version))
+                    else {}
+                ),
             }
         )
         return champion

@@ -195,10 +195,10 @@ def drift_chart_png(
         return None
     plt = pyplot()
     scores = result.columns.set_index("column")
-    n_cols = min(3, len(names))
+    n_cols = min(2, len(names))  # two panels wide: fits the metadata table (see plots.py)
     n_rows = math.ceil(len(names) / n_cols)
     figure, axes = plt.subplots(
-        n_rows, n_cols, figsize=(4.2 * n_cols, 3.4 * n_rows), dpi=110, squeeze=False
+        n_rows, n_cols, figsize=(3.1 * n_cols, 2.6 * n_rows), dpi=100, squeeze=False
     )
     for axis, name in zip(axes.flat, names, strict=False):
         before = _finite(reference[name])

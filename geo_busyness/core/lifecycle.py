@@ -26,6 +26,7 @@ from geo_busyness.core.model import (
     TimeRange,
     TrainedModel,
     error_by,
+    mae_by_band,
     metrics_table,
     prediction_problems,
     same_hour_of_week_mean_predict,
@@ -173,6 +174,14 @@ class Evaluation:
     candidate_run_id: str = ""
     champion_version: str | None = None
     champion_note: str = ""
+    # for the model card (core/model_card.py): the training rows, what the trees split on, and
+    # what drives the busiest hexagons' forecasts
+    train_range: TimeRange | None = None
+    train_rows: int = 0
+    # MAE of every predictor per band of actual orders (core/model.py: BUSYNESS_BANDS)
+    by_band: pd.DataFrame | None = None
+    importance: pd.Series | None = None
+    busiest: pd.DataFrame | None = None
 
     def mae(self, predictor: str) -> float | None:
         return (
@@ -223,6 +232,7 @@ def evaluate(
         candidate_run_id=candidate_run_id,
         champion_version=champion_version,
         champion_note=champion_note,
+        by_band=mae_by_band(actual[finite], scored),
     )
 
 

@@ -505,6 +505,39 @@ def error_by(frame: pd.DataFrame, y_pred, column: str) -> pd.DataFrame:
     )
 
 
+# Bands of actual orders per hexagon-hour: the busy cells are where couriers are sent, and an
+# overall MAE dominated by the many quiet hours can hide errors there.
+BUSYNESS_BANDS = (0, 1, 3, 6, 11)  # lower bounds: 0, 1-2, 3-5, 6-10, 11+
+
+
+def _band_labels(bounds: tuple[int, ...]) -> list[str]:
+    labels = []
+    for low, high in zip(bounds, [*bounds[1:], None], strict=True):
+        if high is None:
+            labels.append(f"{low}+")
+        elif high - low == 1:
+            labels.append(str(low))
+        else:
+            labels.append(f"{low}-{high - 1}")
+    return labels
+
+
+def mae_by_band(
+    y_true, predictions: dict[str, np.ndarray], bounds: tuple[int, ...] = BUSYNESS_BANDS
+) -> pd.DataFrame:
+    """Rows and MAE of every predictor per band of actual orders (rows: bands that occur)."""
+    actual = np.asarray(y_true, dtype="float64")
+    band = np.searchsorted(np.asarray(bounds, "float64"), actual, side="right") - 1
+    frame = pd.DataFrame({"band": band})
+    for name, predicted in predictions.items():
+        frame[name] = np.abs(actual - np.asarray(predicted, dtype="float64"))
+    table = frame.groupby("band").agg(
+        rows=("band", "size"), **{n: (n, "mean") for n in predictions}
+    )
+    table.index = pd.Index([_band_labels(bounds)[i] for i in table.index], name="actual_orders")
+    return table
+
+
 def prediction_problems(y_pred) -> list[str]:
     """Why predictions are not sane busyness counts; empty when they are.
 

@@ -9,9 +9,10 @@ import numpy as np
 
 from geo_busyness.core.geo import cell_boundary
 
-# Shown at their pixel size on the asset page (the UI does not scale images): 880 x 715 px.
-FIGURE_SIZE = (8, 6.5)
-DPI = 110
+# Shown at their pixel size in the metadata table of the asset page (the UI does not scale
+# images): 620 x 500 px fits its value column on a laptop screen.
+FIGURE_SIZE = (6.2, 5.0)
+DPI = 100
 
 
 def pyplot():

@@ -46,7 +46,12 @@ from typing import Any
 import httpx
 import uvicorn
 
-from geo_busyness.serving.protocol import ConnectionLimits, GuardedHttpToolsProtocol
+from geo_busyness.serving.protocol import (
+    ConnectionLimits,
+    GuardedHttpToolsProtocol,
+    add_connection_arguments,
+    connection_limits,
+)
 from geo_busyness.serving.requests import RequestLimits
 
 LOGGER = logging.getLogger("geo_busyness.proxy")
@@ -422,7 +427,7 @@ def _ignore_signal(_signum, _frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    limits, connection = ProxyLimits(), ConnectionLimits()
+    limits = ProxyLimits()
     parser.add_argument("--listen-host", default="127.0.0.1")
     parser.add_argument("--listen-port", type=int, required=True)
     parser.add_argument("--control-socket", required=True)
@@ -437,11 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-body-bytes", type=int, default=limits.max_body_bytes)
     parser.add_argument("--response-timeout", type=float, default=limits.response_timeout_s)
     parser.add_argument("--upstream-idle-seconds", type=float, default=limits.upstream_idle_s)
-    parser.add_argument("--header-timeout", type=float, default=connection.header_timeout_s)
-    parser.add_argument("--body-timeout", type=float, default=connection.body_timeout_s)
-    parser.add_argument("--max-header-bytes", type=int, default=connection.max_header_bytes)
-    parser.add_argument("--max-headers", type=int, default=connection.max_headers)
-    parser.add_argument("--max-connections", type=int, default=connection.max_connections)
+    add_connection_arguments(parser)
     args = parser.parse_args(argv)
     if len(str(args.control_socket)) >= UNIX_SOCKET_PATH_MAX:
         parser.error(f"--control-socket path longer than {UNIX_SOCKET_PATH_MAX - 1} characters")
@@ -451,13 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             response_timeout_s=args.response_timeout,
             upstream_idle_s=args.upstream_idle_seconds,
         )
-        args.connection_limits = ConnectionLimits(
-            header_timeout_s=args.header_timeout,
-            body_timeout_s=args.body_timeout,
-            max_header_bytes=args.max_header_bytes,
-            max_headers=args.max_headers,
-            max_connections=args.max_connections,
-        )
+        args.connection_limits = connection_limits(args)
     except ValueError as error:
         parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

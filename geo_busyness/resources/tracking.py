@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -237,18 +238,30 @@ class MlflowTracking(dg.ConfigurableResource):
         if url:
             context.log.info(f"MLflow run {run_id} ended {status}: {url}")
 
-    def run_url(self, run_id: str) -> str | None:
-        """Link to the run in the MLflow UI: ``ui_url``, else the tracking server itself, else
-        (a local store) where ``scripts/dev mlflow-ui`` serves it; redacted."""
+    def _ui_base(self) -> str | None:
+        """The MLflow UI: ``ui_url``, else the tracking server itself, else (a local store)
+        where ``scripts/dev ui`` serves it."""
         base = self.ui_url
         if not base and self.uri.startswith(("http://", "https://")):
             base = self.uri
         if not base and self.uri.startswith("sqlite:"):
             base = LOCAL_UI_URL
+        return base.rstrip("/") if base else None
+
+    def run_url(self, run_id: str) -> str | None:
+        """Link to the run in the MLflow UI; redacted."""
+        base = self._ui_base()
         if not base:
             return None
-        experiment = self.experiment_id()
-        return redact_url(f"{base.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}")
+        return redact_url(f"{base}/#/experiments/{self.experiment_id()}/runs/{run_id}")
+
+    def model_version_url(self, version: str) -> str | None:
+        """Link to a version of the registered model in the MLflow UI; redacted."""
+        base = self._ui_base()
+        if not base:
+            return None
+        name = urllib.parse.quote(self.registered_model_name)
+        return redact_url(f"{base}/#/models/{name}/versions/{version}")
 
     def run_metadata(self, run_id: str) -> dict[str, dg.MetadataValue]:
         """Metadata that leads from a Dagster materialization to its MLflow run."""

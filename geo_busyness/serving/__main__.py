@@ -20,7 +20,11 @@ from geo_busyness.serving.app import (
     app_from_environment,
     configure_logging,
 )
-from geo_busyness.serving.protocol import ConnectionLimits, GuardedHttpToolsProtocol
+from geo_busyness.serving.protocol import (
+    GuardedHttpToolsProtocol,
+    add_connection_arguments,
+    connection_limits,
+)
 from geo_busyness.serving.requests import RequestLimits
 
 SAGEMAKER_MODEL_DIR = "/opt/ml/model"
@@ -32,7 +36,6 @@ DEFAULT_KEEP_ALIVE_S = 75
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = RequestLimits()
-    connection = ConnectionLimits()
     parser = argparse.ArgumentParser(
         prog="serve", description="Serve busyness forecasts from a deployment bundle."
     )
@@ -64,40 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
     parser.add_argument("--max-instances", type=int, default=defaults.max_instances)
-    parser.add_argument(
-        "--header-timeout",
-        type=float,
-        default=connection.header_timeout_s,
-        help="seconds a request's line and headers may take, from the connection's opening or "
-        f"the request's first byte (default {connection.header_timeout_s:g}); then 408",
-    )
-    parser.add_argument(
-        "--body-timeout",
-        type=float,
-        default=connection.body_timeout_s,
-        help="seconds the body may take after the headers (default "
-        f"{connection.body_timeout_s:g}); then 408",
-    )
-    parser.add_argument(
-        "--max-header-bytes",
-        type=int,
-        default=connection.max_header_bytes,
-        help=f"request line and headers, bytes (default {connection.max_header_bytes}); "
-        "then 414 / 431",
-    )
-    parser.add_argument(
-        "--max-headers",
-        type=int,
-        default=connection.max_headers,
-        help=f"header fields per request (default {connection.max_headers}); then 431",
-    )
-    parser.add_argument(
-        "--max-connections",
-        type=int,
-        default=connection.max_connections,
-        help=f"open connections per process (default {connection.max_connections}); beyond, "
-        "the stalest idle one is dropped, or the new one gets 503 when all are busy",
-    )
+    add_connection_arguments(parser)
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
@@ -106,13 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     try:
         RequestLimits(args.max_body_bytes, args.max_instances)
-        args.connection_limits = ConnectionLimits(
-            header_timeout_s=args.header_timeout,
-            body_timeout_s=args.body_timeout,
-            max_header_bytes=args.max_header_bytes,
-            max_headers=args.max_headers,
-            max_connections=args.max_connections,
-        )
+        args.connection_limits = connection_limits(args)
     except ValueError as error:
         parser.error(str(error))
     return args

@@ -25,6 +25,7 @@ Refusals are JSON like the app's errors and are logged as one JSON line.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import logging
@@ -56,6 +57,57 @@ class ConnectionLimits:
         for item in fields(self):
             if not getattr(self, item.name) > 0:
                 raise ValueError(f"{item.name} must be > 0, got {getattr(self, item.name)!r}")
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of :class:`ConnectionLimits`, shared by the model server and the front proxy."""
+    connection = ConnectionLimits()
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=connection.header_timeout_s,
+        help="seconds a request's line and headers may take, from the connection's opening or "
+        f"the request's first byte (default {connection.header_timeout_s:g}); then 408",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=connection.body_timeout_s,
+        help="seconds the body may take after the headers (default "
+        f"{connection.body_timeout_s:g}); then 408",
+    )
+    parser.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=connection.max_header_bytes,
+        help=f"request line and headers, bytes (default {connection.max_header_bytes}); "
+        "then 414 / 431",
+    )
+    parser.add_argument(
+        "--max-headers",
+        type=int,
+        default=connection.max_headers,
+        help=f"header fields per request (default {connection.max_headers}); then 431",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=connection.max_connections,
+        help=f"open connections per process (default {connection.max_connections}); beyond, "
+        "the stalest idle one is dropped, or the new one gets 503 when all are busy",
+    )
+
+
+def connection_limits(args: argparse.Namespace) -> ConnectionLimits:
+    """:class:`ConnectionLimits` from the flags of :func:`add_connection_arguments`; raises
+    ``ValueError`` naming a limit that is not positive."""
+    return ConnectionLimits(
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        max_header_bytes=args.max_header_bytes,
+        max_headers=args.max_headers,
+        max_connections=args.max_connections,
+    )
 
 
 class _Refused(Exception):

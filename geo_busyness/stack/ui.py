@@ -91,7 +91,8 @@ def services(dagster_port: int) -> list[Service]:
 
     resources = build_resources()
     found = []
-    reports = resources["report_store"]
+    # values of set variables are dg.EnvVar until resolved
+    reports = resources["report_store"].process_config_and_initialize()
     if reports.public_url and not reports.is_s3:
         port = _loopback_port(reports.public_url, "GEO_BUSYNESS_REPORTS_URL")
         found.append(
@@ -102,7 +103,7 @@ def services(dagster_port: int) -> list[Service]:
                 f"http://{LOOPBACK}:{port}/healthz",
             )
         )
-    tracking = resources["mlflow_tracking"]
+    tracking = resources["mlflow_tracking"].process_config_and_initialize()
     if tracking.uri.startswith("sqlite:"):
         url = tracking.ui_url or LOCAL_UI_URL
         port = _loopback_port(url, "the MLflow UI")

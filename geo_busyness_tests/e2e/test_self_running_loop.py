@@ -13,10 +13,14 @@ champion keeps serving). Run and event history is read through the instance.
 
 import datetime as dt
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -290,3 +294,163 @@ def _served_version(instance: dg.DagsterInstance) -> str | None:
     if event is None:
         return None
     return str(event.asset_materialization.metadata["cities"].value[REGINA]["model_version"])
+
+
+# What a data engineer opens first, per group: each page shows its pictures inline.
+PICTURES = {
+    f"{REGINA}/hex_hourly_busyness": ["busyness map"],
+    f"{REGINA}/model_evaluation": ["predicted vs actual", "error map"],
+    f"{REGINA}/busyness_forecast": ["forecast map"],
+    f"{REGINA}/drift_report": ["reference vs current distributions of the drifted columns"],
+    f"{SECOND_CITY.replace('-', '_')}/hex_hourly_busyness": ["busyness map"],
+}
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+
+
+def _keep_on_loopback(route, refused: list[str]) -> None:
+    """No traffic to any non-loopback address: what the UI would fetch elsewhere is refused
+    (and listed, so the test shows it)."""
+    parts = urllib.parse.urlsplit(route.request.url)
+    if parts.scheme in ("data", "blob") or parts.hostname in LOOPBACK_HOSTS:
+        route.continue_()
+    else:
+        refused.append(route.request.url)
+        route.abort()
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+@pytest.mark.timeout(600)
+def test_the_operator_sees_pictures_links_checks_and_the_endpoint_down_in_a_browser(
+    platform, tmp_path_factory
+):
+    """Debian's chromium, driven by Playwright, over the instance the loop above left: the
+    asset graph, each group's pictures on its asset page, every metadata link answering, the
+    checks, a materialization launched from the UI, and the endpoint shown down once stopped.
+    Screenshots go to ``<pytest basetemp>/screenshots*``."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("no chromium (Debian's `chromium` package; .ci/run installs it)")
+    from playwright.sync_api import expect, sync_playwright
+
+    env, instance, dagster, log, ui = platform
+    shots = tmp_path_factory.mktemp("screenshots")
+    print(f"screenshots in {shots}")
+    refused: list[str] = []
+    links: set[str] = set()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium,
+            # root in CI containers, a small /dev/shm, no GPU; no background updates or sync
+            args=[
+                "--no-sandbox",
+                "--disable-dev-shm-usage",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+            ],
+        )
+        page = browser.new_context(viewport={"width": 1600, "height": 1200}).new_page()
+        page.context.route("**/*", lambda route: _keep_on_loopback(route, refused))
+        page.set_default_timeout(60_000)
+
+        # 1. The asset graph loads, with every city's group.
+        page.goto(f"{ui}/asset-groups")
+        for group in (REGINA, SECOND_CITY.replace("-", "_"), "deployment"):
+            expect(page.get_by_text(group, exact=True).first).to_be_visible()
+        expect(page.get_by_text("fetching statuses")).to_have_count(0)
+        page.screenshot(path=shots / "asset-graph.png")
+
+        # 2. Each key asset page shows its pictures, loaded, at a readable size.
+        for asset, pictures in PICTURES.items():
+            page.goto(f"{ui}/assets/{asset}")
+            for alt in pictures:
+                picture = page.get_by_alt_text(alt).first
+                expect(picture).to_be_visible()
+                picture.scroll_into_view_if_needed()
+                width = picture.evaluate("img => img.complete ? img.naturalWidth : 0")
+                # readable: the pop-up of Markdown metadata showed a 297 px histogram
+                assert width >= 400, f"{asset}: picture {alt!r} is {width} px wide"
+                links.add(picture.get_attribute("src"))
+            links.update(page.eval_on_selector_all("a[href^='http']", "as => as.map(a => a.href)"))
+            page.screenshot(path=shots / f"{asset.replace('/', '__')}.png")
+        page.goto(f"{ui}/assets/{REGINA}/champion_model")
+        for key in ("mlflow_run", "mlflow_model_version", "model_card"):
+            expect(page.get_by_text(key, exact=True).first).to_be_visible()
+        page.screenshot(path=shots / "champion_model.png")
+        champion_links = page.eval_on_selector_all("a[href^='http']", "as => as.map(a => a.href)")
+        links.update(champion_links)
+        # the model card: one page per champion, served by the report server
+        card = next(url for url in champion_links if "/model_cards/" in url)
+        page.goto(card)
+        for text in ("Model card", "Promotion gates", "busiest hexagons", "same_hour_4w_mean"):
+            expect(page.get_by_text(text).first).to_be_visible()
+        page.screenshot(path=shots / "model-card.png", full_page=True)
+        page.goto(f"{ui}/assets/endpoint_deployment")
+        expect(page.get_by_text("ping", exact=True).first).to_be_visible()
+        links.update(page.eval_on_selector_all("a[href^='http']", "as => as.map(a => a.href)"))
+
+        # 3. Every link of the metadata answers: pictures and the Evidently report on the report
+        #    server, MLflow runs on the MLflow UI, the endpoint's health (none is a file:// link).
+        ours = sorted(url for url in links if urllib.parse.urlsplit(url).hostname in LOOPBACK_HOSTS)
+        assert any(url.endswith(".html") for url in ours), ours  # the drift report
+        assert any("/#/experiments/" in url for url in ours), ours  # an MLflow run
+        assert {url: _status(url) for url in ours} == dict.fromkeys(ours, 200)
+
+        # 4. The promotion gates are visible, as blocking checks, with their verdicts.
+        page.goto(f"{ui}/assets/{REGINA}/model_evaluation?view=checks")
+        expect(page.get_by_text("Checks (3)")).to_be_visible()  # long names show truncated
+        expect(page.get_by_text("candidate_beats_every_baseline").first).to_be_visible()
+        expect(page.get_by_text("blocking").first).to_be_visible()
+        expect(page.get_by_text("vs the best baseline").first).to_be_visible()  # its verdict
+        page.screenshot(path=shots / "model_evaluation-checks.png")
+
+        # 5. A materialization launched from the UI runs on the daemon and succeeds.
+        page.goto(f"{ui}/assets/{REGINA}/restaurants")
+        page.get_by_role("button", name=re.compile(r"^materialization Materialize$")).click()
+        launched = page.get_by_text(re.compile(r"Launched run [0-9a-f]{8}")).first
+        expect(launched).to_be_visible()
+        prefix = re.search(r"[0-9a-f]{8}", launched.inner_text()).group(0)
+
+        def finished():
+            for run in instance.get_runs(filters=dg.RunsFilter(statuses=list(FINISHED))):
+                if run.run_id.startswith(prefix):
+                    return run
+            return None
+
+        run = wait_for(f"the UI's run {prefix} to finish", finished, 300, dagster, log)
+        assert run.status == dg.DagsterRunStatus.SUCCESS
+        page.goto(f"{ui}/runs/{run.run_id}")
+        expect(page.get_by_text("Success").first).to_be_visible()
+        page.screenshot(path=shots / "ui-launched-run.png")
+
+        # 6. The endpoint stops: the health sensor records it, and the asset page says so.
+        subprocess.run(
+            [BIN / "geo-busyness", "endpoint", "stop"], cwd=REPO, env=env, timeout=120, check=True
+        )
+        wait_for(
+            "the health sensor to record the endpoint down",
+            lambda: _latest_health(instance) is False, 120, dagster, log,
+        )  # fmt: skip
+        page.goto(f"{ui}/assets/endpoint_deployment?view=events")
+        expect(page.get_by_text(re.compile("NOT serving")).first).to_be_visible()
+        page.screenshot(path=shots / "endpoint-down.png")
+        browser.close()
+    assert refused == []
+
+
+FINISHED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE)
+
+
+def _latest_health(instance: dg.DagsterInstance) -> bool | None:
+    """``serving`` of the newest observation of the endpoint, None before any."""
+    records = instance.fetch_observations(dg.AssetKey("endpoint_deployment"), limit=1).records
+    if not records:
+        return None
+    return records[0].event_log_entry.asset_observation.metadata["serving"].value

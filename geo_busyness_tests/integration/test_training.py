@@ -4,6 +4,8 @@ registry round-trips, promotion is idempotent and reversible."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 import numpy as np
 import pandas as pd
@@ -126,6 +128,27 @@ def test_a_good_candidate_passes_every_gate_and_becomes_champion(platform, first
     candidate = load(platform, "busyness_model")
     assert (champion.version, champion.previous_version) == ("1", None)
     assert champion.run_id == candidate.mlflow_run_id == evaluation.candidate_run_id
+
+
+def test_the_champion_has_a_model_card(platform, first_run):
+    """One page per champion: data, every baseline, the gates, what drives the busiest
+    hexagons, lineage; linked from champion_model (a location to copy: no report server)."""
+    metadata = first_run.asset_materializations_for_node("regina__champion_model")[0].metadata
+    location = metadata["model_card"].value
+    assert location.startswith("file://") and location.endswith(
+        "/model_cards/regina/version-1.html"
+    )
+    page = Path(location.removeprefix("file://")).read_text()
+    evaluation = load(platform, "model_evaluation")
+    for text in ("version 1", *evaluation.metrics.index, "beats_every_baseline", "11+"):
+        assert text in page
+    assert evaluation.train_rows > 0 and evaluation.train_range.start < evaluation.test_range.start
+    assert (
+        len(evaluation.busiest) == 5 and evaluation.busiest["test_orders"].is_monotonic_decreasing
+    )
+    assert all(cell in page for cell in evaluation.busiest.index)
+    assert evaluation.candidate_run_id in page
+    assert "gates passed" in metadata["summary"].value
 
 
 def test_training_set_split_is_by_time_with_gaps(platform, first_run):

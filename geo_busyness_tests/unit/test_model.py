@@ -28,6 +28,7 @@ from geo_busyness.core.model import (
     SplitConfig,
     TrainingConfig,
     error_by,
+    mae_by_band,
     metrics_table,
     predict,
     prediction_problems,
@@ -329,3 +330,87 @@ def test_baselines_zero_yesterday_and_the_four_week_mean_fall_back_like_seasonal
     assert zero_predict(frame).tolist() == [0.0, 0.0, 0.0]
     assert yesterday_predict(frame).tolist() == [7.0, 2.5, 0.0]
     assert same_hour_of_week_mean_predict(frame).tolist() == [6.0, 2.5, 0.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Model card
+
+
+def test_contributions_add_up_to_the_forecast(split, trained):
+    """SHAP values per row plus the bias are the margin: the log of the expected orders."""
+    from geo_busyness.core.model_card import contributions
+
+    values = contributions(trained, split.test)
+    assert list(values.columns) == [*FEATURES, "bias"]
+    np.testing.assert_allclose(
+        np.exp(values.sum(axis=1)), predict(trained, split.test, FEATURES), rtol=1e-3
+    )
+
+
+def test_the_card_explains_the_busiest_hexagons_and_shows_every_baseline_and_gate(split, trained):
+    from geo_busyness.core.model_card import (
+        ModelCard,
+        busiest_contributions,
+        feature_importance,
+        model_card_html,
+        summary_markdown,
+    )
+
+    busiest = busiest_contributions(trained, split.test, hexagons=3, features=4)
+    orders = split.test.groupby("h3_cell")["orders"].sum().nlargest(3)
+    assert list(busiest.index) == list(orders.index)
+    assert list(busiest["test_orders"]) == list(orders)
+    assert busiest.shape[1] == 1 + 4 + 1 and busiest.columns[-1] == "bias"
+    metrics = metrics_table(
+        split.test["orders"],
+        {
+            "model": predict(trained, split.test, FEATURES),
+            "seasonal_naive": seasonal_naive_predict(split.test),
+            "zero": zero_predict(split.test),
+        },
+    )
+    card = ModelCard(
+        city="Regina <test>",
+        version="7",
+        objective=trained.objective,
+        train_range="2026-03-01 to 2026-03-15",
+        train_rows=len(split.train),
+        test_range="2026-03-17 to 2026-03-19",
+        test_rows=len(split.test),
+        metrics=metrics,
+        by_band=mae_by_band(
+            split.test["orders"], {"model": predict(trained, split.test, FEATURES)}
+        ),
+        gates=[("candidate_beats_every_baseline", True, "test MAE 0.7 vs 0.8")],
+        importance=feature_importance(trained, 5),
+        busiest=busiest,
+        links={"MLflow run": "http://127.0.0.1:5000/#/experiments/1/runs/r", "model URI": "m:/1"},
+    )
+    page = model_card_html(card)
+    assert "Regina &lt;test&gt;, version 7" in page and "<test>" not in page
+    for name in (
+        "model",
+        "seasonal_naive",
+        "zero",
+        "candidate_beats_every_baseline",
+        "PASS",
+        "11+",
+    ):
+        assert name in page
+    assert '<a href="http://127.0.0.1:5000/#/experiments/1/runs/r">' in page
+    assert "<code>m:/1</code>" in page
+    assert all(str(cell) in page for cell in busiest.index)
+    summary = summary_markdown(card)
+    assert "best baseline, seasonal_naive" in summary and "1 of 1 gates passed" in summary
+    assert len(summary) < 1000
+
+
+def test_errors_per_busyness_band_split_the_overall_error_by_actual_orders():
+    actual = np.array([0, 0, 1, 2, 4, 12, 30])
+    table = mae_by_band(actual, {"model": [0.5, 0, 1, 1, 4, 10, 20], "zero": np.zeros(7)})
+    assert list(table.index) == ["0", "1-2", "3-5", "11+"]  # bands without rows are left out
+    assert list(table["rows"]) == [2, 2, 1, 2]
+    assert list(table["model"]) == [0.25, 0.5, 0.0, 6.0]
+    assert list(table["zero"]) == [0.0, 1.5, 4.0, 21.0]
+    overall = (table["rows"] * table["model"]).sum() / table["rows"].sum()
+    assert overall == pytest.approx(np.abs(actual - [0.5, 0, 1, 1, 4, 10, 20]).mean())

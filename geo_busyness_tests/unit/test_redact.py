@@ -176,6 +176,19 @@ def test_run_metadata_carries_no_password(monkeypatch):
     assert plain["mlflow_run"].value == f"http://alice:{MASK}@mlflow:5000/#/experiments/7/runs/r1"
 
 
+def test_the_champion_links_to_its_registry_version_without_a_password():
+    from geo_busyness.resources.tracking import MlflowTracking
+
+    tracking = MlflowTracking(tracking_uri=f"http://alice:{PASSWORD}@mlflow:5000").for_city("a b")
+    assert tracking.model_version_url("3") == (
+        f"http://alice:{MASK}@mlflow:5000/#/models/geo_busyness_hex_busyness-a%20b/versions/3"
+    )
+    local = MlflowTracking(tracking_uri="sqlite:////tmp/m.db", ui_url="http://127.0.0.1:5101/")
+    assert local.model_version_url("1") == (
+        "http://127.0.0.1:5101/#/models/geo_busyness_hex_busyness/versions/1"
+    )
+
+
 def test_tracking_errors_carry_no_password(unreachable_tracking_uri):
     from geo_busyness.resources.tracking import MlflowTracking
 
