@@ -169,6 +169,10 @@ def _answer(
     except RequestError as error:
         return len(instances), error
     if output_type == CSV_MEDIA_TYPE:
+        if instances.explain:
+            raise RequestError(
+                406, 'contributions ("explain": true) come in JSON responses only', field="Accept"
+            )
         return len(instances), csv_body(result)
     return len(instances), json_body(result, identity, inference_id)
 

@@ -36,6 +36,7 @@ import h3ronpy
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from geo_busyness.core.city import CITY_ID
 from geo_busyness.core.features import HOUR_NS
@@ -168,6 +169,23 @@ class LoadedBundle:
             ),
             dtype="float32",
         ).reshape(-1)
+
+    def contributions_json(self, rows: np.ndarray) -> pa.StringArray:
+        """Per snapshot row, ``{"<feature>": contribution, ..., "bias": b}``: XGBoost's SHAP
+        values (``pred_contribs``) in the model's margin, the log of the expected orders, so
+        they sum to ``log(busyness)``. Built column by column (no loop over rows)."""
+        import xgboost as xgb
+
+        names = [*self.manifest.feature_names, "bias"]
+        matrix = xgb.DMatrix(self.index.features[rows], feature_names=self.manifest.feature_names)
+        values = self.booster.predict(
+            matrix, pred_contribs=True, iteration_range=self.iteration_range
+        ).reshape(len(rows), len(names))
+        pieces: list = []
+        for position, name in enumerate(names):
+            pieces.append(("{" if position == 0 else ",") + json.dumps(name) + ":")
+            pieces.append(pa.array(values[:, position], pa.float32()).cast(pa.string()))
+        return pc.binary_join_element_wise(*pieces, "}", "")
 
 
 def city_label(values: Mapping[str, str]) -> str:

@@ -41,6 +41,7 @@ class Forecast:
     busyness: np.ndarray  # float32, expected distinct orders in the hexagon that hour
     cities: pa.StringArray | None = None
     model_versions: pa.StringArray | None = None
+    contributions: pa.StringArray | None = None  # JSON objects, when the request asked
 
     def __len__(self) -> int:
         return len(self.busyness)
@@ -63,7 +64,10 @@ def forecast(bundle: LoadedBundle | MultiCityBundle, instances: Instances) -> Fo
     if not np.isfinite(busyness).all():
         raise RuntimeError("the model predicted a non-finite busyness")  # a bug, not a bad request
     return Forecast(
-        cells=index.cell_strings.take(rows), hours=index.hour_strings.take(rows), busyness=busyness
+        cells=index.cell_strings.take(rows),
+        hours=index.hour_strings.take(rows),
+        busyness=busyness,
+        contributions=bundle.contributions_json(rows) if instances.explain else None,
     )
 
 
@@ -120,10 +124,16 @@ def forecast_cities(bundle: MultiCityBundle, instances: Instances) -> Forecast:
     cell_strings = pa.concat_arrays([m.index.cell_strings.take(rows[w]) for m, w in used])
     hour_strings = pa.concat_arrays([m.index.hour_strings.take(rows[w]) for m, w in used])
     owners = pa.array(owner)
+    contributions = None
+    if instances.explain:  # each member's own features
+        contributions = pa.concat_arrays([m.contributions_json(rows[w]) for m, w in used]).take(
+            inverse
+        )
     return Forecast(
         cells=cell_strings.take(inverse),
         hours=hour_strings.take(inverse),
         busyness=busyness,
+        contributions=contributions,
         cities=pa.array(list(bundle.cities), pa.string()).take(owners),
         model_versions=pa.array(list(bundle.model_versions.values()), pa.string()).take(owners),
     )

@@ -25,6 +25,7 @@ and the instance (0-based), so the HTTP layer only has to turn it into a status 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -53,6 +54,7 @@ COORDINATE_LIMITS = {LAT_FIELD: 90.0, LON_FIELD: 180.0}
 UTF8_BOM = b"\xef\xbb\xbf"
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 BODY_FIELD = "body"  # the ``field`` of an error about the body as a whole
+EXPLAIN_FIELD = "explain"  # top-level JSON flag: return SHAP contributions with predictions
 # Hours since the epoch whose start is a 64-bit nanosecond count: what ``Instances`` holds.
 _INT64 = np.iinfo(np.int64)
 MIN_HOUR = -(-_INT64.min // HOUR_NS)
@@ -130,6 +132,7 @@ class Instances:
     coordinates: np.ndarray | None = None
     lat: np.ndarray | None = None
     lon: np.ndarray | None = None
+    explain: bool = False  # ``"explain": true``: each prediction's SHAP contributions too
 
     def __len__(self) -> int:
         return len(self.cells)
@@ -189,8 +192,14 @@ def parse_json(
         raise RequestError(
             400, f"instances must be a list, got {type(instances).__name__}", field="instances"
         )
+    explain = document.get(EXPLAIN_FIELD, False)
+    if not isinstance(explain, bool):
+        raise RequestError(
+            400, f"explain must be true or false, got {_show(explain)}", field=EXPLAIN_FIELD
+        )
     _check_count(len(instances), max_instances)
-    return _resolve(_json_columns(instances), len(instances), resolution, _json_location)
+    parsed = _resolve(_json_columns(instances), len(instances), resolution, _json_location)
+    return dataclasses.replace(parsed, explain=explain) if explain else parsed
 
 
 def _check_json_structure(body: bytes, limits: RequestLimits) -> None:

@@ -99,6 +99,8 @@ def json_body(result: Forecast, manifest: Manifest | MultiCityBundle, inference_
             ',"model_version":',
             _encoded(result.model_versions, json.dumps),
         ]
+    if result.contributions is not None:
+        parts += [',"contributions":', result.contributions]
     items = pc.binary_join_element_wise(*parts, "}", "")
     fields = {"model_version": manifest.model_version, "model_name": manifest.model_name}
     if isinstance(manifest, MultiCityBundle):

@@ -383,6 +383,7 @@ def test_the_operator_sees_pictures_links_checks_and_the_endpoint_down_in_a_brow
         page.goto(f"{ui}/assets/{REGINA}/champion_model")
         for key in ("mlflow_run", "mlflow_model_version", "model_card"):
             expect(page.get_by_text(key, exact=True).first).to_be_visible()
+        expect(page.get_by_text("gates passed").first).to_be_visible()  # the card's summary
         page.screenshot(path=shots / "champion_model.png")
         champion_links = page.eval_on_selector_all("a[href^='http']", "as => as.map(a => a.href)")
         links.update(champion_links)
@@ -434,9 +435,10 @@ def test_the_operator_sees_pictures_links_checks_and_the_endpoint_down_in_a_brow
         subprocess.run(
             [BIN / "geo-busyness", "endpoint", "stop"], cwd=REPO, env=env, timeout=120, check=True
         )
+        stopped = time.time()  # a tick during the stop may record a half-stopped endpoint
         wait_for(
             "the health sensor to record the endpoint down",
-            lambda: _latest_health(instance) is False, 120, dagster, log,
+            lambda: _latest_health(instance, after=stopped) is False, 120, dagster, log,
         )  # fmt: skip
         page.goto(f"{ui}/assets/endpoint_deployment?view=events")
         expect(page.get_by_text(re.compile("NOT serving")).first).to_be_visible()
@@ -448,9 +450,9 @@ def test_the_operator_sees_pictures_links_checks_and_the_endpoint_down_in_a_brow
 FINISHED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE)
 
 
-def _latest_health(instance: dg.DagsterInstance) -> bool | None:
-    """``serving`` of the newest observation of the endpoint, None before any."""
+def _latest_health(instance: dg.DagsterInstance, after: float) -> bool | None:
+    """``serving`` of the newest observation of the endpoint, None if none came after ``after``."""
     records = instance.fetch_observations(dg.AssetKey("endpoint_deployment"), limit=1).records
-    if not records:
+    if not records or records[0].timestamp <= after:
         return None
     return records[0].event_log_entry.asset_observation.metadata["serving"].value

@@ -1227,3 +1227,45 @@ def test_the_demo_bundle_serves(tmp_path):
         {"instances": [{"lat": 50.4452, "lon": -104.6189, "timestamp": TS.replace("10", "01")}]},
     )
     assert status == 200, body
+
+
+# ---------------------------------------------------------------------------------------------
+# Explanations
+
+
+def test_explain_returns_contributions_that_add_up_to_each_forecast(app, loaded, features):
+    """``"explain": true``: every prediction carries each feature's SHAP contribution and the
+    bias, in the model's margin: they sum to log(busyness) for the Poisson model."""
+    rows = features.iloc[::5].reset_index(drop=True)
+    document = {**instance_json(rows["h3_cell"], rows["hour_start"]), "explain": True}
+    status, _, body = post_json(app, document)
+    assert status == 200, body
+    predictions = json.loads(body)["predictions"]
+    names = loaded.manifest.feature_names
+    for prediction in predictions:
+        contributions = prediction["contributions"]
+        assert list(contributions) == [*names, "bias"]
+        assert np.log(prediction["busyness"]) == pytest.approx(
+            sum(contributions.values()), abs=1e-3
+        )
+    # without the flag (or with false) the body is as before
+    plain = json.loads(post_json(app, {**document, "explain": False})[2])["predictions"]
+    assert all("contributions" not in p for p in plain)
+    assert [p["busyness"] for p in plain] == [p["busyness"] for p in predictions]
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None, [True]])
+def test_explain_must_be_a_boolean(app, features, value):
+    rows = features.iloc[:1]
+    document = {**instance_json(rows["h3_cell"], rows["hour_start"]), "explain": value}
+    status, _, body = post_json(app, document)
+    assert status == 400
+    assert json.loads(body)["error"]["field"] == "explain"
+
+
+def test_explanations_come_in_json_only(app, features):
+    rows = features.iloc[:1]
+    document = {**instance_json(rows["h3_cell"], rows["hour_start"]), "explain": True}
+    status, _, body = post_json(app, document, {"accept": "text/csv"})
+    assert status == 406
+    assert json.loads(body)["error"]["field"] == "Accept"

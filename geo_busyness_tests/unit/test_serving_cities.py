@@ -214,6 +214,18 @@ def test_one_request_answers_both_cities_by_cell_and_coordinate(app, members):
     assert levels == {8}
 
 
+def test_each_city_explains_its_predictions_with_its_own_features(app, members):
+    instances, cities, _ = mixed_request(members)
+    status, _, body = post_json(app, {"instances": instances, "explain": True})
+    assert status == 200, body
+    for prediction, city in zip(json.loads(body)["predictions"], cities, strict=True):
+        names = members[city].manifest.feature_names
+        assert prediction["city"] == city
+        assert list(prediction["contributions"]) == [*names, "bias"]
+        total = sum(prediction["contributions"].values())
+        assert np.log(prediction["busyness"]) == pytest.approx(total, abs=1e-3)
+
+
 def test_csv_adds_city_and_model_version_columns(app, members):
     instances, cities, expected = mixed_request(members)
     cell_rows = [(i, c) for i, c in zip(instances, cities, strict=True) if "h3_cell" in i]
