@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
-import xgboost as xgb
 
 from geo_busyness.core.features import TARGET_COLUMN
 from geo_busyness.core.model import TrainedModel
@@ -26,6 +25,8 @@ TOP_FEATURES = 8
 def contributions(trained: TrainedModel, frame: pd.DataFrame) -> pd.DataFrame:
     """Per row of ``frame``: each feature's contribution to the margin, and the bias; the
     trees used are the early-stopped ones :func:`core.model.predict` uses."""
+    import xgboost as xgb  # a run process that never explains does not pay for it
+
     names = trained.feature_names
     values = trained.model.get_booster().predict(
         xgb.DMatrix(frame[names]),
