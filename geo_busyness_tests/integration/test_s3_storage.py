@@ -26,6 +26,7 @@ from geo_busyness.core.city import DEFAULT_CITY, City
 from geo_busyness.resources.io_manager import ParquetIOManagerResource
 from geo_busyness.resources.landing_zone import LandingZone
 from geo_busyness.resources.quality import DataQualityPolicy
+from geo_busyness.resources.reports import ReportStore
 from geo_busyness.simulate import (
     FILE_DIRT_KINDS,
     MULTI_CITIES,
@@ -234,6 +235,10 @@ def materialize_data_assets_to_s3(s3_env: S3Bucket) -> None:
         "landing_zone": zone,
         "io_manager": ParquetIOManagerResource(
             base_path=s3_env.url("assets"), s3_endpoint_url=s3_env.endpoint_url
+        ),
+        # S3 without an HTTP address: the busyness map is embedded in its metadata
+        "report_store": ReportStore(
+            base_path=s3_env.url("reports"), s3_endpoint_url=s3_env.endpoint_url
         ),
     }
     instance = dg.DagsterInstance.ephemeral()
