@@ -10,7 +10,7 @@ import dagster as dg
 
 from geo_busyness.assets.ingestion import UNROUTED
 from geo_busyness.assets.metadata import city_key
-from geo_busyness.core.city import City
+from geo_busyness.core.city import City, key_of_city_id
 from geo_busyness.core.landing import (
     DayWindow,
     LandingPlan,
@@ -34,6 +34,7 @@ from geo_busyness.resources.landing_zone import (
     day_prefix,
 )
 from geo_busyness.resources.settings import sensor_interval_seconds
+from geo_busyness.serving.bundle import city_label
 
 # Cleaning up or fixing the layout of a large batch should not flood the tick log.
 MAX_LOGGED_IGNORED_KEYS = 20
@@ -205,6 +206,24 @@ def _previous_slots(cursor: str | None) -> list[str]:
 ENDPOINT_KEY = dg.AssetKey("endpoint_deployment")
 
 
+def _champion_label(instance: dg.DagsterInstance, deployed: dict) -> str | None:
+    """The version label the endpoint should serve: the champion of its only city, or
+    ``city=version,…`` (the bundle's label) for several; None when a champion is unknown."""
+    cities = deployed.get("cities")
+    if cities is None or not isinstance(cities.value, dict) or not cities.value:
+        return None
+    versions = {}
+    for city_id in cities.value:
+        event = instance.get_latest_materialization_event(
+            dg.AssetKey([key_of_city_id(city_id), "champion_model"])
+        )
+        version = event.asset_materialization.metadata.get("version") if event else None
+        if version is None:
+            return None
+        versions[city_id] = str(version.value)
+    return city_label(versions) if len(versions) > 1 else next(iter(versions.values()))
+
+
 @dg.sensor(
     name="endpoint_health_sensor",
     default_status=dg.DefaultSensorStatus.RUNNING,
@@ -218,12 +237,19 @@ ENDPOINT_KEY = dg.AssetKey("endpoint_deployment")
 def endpoint_health_sensor(
     context: dg.SensorEvaluationContext, endpoint: EndpointTarget
 ) -> dg.SensorResult | dg.SkipReason:
-    if context.instance.get_latest_materialization_event(ENDPOINT_KEY) is None:
+    deployed = context.instance.get_latest_materialization_event(ENDPOINT_KEY)
+    if deployed is None:
         return dg.SkipReason("nothing deployed yet: endpoint_deployment was never materialized")
     try:
         health = redact_data(endpoint.health())
     except Exception as error:  # an unreachable control plane is itself the news
         health = {"serving": False, "problems": [redact_text(f"health unknown: {error}")]}
+    champion = _champion_label(context.instance, deployed.asset_materialization.metadata)
+    if health["serving"] and champion and health.get("model_version") != champion:
+        health["problems"] = [
+            *health.get("problems", []),
+            f"serves model version {health.get('model_version')}, the champion is {champion}",
+        ]
     cursor = json.dumps(health, sort_keys=True, default=str)
     summary = "serving" if health["serving"] else "NOT serving"
     summary += f" model version {health.get('model_version')}"

@@ -336,14 +336,13 @@ def main() -> None:
         stamps = (snapshot["hour_start"] + minutes).map(pd.Timestamp.isoformat).to_numpy()
         cells = snapshot["h3_cell"].to_numpy(object)
 
-        def instances(rows: np.ndarray) -> bytes:
-            return json.dumps(
-                {
-                    "instances": [
-                        {"h3_cell": cells[r], "timestamp": stamps[r]} for r in rows.tolist()
-                    ]
-                }
-            ).encode()
+        def instances(rows: np.ndarray, explain: bool = False) -> bytes:
+            document: dict = {
+                "instances": [{"h3_cell": cells[r], "timestamp": stamps[r]} for r in rows.tolist()]
+            }
+            if explain:  # each prediction's SHAP contributions too
+                document["explain"] = True
+            return json.dumps(document).encode()
 
         def feature_rows(rows: np.ndarray) -> bytes:
             values = snapshot[names].iloc[rows].astype("float64")
@@ -395,6 +394,14 @@ def main() -> None:
                     args.repeats,
                 )
             )
+            explained = instances(batch_picks, explain=True)
+            ours["batch_explain"] = asyncio.run(
+                batch_latency(
+                    port,
+                    http_post(port, explained, inference_id="batch-explain"),
+                    args.repeats,
+                )
+            )
         log_lines = [
             json.loads(line)
             for line in (work / "serve.log").read_text().splitlines()
@@ -409,7 +416,7 @@ def main() -> None:
             "p99_ms": float(np.percentile(handler_ms, 99)),
             "max_ms": float(handler_ms.max()),
         }
-        for kind in ("json", "csv"):  # without the warm-up request
+        for kind in ("json", "csv", "explain"):  # without the warm-up request
             logged = [x["latency_ms"] for x in log_lines if x["inference_id"] == f"batch-{kind}"]
             ours[f"batch_{kind}_server_side_median_ms"] = float(np.median(logged[1:]))
         results["serve"] = ours

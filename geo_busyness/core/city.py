@@ -78,8 +78,12 @@ class City:
 
     @property
     def key(self) -> str:
-        """``id`` as a Dagster name (asset key prefix, group, job): hyphens become ``_``."""
-        return self.id.replace("-", "_")
+        return key_of_city_id(self.id)
+
+
+def key_of_city_id(city_id: str) -> str:
+    """A city id as a Dagster name (asset key prefix, group, job): hyphens become ``_``."""
+    return city_id.replace("-", "_")
 
 
 DEFAULT_CITY = City()

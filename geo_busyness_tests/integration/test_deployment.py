@@ -564,14 +564,35 @@ def test_the_health_sensor_observes_the_deployment_when_its_health_changes(
 
     assert "nothing deployed yet" in tick(None).skip_message
     record = local_endpoint.deploy(make_bundle(tmp_path, "5"), SmokeTest(INSTANCES))
-    instance.report_runless_asset_event(dg.AssetMaterialization(ENDPOINT_KEY))
+    champion = dg.AssetKey(["regina", "champion_model"])
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(champion, metadata={"version": "5"})
+    )
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            ENDPOINT_KEY, metadata={"cities": dg.MetadataValue.json({"regina": {}})}
+        )
+    )
 
     healthy = tick(None)
     (observation,) = healthy.asset_events
     assert observation.metadata["serving"].value is True
     assert observation.metadata["model_version"].value == "5"
     assert observation.metadata["restarts_since_deploy"].value == 0
+    assert observation.metadata["problems"].value == []
     assert "unchanged: serving model version 5" in tick(healthy.cursor).skip_message
+
+    # A new champion that is not deployed (yet): the endpoint serves another version.
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(champion, metadata={"version": "6"})
+    )
+    stale = tick(healthy.cursor)
+    (observation,) = stale.asset_events
+    assert observation.metadata["problems"].value == ["serves model version 5, the champion is 6"]
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(champion, metadata={"version": "5"})
+    )
+    assert tick(stale.cursor).asset_events[0].metadata["problems"].value == []
 
     os.kill(record.details["server_pid"], signal.SIGKILL)
     wait_until(lambda: answers(config.url, "5"), "the supervisor restarted the server")
