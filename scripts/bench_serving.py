@@ -44,6 +44,7 @@ import xgboost as xgb
 
 from geo_busyness.serving.bundle import FEATURES_FILE, MODEL_FILE, load_bundle
 from geo_busyness.serving.demo import write_demo_bundle
+from geo_busyness.serving.requests import MAX_EXPLAINED_INSTANCES
 from geo_busyness.stack.services import free_port, stop_process_group
 
 REPO = Path(__file__).resolve().parents[1]
@@ -394,7 +395,7 @@ def main() -> None:
                     args.repeats,
                 )
             )
-            explained = instances(batch_picks, explain=True)
+            explained = instances(batch_picks[:MAX_EXPLAINED_INSTANCES], explain=True)
             ours["batch_explain"] = asyncio.run(
                 batch_latency(
                     port,

@@ -55,6 +55,9 @@ UTF8_BOM = b"\xef\xbb\xbf"
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 BODY_FIELD = "body"  # the ``field`` of an error about the body as a whole
 EXPLAIN_FIELD = "explain"  # top-level JSON flag: return SHAP contributions with predictions
+# Exact tree SHAP costs ~0.25 ms per instance with the demo model (scripts/bench_serving.py):
+# an explained batch is bounded to keep its answer within a fraction of a second.
+MAX_EXPLAINED_INSTANCES = 1_000
 # Hours since the epoch whose start is a 64-bit nanosecond count: what ``Instances`` holds.
 _INT64 = np.iinfo(np.int64)
 MIN_HOUR = -(-_INT64.min // HOUR_NS)
@@ -198,6 +201,13 @@ def parse_json(
             400, f"explain must be true or false, got {_show(explain)}", field=EXPLAIN_FIELD
         )
     _check_count(len(instances), max_instances)
+    if explain and len(instances) > MAX_EXPLAINED_INSTANCES:
+        raise RequestError(
+            400,
+            f"explain: true takes at most {MAX_EXPLAINED_INSTANCES:,} instances, got "
+            f"{len(instances):,}: split the batch (contributions cost far more than forecasts)",
+            field=EXPLAIN_FIELD,
+        )
     parsed = _resolve(_json_columns(instances), len(instances), resolution, _json_location)
     return dataclasses.replace(parsed, explain=explain) if explain else parsed
 

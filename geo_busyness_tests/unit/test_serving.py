@@ -1269,3 +1269,17 @@ def test_explanations_come_in_json_only(app, features):
     status, _, body = post_json(app, document, {"accept": "text/csv"})
     assert status == 406
     assert json.loads(body)["error"]["field"] == "Accept"
+
+
+def test_an_explained_batch_is_bounded(loaded, features):
+    from geo_busyness.serving.requests import MAX_EXPLAINED_INSTANCES
+
+    app = create_app(loaded, RequestLimits(max_body_bytes=1_000_000, max_instances=5_000))
+    rows = features.iloc[np.arange(MAX_EXPLAINED_INSTANCES + 1) % len(features)]
+    document = {**instance_json(rows["h3_cell"], rows["hour_start"]), "explain": True}
+    status, _, body = post_json(app, document)
+    assert status == 400
+    error = json.loads(body)["error"]
+    assert error["field"] == "explain" and f"{MAX_EXPLAINED_INSTANCES:,}" in error["message"]
+    # the same batch without explanations is fine
+    assert post_json(app, {**document, "explain": False})[0] == 200
