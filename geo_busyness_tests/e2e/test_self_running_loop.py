@@ -359,6 +359,9 @@ def test_the_operator_sees_pictures_links_checks_and_the_endpoint_down_in_a_brow
         page = browser.new_context(viewport={"width": 1600, "height": 1200}).new_page()
         page.context.route("**/*", lambda route: _keep_on_loopback(route, refused))
         page.set_default_timeout(60_000)
+        # expect() has its own 5 s default, too short for a panel of the UI on a loaded CI machine
+        # (CI once saw the endpoint-down description appear just after it)
+        expect.set_options(timeout=60_000)
 
         # 1. The asset graph loads, with every city's group.
         page.goto(f"{ui}/asset-groups")
