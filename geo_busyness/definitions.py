@@ -15,8 +15,7 @@ import dagster as dg
 
 from geo_busyness.assets.deployment import build_endpoint, build_forecast
 from geo_busyness.assets.features import build_features
-from geo_busyness.assets.ingestion import UNROUTED, build_ingestion, build_unrouted
-from geo_busyness.assets.metadata import city_key, stage_selection
+from geo_busyness.assets.ingestion import build_ingestion, build_unrouted
 from geo_busyness.assets.monitoring import build_monitoring
 from geo_busyness.assets.training import build_training
 from geo_busyness.automation import automation_sensor
@@ -24,45 +23,17 @@ from geo_busyness.checks import build_checks
 from geo_busyness.core.catalog import Catalog, load_configured_catalog
 from geo_busyness.core.city import City
 from geo_busyness.core.redact import redact_text
+from geo_busyness.jobs import city_jobs, deployment_job, training_job, unrouted_job
 from geo_busyness.partitions import last_day_setting
 from geo_busyness.resources.environment import build_resources
 from geo_busyness.resources.settings import EXECUTOR_ENV, START_DATE_ENV
 from geo_busyness.retraining import (
-    TRAINING,
-    TRAINING_RUN_TAGS,
     build_drift_retrain_sensor,
     build_first_model_sensor,
     retrain_job,
     weekly_retrain,
 )
 from geo_busyness.sensors import build_landing_sensor, endpoint_health_sensor
-
-
-def ingest_job_name(city: City | None) -> str:
-    return f"{city.key}__ingest" if city else f"{UNROUTED}__ingest"
-
-
-def daily_data_job_name(city: City) -> str:
-    return f"{city.key}__daily_data_job"
-
-
-def _city_jobs(city: City) -> list:
-    ingest = stage_selection("ingestion", city)
-    return [
-        dg.define_asset_job(
-            ingest_job_name(city),
-            selection=ingest,
-            description=f"Ingest and validate one day of {city.name} (the landing sensor's runs).",
-        ),
-        dg.define_asset_job(
-            daily_data_job_name(city),
-            selection=ingest
-            | dg.AssetSelection.assets(
-                city_key(city, "hex_hourly_busyness"), city_key(city, "busyness_features")
-            ),
-            description=f"Ingest, validate and featurize one day of {city.name}.",
-        ),
-    ]
 
 
 def executor() -> dg.ExecutorDefinition:
@@ -140,29 +111,16 @@ def build_definitions(catalog: Catalog) -> dg.Definitions:
             build_monitoring(city),
         ]
         checks += build_checks(city, catalog.path)
-        city_jobs = _city_jobs(city)
-        ingest_jobs[city.id] = city_jobs[0]
-        jobs += city_jobs
+        jobs_of_city = city_jobs(city)
+        ingest_jobs[city.id] = jobs_of_city[0]
+        jobs += jobs_of_city
     unrouted = build_unrouted(cities)
-    ingest_jobs[None] = dg.define_asset_job(
-        ingest_job_name(None),
-        selection=dg.AssetSelection.assets(unrouted),
-        description="Quarantine the rows of one day's export of every city that no city takes.",
-    )
+    ingest_jobs[None] = unrouted_job()
     endpoint, *endpoint_checks = build_endpoint(cities)
-    training_job = dg.define_asset_job(
-        "training_job",
-        selection=stage_selection(TRAINING),
-        tags=TRAINING_RUN_TAGS,
-        description=(
-            "For every city: assemble the training set, train and evaluate a candidate, and "
-            "promote it to champion if every blocking check passes."
-        ),
-    )
     return dg.Definitions(
         assets=[*assets, unrouted, endpoint],
         asset_checks=[*checks, *endpoint_checks],
-        jobs=[*jobs, ingest_jobs[None], training_job, retrain_job],
+        jobs=[*jobs, ingest_jobs[None], training_job(), retrain_job, deployment_job()],
         sensors=[
             automation_sensor,
             build_landing_sensor(cities, ingest_jobs),

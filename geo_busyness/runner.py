@@ -21,11 +21,22 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
+from geo_busyness.assets.deployment import ENDPOINT_KEY
 from geo_busyness.assets.ingestion import CITY_METADATA, UNROUTED
-from geo_busyness.assets.metadata import city_key, stage_selection
+from geo_busyness.assets.metadata import city_key
 from geo_busyness.core.city import City
+from geo_busyness.jobs import (
+    DEPLOYMENT_JOB,
+    TRAINING_JOB,
+    daily_data_job_name,
+    forecast_job_name,
+    in_process_run_tags,
+    ingest_job_name,
+    restaurants_job_name,
+)
 from geo_busyness.partitions import day_range_problem
 from geo_busyness.resources.settings import default_data_dir
+from geo_busyness.retraining import training_keys
 
 INGEST_ASSETS = (
     "raw_courier_pings",
@@ -33,13 +44,35 @@ INGEST_ASSETS = (
     "quarantined_pings",
     "hex_hourly_busyness",
 )
-RESTAURANT_ASSETS = ("restaurants", "restaurant_clusters")
+"""One run per day: a day its blocking checks refuse gets no hexagon-hours."""
 FEATURE_ASSETS = ("busyness_features",)
-TRAINING_STAGE = "training"
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+"""Run config of the runner's runs: their outcome is in the summary it prints (a refused
+candidate, for one, logs its failed check at ERROR)."""
 
 
-def _assets(city: City, names: tuple[str, ...]) -> dg.AssetSelection:
-    return dg.AssetSelection.assets(*(city_key(city, name) for name in names))
+def execute(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    job: str,
+    assets: list[dg.AssetKey] | None = None,
+    partition: str | None = None,
+    run_config: dict | None = None,
+) -> dg.ExecuteInProcessResult:
+    """One run of the named ``job`` of ``defs`` on ``instance`` (``assets`` of it only, with
+    their checks), in this process: it shows in the UI under its job's name."""
+    result = defs.resolve_job_def(job).execute_in_process(
+        run_config={**QUIET, **(run_config or {})},
+        instance=instance,
+        partition_key=partition,
+        raise_on_error=False,
+        asset_selection=assets,
+        tags=in_process_run_tags(),
+    )
+    # execute_in_process keeps every step output in reference cycles until a full
+    # collection; without this a 30-day load holds ~30 days of frames (BENCHMARKS.md).
+    gc.collect()
+    return result
 
 
 @dataclass
@@ -227,45 +260,35 @@ def materialize_days(
     """Materialize the data assets of ``city`` (default: the definitions' only city) for
     ``days``: ingest each day, restaurants once, then features. A day whose blocking data
     checks fail (e.g. mostly quarantined) is reported and not featurized; a day outside the
-    city's partitions is refused up front, naming the setting to change."""
+    city's partitions is refused up front, naming the setting to change. Days are ingested
+    newest first: what is freshest is there first, and the freshness check tells the state the
+    load ends in from the first run on."""
     built = {built.id: built for built in catalog_cities(defs)}
     city = built.get(city.id, city) if city else only_city(defs)
     outside = [problem for problem in map(partial(day_range_problem, city), days) if problem]
     if outside:
         raise ValueError("; ".join(outside))
     started = time.perf_counter()
-    assets = [*defs.assets, *defs.asset_checks]
-    resources = defs.resources
     summary = RunSummary(city=city.id)
-    # Freshness is about the newest day after the whole load, not about each day as it lands.
-    freshness = dg.AssetSelection.checks(
-        dg.AssetCheckKey(city_key(city, "raw_courier_pings"), "raw_pings_are_fresh")
-    )
+    warnings: dict[tuple[str, str], str | None] = {}
 
-    def run(selection: dg.AssetSelection, partition: str | None) -> bool:
+    def run(job: str, names: tuple[str, ...] | None, partition: str | None) -> bool:
         """Whether the run succeeded; raises on a failure that no failed check explains."""
-        result = dg.materialize(
-            assets,
-            selection=selection,
-            partition_key=partition,
-            instance=instance,
-            resources=resources,
-            raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
-        )
-        # execute_in_process keeps every step output in reference cycles until a full
-        # collection; without this a 30-day load holds ~30 days of frames (BENCHMARKS.md).
-        gc.collect()
+        assets = [city_key(city, name) for name in names] if names else None
+        result = execute(defs, instance, job, assets, partition)
         for evaluation in result.get_asset_check_evaluations():
-            if not evaluation.passed:
-                failed = (
-                    summary.warned_checks
-                    if evaluation.severity == dg.AssetCheckSeverity.WARN
-                    else summary.failed_checks
+            check = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
+            on = evaluation.partition or "all"
+            if evaluation.severity == dg.AssetCheckSeverity.WARN:
+                # a warning tells the state the load leaves: each check's latest verdict
+                warnings[(check, on)] = (
+                    None
+                    if evaluation.passed
+                    else f"{check} [{on}]: {evaluation.description or 'failed'}"
                 )
-                failed.append(
-                    f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name} "
-                    f"[{partition or 'all'}]: {evaluation.description or 'failed'}"
+            elif not evaluation.passed:
+                summary.failed_checks.append(
+                    f"{check} [{partition or on}]: {evaluation.description or 'failed'}"
                 )
         # A failed blocking check is a verdict (reported above), anything else an error,
         # unless checks failed before it: then it is their consequence (no restaurant left
@@ -278,14 +301,15 @@ def materialize_days(
             raise RuntimeError(message)
         return not failures
 
-    for day in days:
+    for day in sorted(days, reverse=True):
         log(f"  ingest   {city.id} {day}")
-        run(_assets(city, INGEST_ASSETS) - freshness, day)
-    log(f"  restaurants, clusters and freshness of {city.id}")
-    if run(_assets(city, RESTAURANT_ASSETS) | freshness, None):
+        run(daily_data_job_name(city), INGEST_ASSETS, day)
+    log(f"  restaurants and clusters of {city.id}")
+    if run(restaurants_job_name(city), None, None):
         for day in days:
             log(f"  features {city.id} {day}")
-            run(_assets(city, FEATURE_ASSETS), day)
+            run(daily_data_job_name(city), FEATURE_ASSETS, day)
+    summary.warned_checks = [warning for warning in warnings.values() if warning]
 
     for day in days:
         clean = _latest(instance, city_key(city, "clean_courier_pings"), day)
@@ -352,19 +376,9 @@ def train_and_promote(
     ops = {
         f"{city.key}__{name}": config for name, config in (run_config or {}).get("ops", {}).items()
     }
-    result = dg.materialize(
-        [*defs.assets, *defs.asset_checks],
-        selection=stage_selection(TRAINING_STAGE, city),
-        instance=instance,
-        resources=defs.resources,
-        raise_on_error=False,
-        run_config={
-            **({"ops": ops} if ops else {}),
-            # A refused candidate logs its failed check at ERROR; the summary reports it.
-            "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
-        },
+    result = execute(
+        defs, instance, TRAINING_JOB, training_keys(city), run_config={"ops": ops} if ops else None
     )
-    gc.collect()
     summary = TrainingSummary(city=city.id)
     for evaluation in result.get_asset_check_evaluations():
         verdict = evaluation.metadata.get("verdict")
@@ -470,15 +484,10 @@ def forecast_next_day(
     metadata."""
     city = city or only_city(defs)
     log(f"  forecast of {city.id} for the day after {day}")
-    dg.materialize(
-        [*defs.assets, *defs.asset_checks],
-        selection=_assets(city, ("busyness_forecast",)),
-        partition_key=day,
-        instance=instance,
-        resources=defs.resources,
-        run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
-    )
-    gc.collect()
+    result = execute(defs, instance, forecast_job_name(city), partition=day)
+    failures = _step_failures(result)
+    if failures:
+        raise RuntimeError(f"{city.id} forecast [{day}]: {'; '.join(failures)}")
     return _latest(instance, city_key(city, "busyness_forecast"), day)
 
 
@@ -488,17 +497,9 @@ def deploy_endpoint(
     """Materialize ``endpoint_deployment`` and its smoke check; its metadata and, if the run
     failed, why (the previous model, if any, keeps serving)."""
     log("  endpoint deployment and smoke check")
-    result = dg.materialize(
-        [*defs.assets, *defs.asset_checks],
-        selection=dg.AssetSelection.assets("endpoint_deployment"),
-        instance=instance,
-        resources=defs.resources,
-        raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
-    )
-    gc.collect()
+    result = execute(defs, instance, DEPLOYMENT_JOB)
     failures = _step_failures(result)
-    metadata = _latest(instance, dg.AssetKey("endpoint_deployment")) if result.success else {}
+    metadata = _latest(instance, ENDPOINT_KEY) if result.success else {}
     return metadata, "; ".join(failures) or None
 
 
@@ -638,15 +639,10 @@ def run_landing(
         log(f"  left out: {note}")
     for day in work.export_days:
         log(f"  unrouted rows of the export of {day}")
-        dg.materialize(
-            [*defs.assets, *defs.asset_checks],
-            selection=dg.AssetSelection.assets(UNROUTED),
-            partition_key=day,
-            instance=instance,
-            resources=defs.resources,
-            run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
-        )
-        gc.collect()
+        result = execute(defs, instance, ingest_job_name(None), partition=day)
+        failures = _step_failures(result)
+        if failures:
+            raise RuntimeError(f"unrouted rows [{day}]: {'; '.join(failures)}")
         metadata = _latest(instance, dg.AssetKey(UNROUTED), day)
         outcome.unrouted_rows += int(metadata.get("unrouted_rows", 0))
         for key, value in metadata.items():

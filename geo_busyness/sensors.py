@@ -8,6 +8,7 @@ from typing import Any
 
 import dagster as dg
 
+from geo_busyness.assets.deployment import ENDPOINT_KEY
 from geo_busyness.assets.ingestion import UNROUTED
 from geo_busyness.assets.metadata import city_key
 from geo_busyness.core.city import City, key_of_city_id
@@ -201,9 +202,6 @@ def _previous_slots(cursor: str | None) -> list[str]:
         return list(json.loads(cursor)["days"]) if cursor else []
     except (ValueError, KeyError, TypeError):
         return []
-
-
-ENDPOINT_KEY = dg.AssetKey("endpoint_deployment")
 
 
 def _champion_label(instance: dg.DagsterInstance, deployed: dict) -> str | None:

@@ -32,6 +32,7 @@ from geo_busyness.serving.bundle import Manifest, write_bundle, write_city_bundl
 GROUP = "deployment"
 OBJECT_IO = "object_io_manager"
 SMOKE_ROWS = 3
+ENDPOINT_KEY = dg.AssetKey("endpoint_deployment")
 
 
 def build_forecast(city: City) -> dg.AssetsDefinition:

@@ -35,7 +35,7 @@ def picture_path(context: dg.AssetExecutionContext, city: City, name: str) -> st
     each materialization in the asset's history keeps its own picture."""
     partition = context.partition_key if context.has_partition_key else "all"
     asset = context.asset_key.path[-1]
-    return f"pictures/{city.id}/{asset}/{partition}/{name}-{context.run_id[:8]}.png"
+    return f"pictures/{city.id}/{asset}/{partition}/{name}-{context.run.run_id[:8]}.png"
 
 
 def city_key(city: City, name: str) -> dg.AssetKey:

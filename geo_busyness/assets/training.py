@@ -166,7 +166,7 @@ def _model_card(
     first = evaluation.train_range.start if evaluation.train_range else evaluation.test_range.start
     days = f"{first:%Y-%m-%d} to {evaluation.test_range.end - pd.Timedelta(hours=1):%Y-%m-%d}"
     links = {
-        "Dagster run": context.run_id,
+        "Dagster run": context.run.run_id,
         "busyness_features partitions": days,
         "MLflow run": tracking.run_url(champion.run_id) or champion.run_id,
         "registry version": tracking.model_version_url(champion.version)

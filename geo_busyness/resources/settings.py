@@ -41,6 +41,7 @@ START_DATE_ENV = "GEO_BUSYNESS_START_DATE"
 END_DATE_ENV = "GEO_BUSYNESS_END_DATE"
 EXECUTOR_ENV = "GEO_BUSYNESS_EXECUTOR"
 SENSOR_INTERVAL_ENV = "GEO_BUSYNESS_SENSOR_INTERVAL_SECONDS"
+CODE_LOCATION_ENV = "GEO_BUSYNESS_CODE_LOCATION"
 # The model server inside its container (serving/, deploy/sagemaker.py).
 SERVING_MODEL_DIR_ENV = "GEO_BUSYNESS_SERVING_MODEL_DIR"
 SERVING_MAX_BODY_ENV = "GEO_BUSYNESS_SERVING_MAX_BODY_BYTES"
@@ -71,6 +72,7 @@ ENVIRONMENT_VARIABLES: tuple[str, ...] = (
     END_DATE_ENV,
     EXECUTOR_ENV,
     SENSOR_INTERVAL_ENV,
+    CODE_LOCATION_ENV,
     SERVING_MODEL_DIR_ENV,
     SERVING_MAX_BODY_ENV,
     SERVING_MAX_INSTANCES_ENV,
@@ -80,6 +82,13 @@ ENVIRONMENT_VARIABLES: tuple[str, ...] = (
 )
 
 DEFAULT_SENSOR_INTERVAL_SECONDS = 30
+DEFAULT_CODE_LOCATION = "geo_busyness"
+"""What workspace.yaml, dagster_cloud.yaml and pyproject.toml name the code location (the
+Helm chart names it after its deployment, ``geo-busyness``: set GEO_BUSYNESS_CODE_LOCATION)."""
+
+
+def code_location_name() -> str:
+    return os.environ.get(CODE_LOCATION_ENV) or DEFAULT_CODE_LOCATION
 
 
 def sensor_interval_seconds() -> int:

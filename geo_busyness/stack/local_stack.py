@@ -292,6 +292,13 @@ def up(config: StackConfig, say: Callable[[str], None] = print) -> StackState:
         raise
 
 
+MLFLOW_SERVER_SETTINGS = {
+    # MLflow 3's server also starts a job runner (huey consumers) for GenAI jobs nothing here
+    # submits: 5 more processes, ~1.3 GB and half a core while idle (seen in CI). Off.
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+}
+
+
 def start_mlflow_server(
     store_dir: Path, port: int, s3: SeaweedFS, bucket: str, log: Path
 ) -> subprocess.Popen:
@@ -314,7 +321,12 @@ def start_mlflow_server(
             "--workers",
             "1",
         ],
-        {**os.environ, **s3.env, "MLFLOW_S3_ENDPOINT_URL": s3.endpoint_url},
+        {
+            **os.environ,
+            **s3.env,
+            "MLFLOW_S3_ENDPOINT_URL": s3.endpoint_url,
+            **MLFLOW_SERVER_SETTINGS,
+        },
         log,
         store_dir,
     )

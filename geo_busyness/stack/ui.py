@@ -30,6 +30,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from geo_busyness.stack.local_stack import (
+    MLFLOW_SERVER_SETTINGS,
     StackError,
     console_tool,
     port_free,
@@ -139,7 +140,9 @@ def run_ui(dagster_port: int = 3000, say: Callable[[str], None] = print) -> int:
     try:
         for service in services(dagster_port):
             log = logs / f"{service.name}.log"
-            process = start_service(service.command, dict(os.environ), log, REPO)
+            process = start_service(
+                service.command, {**os.environ, **MLFLOW_SERVER_SETTINGS}, log, REPO
+            )
             started[service.name] = process.pid
             wait_http(service.ready, process, service.name, log)
             say(f"{service.name:8} {service.url}")

@@ -415,7 +415,17 @@ def test_the_operator_sees_pictures_links_checks_and_the_endpoint_down_in_a_brow
         expect(page.get_by_text("vs the best baseline").first).to_be_visible()  # its verdict
         page.screenshot(path=shots / "model_evaluation-checks.png")
 
-        # 5. A materialization launched from the UI runs on the daemon and succeeds.
+        # 5. The demo's runs are filed under their jobs (not as ad hoc runs): a day's data run
+        #    and the training run each show on their job's page.
+        for job in (f"{REGINA}__daily_data_job", "training_job"):
+            [demo_run] = instance.get_runs(
+                filters=dg.RunsFilter(job_name=job, tags={"geo_busyness/trigger": "cli"}), limit=1
+            )
+            page.goto(f"{ui}/locations/geo_busyness/jobs/{job}/runs")
+            expect(page.get_by_text(demo_run.run_id[:8]).first).to_be_visible()
+            page.screenshot(path=shots / f"job-{job}-runs.png")
+
+        # 6. A materialization launched from the UI runs on the daemon and succeeds.
         page.goto(f"{ui}/assets/{REGINA}/restaurants")
         page.get_by_role("button", name=re.compile(r"^materialization Materialize$")).click()
         launched = page.get_by_text(re.compile(r"Launched run [0-9a-f]{8}")).first
@@ -434,14 +444,16 @@ def test_the_operator_sees_pictures_links_checks_and_the_endpoint_down_in_a_brow
         expect(page.get_by_text("Success").first).to_be_visible()
         page.screenshot(path=shots / "ui-launched-run.png")
 
-        # 6. The endpoint stops: the health sensor records it, and the asset page says so.
+        # 7. The endpoint stops: the health sensor records it, and the asset page says so.
+        # A tick during the stop may already record it down (or a half-stopped endpoint, which
+        # a later tick corrects): what counts is the newest observation since the stop began.
+        stopping = time.time()
         subprocess.run(
             [BIN / "geo-busyness", "endpoint", "stop"], cwd=REPO, env=env, timeout=120, check=True
         )
-        stopped = time.time()  # a tick during the stop may record a half-stopped endpoint
         wait_for(
             "the health sensor to record the endpoint down",
-            lambda: _latest_health(instance, after=stopped) is False, 120, dagster, log,
+            lambda: _latest_health(instance, after=stopping) is False, 120, dagster, log,
         )  # fmt: skip
         page.goto(f"{ui}/assets/endpoint_deployment?view=events")
         expect(page.get_by_text(re.compile("NOT serving")).first).to_be_visible()

@@ -23,7 +23,7 @@ from geo_busyness.automation import on_new_data_latest_day
 from geo_busyness.checks import build_checks
 from geo_busyness.core.city import City
 from geo_busyness.core.schema import read_raw_file, validate_pings
-from geo_busyness.definitions import ingest_job_name
+from geo_busyness.jobs import ingest_job_name
 from geo_busyness.partitions import city_partitions, export_partitions, latest_complete_day
 from geo_busyness.resources.io_manager import ParquetIOManagerResource, committed_path
 from geo_busyness.resources.landing_zone import LandingZone

@@ -57,7 +57,7 @@ def deployed(tmp_path_factory):
     catalog.write_text(catalog_yaml(CITIES))
     built = build_definitions(load_catalog(catalog))
     test_defs = dg.Definitions(
-        assets=built.assets, asset_checks=built.asset_checks, resources=resources
+        assets=built.assets, asset_checks=built.asset_checks, jobs=built.jobs, resources=resources
     )
     with dg.instance_for_test() as instance:
         outcome = run_landing(
@@ -84,6 +84,19 @@ def test_each_city_has_its_own_champion(deployed):
     tracking = resources["mlflow_tracking"]
     names = {tracking.for_city(city.id).registered_model_name for city in CITIES}
     assert len(names) == 2
+
+
+def test_every_run_of_the_landing_run_is_of_a_named_job(deployed):
+    """What `geo-busyness run` did shows under Jobs, one job per step, none ad hoc."""
+    *_, instance = deployed
+    jobs = {run.job_name for run in instance.get_runs()}
+    per_city = {
+        f"{city.key}__{job}"
+        for city in CITIES
+        for job in ("daily_data_job", "restaurants_job", "forecast_job")
+    }
+    # per-city folders only: no export of every city, so no unrouted_pings__ingest run
+    assert jobs == per_city | {"training_job", "deployment_job"}
 
 
 def test_one_endpoint_answers_for_the_hexagons_of_every_city(deployed):

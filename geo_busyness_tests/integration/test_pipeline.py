@@ -41,6 +41,7 @@ def pipeline(tmp_path_factory):
     test_defs = dg.Definitions(
         assets=defs.assets,
         asset_checks=defs.asset_checks,
+        jobs=defs.jobs,
         resources=local_resources(root),
     )
     with dg.instance_for_test() as instance:
@@ -56,9 +57,9 @@ def test_every_check_passed_and_rows_are_conserved(pipeline):
     root, _, instance, summary = pipeline
     assert summary.city == CITY
     assert summary.failed_checks == []
-    # the simulated days are in the past, so freshness warns (without blocking anything)
+    # the simulated days are in the past, so freshness warns (once: its verdict after the load)
     [warning] = summary.warned_checks
-    assert warning.startswith("regina/raw_courier_pings:raw_pings_are_fresh [all]")
+    assert warning.startswith("regina/raw_courier_pings:raw_pings_are_fresh [all]: ")
     for day in day_range(START, DAYS):
         raw, clean, quarantined = (
             read(root, a, day)
@@ -74,6 +75,19 @@ def test_every_check_passed_and_rows_are_conserved(pipeline):
         ]
     )
     assert len(evaluations) == 2
+
+
+def test_the_load_runs_named_jobs_newest_day_first(pipeline):
+    """Each day ingested by the city's daily data job, newest first, then restaurants, then
+    each day's features: under Jobs, not as ad hoc runs."""
+    *_, instance, _ = pipeline
+    days = day_range(START, DAYS)
+    oldest_first = list(reversed(instance.get_runs()))[: 2 * DAYS + 1]
+    assert [(run.job_name, run.tags.get("dagster/partition")) for run in oldest_first] == [
+        *((f"{CITY}__daily_data_job", day) for day in reversed(days)),
+        (f"{CITY}__restaurants_job", None),
+        *((f"{CITY}__daily_data_job", day) for day in days),
+    ]
 
 
 def test_features_use_the_history_of_earlier_partitions(pipeline):
@@ -239,7 +253,10 @@ def city_defs(catalog_path, root):
     catalog = load_catalog(catalog_path)
     built = build_definitions(catalog)
     return dg.Definitions(
-        assets=built.assets, asset_checks=built.asset_checks, resources=local_resources(root)
+        assets=built.assets,
+        asset_checks=built.asset_checks,
+        jobs=built.jobs,
+        resources=local_resources(root),
     ), catalog.get(CITY)
 
 
@@ -261,10 +278,13 @@ def test_a_mostly_quarantined_day_fails_its_check_naming_the_city_and_the_catalo
         assert "implausible_location for regina" in failed
         assert f"check the centre of regina in the catalog ({catalog})" in failed
         assert "or whether these files belong to another city" in failed
-        [record] = instance.event_log_storage.get_latest_asset_check_execution_by_key(
-            [dg.AssetCheckKey(key("clean_courier_pings"), "quarantine_share_is_low")]
-        ).values()
-        assert record.partition == bad and record.status.value == "FAILED"
+        history = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(key("clean_courier_pings"), "quarantine_share_is_low"), limit=10
+        )
+        assert {(r.partition, r.status.value) for r in history} == {
+            (good, "SUCCEEDED"),
+            (bad, "FAILED"),
+        }
         # the day's clean pings exist (they are what the check judges), nothing after them
         assert {good, bad} <= instance.get_materialized_partitions(key("clean_courier_pings"))
         assert instance.get_materialized_partitions(key("hex_hourly_busyness")) == {good}

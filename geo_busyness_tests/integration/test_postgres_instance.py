@@ -60,7 +60,12 @@ from geo_busyness.definitions import defs
 from geo_busyness.partitions import city_partitions
 from geo_busyness.resources.environment import local_resources
 from geo_busyness.resources.io_manager import committed_path
-from geo_busyness.runner import INGEST_ASSETS, LOCAL_INSTANCE_SETTINGS, materialize_days
+from geo_busyness.runner import (
+    FEATURE_ASSETS,
+    INGEST_ASSETS,
+    LOCAL_INSTANCE_SETTINGS,
+    materialize_days,
+)
 from geo_busyness.simulate import SimulationConfig, simulate
 from geo_busyness.stack.postgres import (
     DAGSTER_PG_ENV,
@@ -78,7 +83,7 @@ DATA_ASSETS = {
     *INGEST_ASSETS,
     "restaurants",
     "restaurant_clusters",
-    "busyness_features",
+    *FEATURE_ASSETS,
 }
 [hourly_keys_are_unique] = [
     check
@@ -141,7 +146,10 @@ def ingested(postgres, tmp_path_factory) -> Iterator[Ingested]:
         progress=False,
     )
     test_defs = dg.Definitions(
-        assets=defs.assets, asset_checks=defs.asset_checks, resources=local_resources(root)
+        assets=defs.assets,
+        asset_checks=defs.asset_checks,
+        jobs=defs.jobs,
+        resources=local_resources(root),
     )
     with pytest.MonkeyPatch.context() as monkeypatch:
         env = use_production_instance(monkeypatch, postgres, root / "dagster_home")
@@ -228,7 +236,7 @@ def test_runs_and_materializations_are_stored_in_postgres(ingested, postgres):
             "SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_CHECK_EVALUATION'"
         )
         [[check_evaluations]] = cursor.fetchall()
-    partitioned = {*INGEST_ASSETS, "busyness_features"}
+    partitioned = {*INGEST_ASSETS, *FEATURE_ASSETS}
     assert stored == {
         (tuple(city_key(CITY, a).path), DAY if a in partitioned else None) for a in DATA_ASSETS
     }

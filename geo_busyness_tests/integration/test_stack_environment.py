@@ -79,7 +79,10 @@ def graph(stack):
     """Simulated days landed in S3, then every asset materialized through the code location's
     own assets and checks with the resources the ``stack`` environment builds."""
     stack_defs = dg.Definitions(
-        assets=list(defs.assets), asset_checks=list(defs.asset_checks), resources=build_resources()
+        assets=list(defs.assets),
+        asset_checks=list(defs.asset_checks),
+        jobs=list(defs.jobs),
+        resources=build_resources(),
     )
     with dg.build_resources({"landing_zone": stack_defs.resources["landing_zone"]}) as built:
         simulate(

@@ -31,7 +31,7 @@ from dagster_k8s.container_context import K8sContainerContext
 
 from geo_busyness.definitions import executor
 from geo_busyness.resources.environment import build_resources
-from geo_busyness.resources.settings import EXECUTOR_ENV
+from geo_busyness.resources.settings import DEFAULT_CODE_LOCATION, EXECUTOR_ENV
 
 pytestmark = pytest.mark.unit
 
@@ -401,6 +401,15 @@ def test_dagster_cloud_location_is_the_pyproject_code_location(cloud_location, p
     assert cloud_location["location_name"] == pyproject["code_location_name"]
     assert cloud_location["code_source"] == {"module_name": pyproject["module_name"]}
     assert (REPO / cloud_location["build"]["directory"] / "Dockerfile").is_file()
+
+
+def test_every_config_names_the_code_location_the_runner_files_its_runs_under(pyproject):
+    """`geo-busyness run` tags its in-process runs with the code location's name (a job's page
+    lists them by it): the default must be what the workspace and pyproject call it."""
+    workspace = yaml.safe_load((REPO / "workspace.yaml").read_text())
+    [location] = workspace["load_from"]
+    assert location["python_module"]["location_name"] == DEFAULT_CODE_LOCATION
+    assert pyproject["code_location_name"] == DEFAULT_CODE_LOCATION
 
 
 def test_dagster_cloud_container_context_is_valid_for_both_agents(cloud_location, monkeypatch):
