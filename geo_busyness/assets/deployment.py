@@ -10,6 +10,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from geo_busyness.assets.ingestion import landed_until
 from geo_busyness.assets.metadata import OWNER, city_asset, city_in, picture_path, preview
 from geo_busyness.automation import on_new_data_latest_day, ready_to_deploy
 from geo_busyness.core.city import City
@@ -85,7 +86,9 @@ def build_forecast(city: City) -> dg.AssetsDefinition:
                 f"hex_hourly_busyness of {day} is not materialized: no forecast of {next_day(day)} yet"
             )
             return
-        features = forecast_features(hex_hourly_busyness, day, restaurant_clusters, city)
+        known = {d: frame for d, frame in hex_hourly_busyness.items() if d <= day}
+        landed = landed_until(context.instance, city, sorted(known))
+        features = forecast_features(hex_hourly_busyness, day, restaurant_clusters, city, landed)
         model = mlflow_tracking.load_version(champion_model.version)
         names = model.get_booster().feature_names
         missing = [name for name in names if name not in features.columns]
@@ -94,7 +97,7 @@ def build_forecast(city: City) -> dg.AssetsDefinition:
         predictions = model.predict(features[names]) if len(features) else []
         table = forecast_table(features, predictions, champion_model.version)
         per_cell = table.groupby("h3_cell", as_index=False)[FORECAST_COLUMN].sum()
-        partial = partial_days({d: frame for d, frame in hex_hourly_busyness.items() if d <= day})
+        partial = partial_days(known, landed)
         if partial:
             context.log.warning(
                 f"the forecast of {next_day(day)} is made after partial day(s) "

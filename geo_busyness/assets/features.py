@@ -6,12 +6,14 @@ from collections.abc import Iterator
 import dagster as dg
 import pandas as pd
 
+from geo_busyness.assets.ingestion import landed_until
 from geo_busyness.assets.metadata import city_asset, city_in, picture_path, preview
 from geo_busyness.automation import on_new_checked_data, on_new_data
 from geo_busyness.core.city import City
 from geo_busyness.core.features import (
     LOOKBACK_DAYS,
     cluster_restaurants,
+    day_end,
     feature_columns,
     partial_days,
     restaurant_sightings,
@@ -165,9 +167,12 @@ def build_features(city: City) -> list:
                 f"hex_hourly_busyness of {day} is not materialized: nothing to featurize"
             )
             return
-        features = build_busyness_features(hex_hourly_busyness, day, restaurant_clusters, city)
+        landed = landed_until(context.instance, city, sorted(hex_hourly_busyness))
+        features = build_busyness_features(
+            hex_hourly_busyness, day, restaurant_clusters, city, landed
+        )
         missing_share = features[feature_columns(city.n_restaurant_clusters)].isna().mean()
-        partial = partial_days(hex_hourly_busyness)
+        partial = partial_days(hex_hourly_busyness, landed)
         if day in partial:
             context.log.warning(
                 f"{day} is partial: its data stops at {partial[day].isoformat()}; the hours after "
@@ -177,11 +182,7 @@ def build_features(city: City) -> list:
             features,
             metadata={
                 "day_complete": day not in partial,
-                "observed_until": (
-                    partial[day]
-                    if day in partial
-                    else pd.Timestamp(day, tz="UTC") + pd.Timedelta(days=1)
-                ).isoformat(),
+                "observed_until": partial.get(day, day_end(day)).isoformat(),
                 "partial_days_in_history": dg.MetadataValue.json(
                     {d: mark.isoformat() for d, mark in sorted(partial.items()) if d != day}
                 ),

@@ -9,11 +9,19 @@ from dataclasses import dataclass, field
 import dagster as dg
 import pandas as pd
 
-from geo_busyness.assets.metadata import OWNER, STAGE_TAG, city_asset, city_in, preview
+from geo_busyness.assets.metadata import (
+    OWNER,
+    STAGE_TAG,
+    city_asset,
+    city_in,
+    city_key,
+    preview,
+)
 from geo_busyness.automation import on_new_data
 from geo_busyness.core.catalog import city_fingerprint
 from geo_busyness.core.city import City
 from geo_busyness.core.export import route_export, unrouted_quarantine
+from geo_busyness.core.features import day_end
 from geo_busyness.core.landing import day_folder_problem
 from geo_busyness.core.schema import QuarantineReason, read_landing_file, validate_pings
 from geo_busyness.partitions import city_partitions, export_partitions
@@ -39,6 +47,31 @@ class _Folder:
     fallback_rows: int = 0
     read: int = 0
     bytes: int = 0
+    landed: list[datetime.datetime] = field(default_factory=list)
+    """When each file read landed (S3 LastModified, a local file's mtime)."""
+
+
+LANDED_UNTIL = "landed_until"
+
+
+def landed_until(
+    instance: dg.DagsterInstance, city: City, days: Sequence[str]
+) -> dict[str, pd.Timestamp]:
+    """When the newest file of each of ``days`` landed, from the latest raw_courier_pings
+    materialization of the day (days ingested before it was recorded are left out)."""
+    found = {}
+    for day in days:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(
+                asset_key=city_key(city, "raw_courier_pings"), asset_partitions=[day]
+            ),
+            limit=1,
+        ).records
+        materialization = records[0].asset_materialization if records else None
+        value = materialization.metadata.get(LANDED_UNTIL) if materialization else None
+        if value is not None:
+            found[day] = pd.Timestamp(value.value)
+    return found
 
 
 def _read_folder(
@@ -66,6 +99,7 @@ def _read_folder(
         folder.frames.append(read.frame)
         folder.read += 1
         folder.bytes += landing_file.size
+        folder.landed.append(landing_file.modified)
         if read.error is not None:
             context.log.warning(read.error)
             folder.unreadable[landing_file.key] = read.error
@@ -164,8 +198,12 @@ def build_ingestion(city: City, cities: Sequence[City]) -> list:
             )
             return
         raw = _concat([*own.frames, taken.reset_index(drop=True)], own.frames + export.frames)
+        landed = pd.Timestamp(max(own.landed + export.landed)).tz_convert("UTC")
         context.add_output_metadata(
             {
+                # an export taken before the day ended cannot hold the rest of the day
+                LANDED_UNTIL: landed.isoformat(),
+                "landed_after_day_end": bool(landed >= day_end(day)),
                 "files": dg.MetadataValue.json(own.records + export.records),
                 "files_read": own.read + export.read,
                 "export_files_read": export.read,

@@ -8,6 +8,7 @@ have to be written as an explicit index into the future.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -58,28 +59,42 @@ def day_watermarks(hourly_by_day: dict[str, pd.DataFrame]) -> dict[str, pd.Times
     return marks
 
 
-def partial_days(hourly_by_day: dict[str, pd.DataFrame]) -> dict[str, pd.Timestamp]:
+def day_end(day: str) -> pd.Timestamp:
+    """The first instant after ``day`` (UTC)."""
+    return pd.Timestamp(day, tz="UTC") + pd.Timedelta(days=1)
+
+
+def partial_days(
+    hourly_by_day: dict[str, pd.DataFrame],
+    landed_until: Mapping[str, pd.Timestamp] | None = None,
+) -> dict[str, pd.Timestamp]:
     """Days whose data stops early, each with its watermark: hours from it to the day's end are
-    unknown (not zero). Early means: the hours left after the day's last active hour exceed
-    the city's usual quiet tail, learned from these days themselves (a city with quiet nights
-    keeps its quiet hours as observed zeros; an export that ends at 03:47 does not)."""
+    unknown (not zero). Early means either of:
+
+    * the day's files all landed before the day ended (``landed_until``: an export taken at
+      20:10 cannot hold the evening): unknown from the landing hour on, or from the hour after
+      the last active one if pings reach further (a clock that is off);
+    * the hours left after the day's last active hour exceed the city's usual quiet tail,
+      learned from these days themselves (a city with quiet nights keeps its quiet hours as
+      observed zeros; an export that ends at 03:47 does not)."""
     marks = day_watermarks(hourly_by_day)
     if not marks:
         return {}
-    tails = np.array(
-        [
-            (pd.Timestamp(day, tz="UTC") + pd.Timedelta(days=1) - mark) / pd.Timedelta(hours=1)
-            for day, mark in marks.items()
-        ]
-    )
+    tails = np.array([(day_end(day) - mark) / pd.Timedelta(hours=1) for day, mark in marks.items()])
     tolerance = max(
         QUIET_TAIL_FLOOR_H, QUIET_TAIL_FACTOR * float(np.quantile(tails, QUIET_TAIL_QUANTILE))
     )
-    return {
+    partial = {
         day: mark
         for (day, mark), tail in zip(marks.items(), tails, strict=True)
         if tail > tolerance
     }
+    for day, landed in (landed_until or {}).items():
+        end = day_end(day)
+        mark = max(marks[day], landed.floor("h")) if day in marks and landed < end else end
+        if mark < end:
+            partial[day] = mark
+    return partial
 
 
 def _factorize(values: pd.Series) -> tuple[np.ndarray, int]:
@@ -273,6 +288,7 @@ def busyness_features(
     day: str,
     restaurant_clusters: pd.DataFrame,
     city: City,
+    landed_until: Mapping[str, pd.Timestamp] | None = None,
 ) -> pd.DataFrame:
     """Day-ahead features and targets for every (active cell, hour) of ``day`` (UTC).
 
@@ -283,7 +299,8 @@ def busyness_features(
     ``hourly_by_day`` holds the hex_hourly_busyness partitions that exist among the
     ``LOOKBACK_DAYS`` before ``day`` and ``day`` itself; hours of days absent from it are
     unknown (NaN), not zero. Cells are those active in the lookback or holding a restaurant
-    first seen before ``day``: membership itself never depends on the target day.
+    first seen before ``day``: membership itself never depends on the target day. Hours of a
+    partial day (:func:`partial_days`, with when each day's files landed) are unknown too.
     """
     target_day = dt.date.fromisoformat(day)
     days = [
@@ -318,7 +335,7 @@ def busyness_features(
     for index, d in enumerate(days):
         if d in hourly_by_day:
             observed[index * 24 : (index + 1) * 24] = True
-    partial = partial_days({d: hourly_by_day[d] for d in days if d in hourly_by_day})
+    partial = partial_days({d: hourly_by_day[d] for d in days if d in hourly_by_day}, landed_until)
     for d, mark in partial.items():  # after a day's watermark its hours are unknown
         index = days.index(d)
         first_unknown = index * 24 + int(

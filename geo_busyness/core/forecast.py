@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -22,12 +23,13 @@ def forecast_features(
     data_day: str,
     restaurant_clusters: pd.DataFrame,
     city: City,
+    landed_until: Mapping[str, pd.Timestamp] | None = None,
 ) -> pd.DataFrame:
     """Feature rows for every active hexagon and hour of the day after ``data_day``, from the
     hex_hourly_busyness days up to and including ``data_day`` (days after it are ignored, so a
     re-run later gives the same rows)."""
     known = {day: frame for day, frame in hourly_by_day.items() if day <= data_day}
-    features = busyness_features(known, next_day(data_day), restaurant_clusters, city)
+    features = busyness_features(known, next_day(data_day), restaurant_clusters, city, landed_until)
     return features.drop(columns=list(TARGETS))
 
 

@@ -1,6 +1,7 @@
 """The data half of the graph materialized for several days on a temporary instance."""
 
 import datetime as dt
+import os
 import textwrap
 
 import dagster as dg
@@ -237,12 +238,14 @@ def write_catalog(path, center="[50.4452, -104.6189]", resolution=7, extra=""):
     return path
 
 
-def land_in_city_folder(root, days, start=START, city=REGINA, seed=5):
+def land_in_city_folder(root, days, start=START, city=REGINA, seed=5, **config):
     """Simulated days of ``city`` in Regina's own folder ``raw/city=regina/`` (every row is
-    Regina's, wherever it is)."""
+    Regina's, wherever it is); ``config``: more SimulationConfig fields."""
     landing = local_resources(root)["landing_zone"]
     simulate(
-        SimulationConfig(city=city, start_date=start, days=days, pings_per_day=1500, seed=seed),
+        SimulationConfig(
+            city=city, start_date=start, days=days, pings_per_day=1500, seed=seed, **config
+        ),
         # simulate() writes raw/dt=D/<file>; the same file in the city's own folder
         put=lambda k, content: landing.write(f"raw/city={CITY}/{k.removeprefix('raw/')}", content),
         progress=False,
@@ -383,3 +386,35 @@ def test_materialize_days_names_the_setting_of_a_day_out_of_range(tmp_path):
         pytest.raises(Exception, match="first_day of regina"),
     ):
         materialize_days(["2026-10-01"], test_defs, instance, log=lambda _: None, city=regina)
+
+
+def latest_metadata(instance: dg.DagsterInstance, asset: dg.AssetKey, day: str) -> dict:
+    [record] = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset, asset_partitions=[day]), limit=1
+    ).records
+    return {name: value.value for name, value in record.asset_materialization.metadata.items()}
+
+
+def test_a_day_whose_files_landed_before_it_ended_has_no_targets_after_they_landed(tmp_path):
+    """The last day's export was taken at 23:10 (its orders stop at 23:00): by its tail alone
+    it looks whole (Regina is busy at midnight UTC, so the usual tail is short); when its files
+    landed (their mtime here, LastModified on S3) says the rest of the day is unknown."""
+    catalog = write_catalog(tmp_path / "cities.yaml")
+    days = day_range(START, 3)
+    land_in_city_folder(tmp_path, 3, last_day_ends_at_hour=23)
+    taken = pd.Timestamp(f"{days[-1]}T23:10:00Z").timestamp()
+    files = list((tmp_path / "landing").glob(f"raw/city={CITY}/dt={days[-1]}/*"))
+    assert files
+    for path in files:
+        os.utime(path, (taken, taken))
+    test_defs, _ = city_defs(catalog, tmp_path)
+    with dg.instance_for_test() as instance:
+        materialize_days(days, test_defs, instance, log=lambda _: None)
+        raw = {day: latest_metadata(instance, key("raw_courier_pings"), day) for day in days}
+        features = {day: latest_metadata(instance, key("busyness_features"), day) for day in days}
+    assert [raw[day]["landed_after_day_end"] for day in days] == [True, True, False]
+    assert raw[days[-1]]["landed_until"] == f"{days[-1]}T23:10:00+00:00"
+    assert [features[day]["day_complete"] for day in days[1:]] == [True, False]
+    assert features[days[-1]]["observed_until"] == f"{days[-1]}T23:00:00+00:00"
+    targets = read(tmp_path, "busyness_features", days[-1])
+    assert targets["hour_start"].max() == pd.Timestamp(f"{days[-1]}T22:00:00Z")

@@ -273,10 +273,10 @@ def test_a_partial_last_day_yields_no_targets_after_its_watermark_and_no_false_z
     assert after.loc[morning, "orders_lag_24h"].notna().all()
 
 
-def test_a_city_with_quiet_nights_keeps_its_quiet_hours_as_zeros():
-    """Every day ends at 20:00 (nothing at night): that is the city's usual tail, not a gap."""
+def quiet_night_days() -> dict[str, pd.DataFrame]:
+    """Ten days of one cell active 00:00-19:00 UTC, nothing at night."""
     start = pd.Timestamp("2026-10-01", tz="UTC")
-    hourly = {
+    return {
         (start + pd.Timedelta(days=d)).date().isoformat(): pd.DataFrame(
             {
                 "h3_cell": ["a"] * 20,
@@ -285,11 +285,36 @@ def test_a_city_with_quiet_nights_keeps_its_quiet_hours_as_zeros():
         )
         for d in range(10)
     }
+
+
+def test_a_city_with_quiet_nights_keeps_its_quiet_hours_as_zeros():
+    """Every day ends at 20:00 (nothing at night): that is the city's usual tail, not a gap."""
+    hourly = quiet_night_days()
     assert partial_days(hourly) == {}
     shortened = dict(hourly)
     last = max(hourly)
     shortened[last] = hourly[last].head(3)  # ends at 03:00: far earlier than usual
     assert list(partial_days(shortened)) == [last]
+
+
+def test_a_day_whose_files_landed_before_it_ended_is_unknown_from_the_landing_hour():
+    """Quiet nights: every day ends at 20:00, so an export taken at 18:10 whose data stops at
+    17:xx looks like a normal day by its tail alone; when its files landed says it is not."""
+    hourly = quiet_night_days()
+    last = max(hourly)
+    hourly[last] = hourly[last].head(18)  # last active hour 17:00
+    assert partial_days(hourly) == {}  # a 6 h tail is within the usual 4 h x 1.5
+    landed = {last: pd.Timestamp(f"{last}T18:10:00Z")}
+    assert partial_days(hourly, landed) == {last: pd.Timestamp(f"{last}T18:00:00Z")}
+    # pings past the landing time (a clock that is off): the pings are believed
+    early = {last: pd.Timestamp(f"{last}T09:30:00Z")}
+    assert partial_days(hourly, early) == {last: pd.Timestamp(f"{last}T18:00:00Z")}
+    # files that landed after the day ended change nothing, nor do days without data
+    later = {
+        last: pd.Timestamp(f"{last}T00:00:00Z") + pd.Timedelta(days=1),
+        "2026-12-01": pd.Timestamp("2026-10-01", tz="UTC"),
+    }
+    assert partial_days(hourly, later) == {}
 
 
 def test_the_expected_count_is_exact_when_every_cell_follows_the_city_profile(history):
