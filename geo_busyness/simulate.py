@@ -148,6 +148,10 @@ class SimulationConfig:
     # A real export often ends mid-day: the last simulated day then has no order created at
     # or after this UTC hour (and no ping after it). None: every day is whole.
     last_day_ends_at_hour: int | None = None
+    # Another draw of the same world: the same city, restaurants, couriers and day volumes,
+    # with orders, pings and dirt drawn afresh (0 = the canonical draw). Many draws of a day
+    # give what even one who knew the day's volume could expect: a ceiling for any forecast.
+    draw: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.city, City):
@@ -181,6 +185,7 @@ class SimulationConfig:
             ("n_restaurants", 1),
             ("n_couriers", 1),
             ("seed", 0),
+            ("draw", 0),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -1310,7 +1315,9 @@ def _epoch(text: pa.ChunkedArray, seconds: bool) -> pa.Array:
 
 
 def _rng(purpose: int, config: SimulationConfig, *keys: int) -> np.random.Generator:
-    return np.random.default_rng([purpose, config.seed, _city_key(config.city), *keys])
+    # the canonical draw keeps its bytes; every draw keeps the day volumes
+    draw = [config.draw] if config.draw and purpose != _NOISE else []
+    return np.random.default_rng([purpose, config.seed, _city_key(config.city), *keys, *draw])
 
 
 # Fields a City had before the catalog: their repr keys the city's random streams, so adding
@@ -1354,6 +1361,18 @@ class SimulatedCity:
     features: dict[str, pd.DataFrame]
 
 
+def clean_pings_of_day(config: SimulationConfig, day: datetime.date) -> pd.DataFrame:
+    """The clean pings the ingestion assets would keep of one simulated day."""
+    frames = []
+    for name, content in simulate_day(config, day).items():
+        try:
+            frames.append(read_raw_file(name, content))
+        except UnparseableFileError:
+            continue  # no clean rows: the assets quarantine all rows of such a file
+    raw = pd.concat(frames, ignore_index=True)
+    return validate_pings(raw, config.city, day.isoformat()).clean
+
+
 def simulated_city(config: SimulationConfig) -> SimulatedCity:
     """hex_hourly_busyness per day, restaurant clusters, and ``busyness_features`` for every
     simulated day but the first, which only serves as history (as it would for the first
@@ -1362,14 +1381,7 @@ def simulated_city(config: SimulationConfig) -> SimulatedCity:
     days = [config.start_date + datetime.timedelta(days=k) for k in range(config.days)]
     hourly, sightings = {}, {}
     for day in days:
-        frames = []
-        for name, content in simulate_day(config, day).items():
-            try:
-                frames.append(read_raw_file(name, content))
-            except UnparseableFileError:
-                continue  # no clean rows: the assets quarantine all rows of such a file
-        raw = pd.concat(frames, ignore_index=True)
-        clean = validate_pings(raw, city, day.isoformat()).clean
+        clean = clean_pings_of_day(config, day)
         hourly[day.isoformat()] = hex_hourly_busyness(clean, city.h3_resolution)
         sightings[day.isoformat()] = restaurant_sightings(clean)
     clusters = cluster_restaurants(

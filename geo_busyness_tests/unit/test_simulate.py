@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import io
+import itertools
 
 import numpy as np
 import pandas as pd
@@ -282,6 +283,23 @@ def test_restaurant_coordinates_repeat_exactly_across_days():
     assert all(len(pairs) >= 0.8 * config.n_restaurants for pairs in daily)
 
 
+def test_another_draw_keeps_the_world_and_day_volume_and_redraws_the_orders():
+    """Draws are what the model-quality ceiling is measured on: the same restaurants and
+    day volume (only Poisson noise apart), other orders and pings; draw 0 is the default."""
+    configs = [clean_config(days=1, pings_per_day=50_000, draw=k) for k in range(4)]
+    assert simulate_day(configs[0], START) == simulate_day(
+        clean_config(days=1, pings_per_day=50_000), START
+    )
+    frames = [pings(config) for config in configs]
+    restaurants = set().union(*(restaurant_pairs(config, START) for config in configs))
+    assert len(restaurants) <= configs[0].n_restaurants
+    times = [frame["ping_time"].to_numpy() for frame in frames]
+    assert all(len(a) != len(b) or (a != b).any() for a, b in itertools.combinations(times, 2))
+    orders = np.array([frame["order_number"].nunique() for frame in frames])  # ~14,000
+    # Poisson noise is 0.85% of that; a redrawn day volume would differ by ~11% (sd)
+    assert orders.max() / orders.min() < 1.04, orders
+
+
 def test_new_district_takes_a_share_of_demand_in_a_new_place_from_its_start_day():
     switch = START + datetime.timedelta(days=2)
     baseline = clean_config(pings_per_day=5_000)
@@ -344,6 +362,7 @@ def test_scenario_names_are_listed():
         ({"n_restaurants": 0}, "n_restaurants"),
         ({"n_couriers": 0}, "n_couriers"),
         ({"seed": -1}, "seed must be an integer >= 0"),
+        ({"draw": -1}, "draw must be an integer >= 0"),
         ({"start_date": "2026-10-01"}, "start_date must be a datetime.date"),
         ({"scenario_start": "2026-10-01"}, "scenario_start must be a datetime.date"),
         ({"city": City(timezone="Mars/Olympus_Mons")}, "not a known time zone"),
