@@ -72,8 +72,9 @@ def partial_days(
     unknown (not zero). Early means either of:
 
     * the day's files all landed before the day ended (``landed_until``: an export taken at
-      20:10 cannot hold the evening): unknown from the landing hour on, or from the hour after
-      the last active one if pings reach further (a clock that is off);
+      20:10 cannot hold the evening): unknown from the landing hour on (from the hour after
+      the last active one when the landing falls in that hour). A landing before the last
+      active hour contradicts the data and is ignored;
     * the hours left after the day's last active hour exceed the city's usual quiet tail,
       learned from these days themselves (a city with quiet nights keeps its quiet hours as
       observed zeros; an export that ends at 03:47 does not)."""
@@ -90,10 +91,11 @@ def partial_days(
         if tail > tolerance
     }
     for day, landed in (landed_until or {}).items():
-        end = day_end(day)
-        mark = max(marks[day], landed.floor("h")) if day in marks and landed < end else end
-        if mark < end:
-            partial[day] = mark
+        hour = landed.floor("h")
+        # a landing before the day's last active hour is no evidence: a clock that is off, or
+        # copied files that kept an old mtime
+        if day in marks and marks[day] - pd.Timedelta(hours=1) <= hour < day_end(day):
+            partial[day] = max(marks[day], hour)
     return partial
 
 

@@ -306,9 +306,18 @@ def test_a_day_whose_files_landed_before_it_ended_is_unknown_from_the_landing_ho
     assert partial_days(hourly) == {}  # a 6 h tail is within the usual 4 h x 1.5
     landed = {last: pd.Timestamp(f"{last}T18:10:00Z")}
     assert partial_days(hourly, landed) == {last: pd.Timestamp(f"{last}T18:00:00Z")}
-    # pings past the landing time (a clock that is off): the pings are believed
-    early = {last: pd.Timestamp(f"{last}T09:30:00Z")}
-    assert partial_days(hourly, early) == {last: pd.Timestamp(f"{last}T18:00:00Z")}
+    # landed within the last active hour: unknown from the hour after it
+    assert partial_days(hourly, {last: pd.Timestamp(f"{last}T17:40:00Z")}) == {
+        last: pd.Timestamp(f"{last}T18:00:00Z")
+    }
+    # landed before pings it holds (a clock that is off, or files copied with an old mtime,
+    # even from before the day): no evidence, the day is judged by its tail alone
+    for early in (f"{last}T09:30:00Z", "2001-01-01T00:00:00Z"):
+        assert partial_days(hourly, {last: pd.Timestamp(early)}) == {}
+    shortened = dict(hourly, **{last: hourly[last].head(3)})  # its tail says partial
+    assert partial_days(shortened, {last: pd.Timestamp("2001-01-01T00:00:00Z")}) == {
+        last: pd.Timestamp(f"{last}T03:00:00Z")
+    }
     # files that landed after the day ended change nothing, nor do days without data
     later = {
         last: pd.Timestamp(f"{last}T00:00:00Z") + pd.Timedelta(days=1),
