@@ -21,6 +21,7 @@ from geo_busyness.core.forecast import (
     forecast_table,
     next_day,
 )
+from geo_busyness.core.model import predict_orders
 from geo_busyness.core.plots import hexagon_map_png
 from geo_busyness.core.redact import redact_data, redact_text, redact_url
 from geo_busyness.deploy import DeploymentFailed, DeploymentRecord
@@ -94,7 +95,7 @@ def build_forecast(city: City) -> dg.AssetsDefinition:
         missing = [name for name in names if name not in features.columns]
         if missing:
             raise dg.Failure(f"champion version {champion_model.version} needs features {missing}")
-        predictions = model.predict(features[names]) if len(features) else []
+        predictions = predict_orders(model, features, names) if len(features) else []
         table = forecast_table(features, predictions, champion_model.version)
         per_cell = table.groupby("h3_cell", as_index=False)[FORECAST_COLUMN].sum()
         partial = partial_days(known, landed)
@@ -275,7 +276,7 @@ def build_endpoint(cities: Sequence[City]) -> list:
         expected = pd.concat(
             [
                 smoke_rows(
-                    m.snapshot, m.model.predict(m.snapshot[m.manifest.feature_names])
+                    m.snapshot, predict_orders(m.model, m.snapshot, m.manifest.feature_names)
                 ).assign(model_version=m.champion.version)
                 for m in members
             ],

@@ -42,6 +42,7 @@ from geo_busyness.core.model import (
     TrainingConfig,
     metrics_table,
     predict,
+    predict_orders,
     train_poc_baseline,
 )
 from geo_busyness.core.model_card import (
@@ -143,7 +144,7 @@ def _champion_predictions(
     missing = [name for name in names if name not in test.columns]
     if missing:
         return None, champion.version, f"champion needs features absent here: {missing}"
-    return champion_model.predict(test[names]).astype("float64"), champion.version, ""
+    return predict_orders(champion_model, test, names), champion.version, ""
 
 
 def _range_text(time_range) -> str:
@@ -340,7 +341,7 @@ def build_training(city: City) -> list:
             logged = mlflow.xgboost.log_model(
                 trained.model,
                 name="model",
-                signature=infer_signature(example, trained.model.predict(example)),
+                signature=infer_signature(example, predict_orders(trained.model, example, names)),
                 input_example=example,
                 # Explicit: inferring them imports and inspects the environment (~9 s).
                 pip_requirements=[

@@ -50,6 +50,17 @@ XGBOOST_DEFAULTS = {
 TWEEDIE_DEFAULT_POWER = 1.5
 # Share of the time budget for the search when a refit on all train rows follows it.
 SEARCH_BUDGET_SHARE = 0.4
+# The Poisson offset: every tree ensemble starts from the log of this feature (the cell's
+# 4-week level times the city's same-hour profile) and learns corrections to it. Measured in
+# BENCHMARKS.md ("The ceiling"): without it the trees lose to the feature used on its own,
+# and on 9 weeks of history to the 4-week same-hour mean. The floor (orders per hour) keeps a
+# cell without history at a small rate instead of log(0). The booster records the feature in
+# its attributes, so every predictor of a saved model applies the same offset.
+OFFSET_FEATURE = "orders_expected_4w"
+OFFSET_FLOOR = 0.05
+OFFSET_ATTRIBUTE = "offset_feature"
+# Objectives whose margin is the log of the prediction, where a log offset means what it says.
+LOG_LINK_OBJECTIVES = frozenset({"count:poisson", "reg:tweedie", "reg:gamma"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,6 +267,29 @@ def _quiet_optuna() -> Iterator[None]:
         optuna.logging.set_verbosity(previous)
 
 
+def margin_offset(values) -> np.ndarray:
+    """The base margin of rows from their offset feature: log of the expected orders, with
+    an unknown (NaN) history at the floor."""
+    values = np.nan_to_num(np.asarray(values, dtype="float64"), nan=0.0)
+    return np.log(np.maximum(values, 0.0) + OFFSET_FLOOR)
+
+
+def offset_feature(model: xgb.XGBRegressor | xgb.Booster) -> str | None:
+    """The feature a saved model's offset comes from (None: a model trained without one)."""
+    import xgboost as xgb
+
+    booster = model if isinstance(model, xgb.Booster) else model.get_booster()
+    return booster.attr(OFFSET_ATTRIBUTE)
+
+
+def predict_orders(model: xgb.XGBRegressor, frame: pd.DataFrame, feature_names) -> np.ndarray:
+    """Expected orders per row from a trained or loaded model, with its offset if it has one:
+    the one call every predictor of the platform makes."""
+    feature = offset_feature(model)
+    margin = margin_offset(frame[feature]) if feature else None
+    return model.predict(frame[list(feature_names)], base_margin=margin).astype("float64")
+
+
 def train_busyness_model(
     split: Split, feature_names: list[str], config: TrainingConfig
 ) -> TrainedModel:
@@ -265,7 +299,8 @@ def train_busyness_model(
     value. Uses ``tree_method="hist"`` (NaN lags are handled natively) and builds each quantile
     matrix once for all fits of a phase. Optuna's timeout only stops starting new trials; the
     deadline callback ends a fit that would overrun, and the first trial always runs so there
-    is a model to return.
+    is a model to return. Every fit starts from the Poisson offset (:data:`OFFSET_FEATURE`)
+    when the features hold it and every searched objective has a log link.
     """
     import optuna
     import xgboost as xgb
@@ -279,8 +314,20 @@ def train_busyness_model(
         rng = np.random.default_rng(config.seed)
         train = train.iloc[np.sort(rng.choice(rows, config.search_rows, replace=False))]
     search_deadline = started + config.time_budget_s * (SEARCH_BUDGET_SHARE if sampled else 1.0)
-    valid = xgb.DMatrix(split.validation[feature_names], split.validation[TARGET_COLUMN])
-    search = xgb.QuantileDMatrix(train[feature_names], train[TARGET_COLUMN])
+    log_link = all(objective in LOG_LINK_OBJECTIVES for objective in config.objectives)
+    offset = OFFSET_FEATURE if OFFSET_FEATURE in feature_names and log_link else None
+
+    def margin(frame: pd.DataFrame) -> np.ndarray | None:
+        return margin_offset(frame[offset]) if offset else None
+
+    valid = xgb.DMatrix(
+        split.validation[feature_names],
+        split.validation[TARGET_COLUMN],
+        base_margin=margin(split.validation),
+    )
+    search = xgb.QuantileDMatrix(
+        train[feature_names], train[TARGET_COLUMN], base_margin=margin(train)
+    )
 
     log: list[dict] = []
     kept: dict = {}
@@ -315,11 +362,15 @@ def train_busyness_model(
         )
     mae, booster, objective, params = (kept[k] for k in ("mae", "booster", "objective", "params"))
     if sampled:
-        full = xgb.QuantileDMatrix(split.train[feature_names], split.train[TARGET_COLUMN])
+        full = xgb.QuantileDMatrix(
+            split.train[feature_names], split.train[TARGET_COLUMN], base_margin=margin(split.train)
+        )
         refit, entry = _fit(full, valid, objective, params, config, deadline)
         log.append({"phase": "refit", "trial": kept["trial"], "rows": rows, **entry})
         if entry["validation_mae"] <= mae:
             mae, booster = entry["validation_mae"], refit
+    if offset:
+        booster.set_attr(**{OFFSET_ATTRIBUTE: offset})
     model = xgb.XGBRegressor()
     model.load_model(booster.save_raw("ubj"))
     return TrainedModel(
@@ -391,7 +442,7 @@ def _fit(
 
 def predict(trained: TrainedModel, frame: pd.DataFrame, feature_names: list[str]) -> np.ndarray:
     """Expected orders per row, from the early-stopped best iteration."""
-    return trained.model.predict(frame[feature_names]).astype("float64")
+    return predict_orders(trained.model, frame, feature_names)
 
 
 # ---------------------------------------------------------------------------------------------

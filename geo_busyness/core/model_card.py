@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from geo_busyness.core.features import TARGET_COLUMN
-from geo_busyness.core.model import TrainedModel
+from geo_busyness.core.model import TrainedModel, margin_offset, offset_feature
 
 BIAS = "bias"
 BUSIEST_HEXAGONS = 5
@@ -28,8 +28,10 @@ def contributions(trained: TrainedModel, frame: pd.DataFrame) -> pd.DataFrame:
     import xgboost as xgb  # a run process that never explains does not pay for it
 
     names = trained.feature_names
+    feature = offset_feature(trained.model)
+    margin = margin_offset(frame[feature]) if feature else None
     values = trained.model.get_booster().predict(
-        xgb.DMatrix(frame[names]),
+        xgb.DMatrix(frame[names], base_margin=margin),
         pred_contribs=True,
         iteration_range=(0, trained.best_iteration + 1),
     )
@@ -153,7 +155,8 @@ many quiet ones.</p>
 {table(card.importance.rename("total_gain").to_frame())}
 <h2>What drives the forecast of the busiest hexagons</h2>
 <p>Mean SHAP contribution (XGBoost <code>pred_contribs</code>) to the log of expected orders,
-per hexagon over its test hours; the features that move these hexagons most, then the bias.</p>
+per hexagon over its test hours; the features that move these hexagons most, then the bias
+(the trees' starting point: the log of the cell's 4-week profile estimate).</p>
 {busiest}
 <h2>Lineage</h2>
 <ul>

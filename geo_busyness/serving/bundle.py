@@ -41,6 +41,7 @@ import pyarrow.compute as pc
 from geo_busyness.core.city import CITY_ID
 from geo_busyness.core.features import HOUR_NS
 from geo_busyness.core.geo import cells_to_strings, strings_to_cells
+from geo_busyness.core.model import margin_offset, offset_feature
 from geo_busyness.serving.snapshot import SnapshotIndex
 
 # XGBoost loads only where a bundle is read: the Dagster run processes import this module to
@@ -165,19 +166,33 @@ class LoadedBundle:
             return np.zeros(0, dtype="float32")
         return np.asarray(
             self.booster.inplace_predict(
-                matrix, iteration_range=self.iteration_range, missing=np.nan
+                matrix,
+                iteration_range=self.iteration_range,
+                missing=np.nan,
+                base_margin=self._margin(matrix),
             ),
             dtype="float32",
         ).reshape(-1)
 
+    def _margin(self, matrix: np.ndarray) -> np.ndarray | None:
+        """The model's Poisson offset for these rows (None for a model without one)."""
+        feature = offset_feature(self.booster)
+        if feature is None:
+            return None
+        return margin_offset(matrix[:, self.manifest.feature_names.index(feature)])
+
     def contributions_json(self, rows: np.ndarray) -> pa.StringArray:
         """Per snapshot row, ``{"<feature>": contribution, ..., "bias": b}``: XGBoost's SHAP
         values (``pred_contribs``) in the model's margin, the log of the expected orders, so
-        they sum to ``log(busyness)``. Built column by column (no loop over rows)."""
+        they sum to ``log(busyness)``; the bias holds the model's offset. Built column by
+        column (no loop over rows)."""
         import xgboost as xgb
 
         names = [*self.manifest.feature_names, "bias"]
-        matrix = xgb.DMatrix(self.index.features[rows], feature_names=self.manifest.feature_names)
+        features = self.index.features[rows]
+        matrix = xgb.DMatrix(
+            features, feature_names=self.manifest.feature_names, base_margin=self._margin(features)
+        )
         values = self.booster.predict(
             matrix, pred_contribs=True, iteration_range=self.iteration_range
         ).reshape(len(rows), len(names))

@@ -33,6 +33,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from geo_busyness.core.model import predict_orders
 from geo_busyness.deploy import (
     DeploymentFailed,
     LocalEndpoint,
@@ -475,7 +476,7 @@ def real_bundle(root: Path, version: str, seed: int) -> tuple[Path, list[dict], 
     snapshot = pd.read_parquet(bundle / "features.parquet").head(2)
     model = xgb.XGBRegressor()
     model.load_model(bundle / "model.ubj")
-    predicted = model.predict(snapshot[manifest["feature_names"]])
+    predicted = predict_orders(model, snapshot, manifest["feature_names"])
     instances = [
         {"h3_cell": cell, "timestamp": (hour + pd.Timedelta(minutes=30)).isoformat()}
         for cell, hour in zip(snapshot["h3_cell"], snapshot["hour_start"], strict=True)

@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 import xgboost as xgb
 
+from geo_busyness.core.model import predict_orders
 from geo_busyness.serving.bundle import FEATURES_FILE, MODEL_FILE, load_bundle
 from geo_busyness.serving.demo import write_demo_bundle
 from geo_busyness.stack.services import LOOPBACK, free_port, stop_process_group
@@ -98,7 +99,7 @@ def offline(bundle_dir) -> tuple[pd.DataFrame, np.ndarray]:
     model = xgb.XGBRegressor()
     model.load_model(bundle_dir / MODEL_FILE)
     names = load_bundle(bundle_dir).manifest.feature_names
-    return snapshot, model.predict(snapshot[names])
+    return snapshot, predict_orders(model, snapshot, names)
 
 
 def post_json(port: int, document: dict, headers: dict | None = None):

@@ -12,6 +12,7 @@ from pathlib import Path
 import h3
 import pytest
 
+from geo_busyness.core.model import predict_orders
 from geo_busyness.deploy import LocalEndpoint, LocalEndpointConfig, SmokeTest
 from geo_busyness.serving.bundle import CityMember, write_city_bundle
 from geo_busyness.serving.demo import DEMO_HORIZON_START, demo_city_members
@@ -48,7 +49,7 @@ def smoke_rows(members) -> tuple[list[dict], list[dict]]:
     instances, expected = [], []
     for city, member in members.items():
         rows = member.features.iloc[[0, 4, 8]].reset_index(drop=True)
-        predicted = member.model.predict(rows[member.manifest.feature_names])
+        predicted = predict_orders(member.model, rows, member.manifest.feature_names)
         for i, (cell, hour) in enumerate(zip(rows["h3_cell"], rows["hour_start"], strict=True)):
             if i == 2:
                 lat, lon = h3.cell_to_latlng(cell)

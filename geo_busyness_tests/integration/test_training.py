@@ -16,6 +16,7 @@ from geo_busyness.assets.metadata import stage_selection
 from geo_busyness.core.catalog import load_configured_catalog
 from geo_busyness.core.forecast import FORECAST_COLUMN, next_day
 from geo_busyness.core.lifecycle import MODEL, SEASONAL_NAIVE, SPLIT_COLUMN
+from geo_busyness.core.model import predict_orders
 from geo_busyness.definitions import defs
 from geo_busyness.resources.environment import local_resources
 from geo_busyness.resources.tracking import CHAMPION_ALIAS
@@ -193,7 +194,7 @@ def test_registry_round_trip_predicts_like_the_in_memory_model(platform, first_r
     served = mlflow.xgboost.load_model(f"models:/{tracking.registered_model_name}@{CHAMPION_ALIAS}")
     names = candidate.feature_names
     np.testing.assert_array_equal(
-        served.predict(test[names]), candidate.trained.model.predict(test[names])
+        predict_orders(served, test, names), predict_orders(candidate.trained.model, test, names)
     )
 
 
@@ -216,7 +217,9 @@ def test_forecast_of_the_next_day_comes_from_the_champion(platform, first_run):
     candidate = load(platform, "busyness_model")  # version 1 is this candidate
     names = candidate.feature_names
     np.testing.assert_allclose(
-        forecast[FORECAST_COLUMN], candidate.trained.model.predict(forecast[names]), rtol=1e-6
+        forecast[FORECAST_COLUMN],
+        predict_orders(candidate.trained.model, forecast, names),
+        rtol=1e-6,
     )
     assert (forecast[FORECAST_COLUMN] >= 0).all()
 

@@ -21,7 +21,9 @@ from geo_busyness.core.city import DEFAULT_CITY
 from geo_busyness.core.features import (
     feature_columns,
 )
+from geo_busyness.core.geo import strings_to_cells
 from geo_busyness.core.model import (
+    OFFSET_FEATURE,
     POC_PARAM_GRID,
     XGBOOST_DEFAULTS,
     Split,
@@ -30,7 +32,9 @@ from geo_busyness.core.model import (
     error_by,
     mae_by_band,
     metrics_table,
+    offset_feature,
     predict,
+    predict_orders,
     prediction_problems,
     regression_metrics,
     same_hour_of_week_mean_predict,
@@ -49,6 +53,7 @@ FEATURES = feature_columns(DEFAULT_CITY.n_restaurant_clusters)
 # Measured on this data: the model is 21-23% better than seasonal naive (test MAE) for search
 # seeds 0-2 with 2 to 4 trials; the issue's goal is 20%, and the bar keeps that goal.
 MIN_IMPROVEMENT = 0.20
+DAY = pd.Timedelta(days=1)
 # XGBoost's defaults under both objectives, then one trial Optuna samples. Single-threaded:
 # deterministic everywhere and no OpenMP stalls on a busy CI machine.
 FAST = TrainingConfig(n_trials=3, time_budget_s=600, seed=0, n_jobs=1)
@@ -141,6 +146,47 @@ def test_model_beats_seasonal_naive_with_sane_predictions(split, trained):
     assert trained.validation_mae == best["validation_mae"]
     assert (trained.objective, trained.params) == (best["objective"], best["params"])
     assert trained.best_iteration == best["best_iteration"] < FAST.max_rounds
+
+
+def test_the_model_starts_from_the_poisson_offset_and_every_predictor_applies_it(
+    split, trained, tmp_path
+):
+    """Trees learn corrections to the profile estimate; a saved model, the endpoint's bundle
+    and the SHAP values all carry the offset, and without it the forecast is another one."""
+    from geo_busyness.serving.bundle import Manifest, load_bundle, write_bundle
+
+    assert offset_feature(trained.model) == OFFSET_FEATURE
+    expected = predict(trained, split.test, FEATURES)
+    trained.model.save_model(tmp_path / "model.ubj")
+    loaded = XGBRegressor()
+    loaded.load_model(tmp_path / "model.ubj")
+    np.testing.assert_allclose(predict_orders(loaded, split.test, FEATURES), expected, rtol=1e-6)
+    bare = trained.model.predict(split.test[FEATURES])
+    assert np.abs(bare - expected).mean() > 0.1 * expected.mean()
+
+    day = split.test[split.test["hour_start"] < split.test["hour_start"].min().floor("D") + DAY]
+    start = day["hour_start"].min().floor("D")
+    manifest = Manifest(
+        "busyness",
+        "1",
+        None,
+        FEATURES,
+        DEFAULT_CITY.h3_resolution,
+        start.isoformat(),
+        (start + DAY).isoformat(),
+    )
+    snapshot = day[["h3_cell", "hour_start", *FEATURES]]
+    bundle = load_bundle(write_bundle(tmp_path / "bundle", trained.model, snapshot, manifest))
+    hour_ns = day["hour_start"].dt.as_unit("ns").astype("int64").to_numpy()
+    rows = bundle.index.rows(strings_to_cells(day["h3_cell"].to_numpy(object)), hour_ns)
+    np.testing.assert_allclose(bundle.predict_rows(rows), expected[: len(day)], rtol=1e-4)
+
+
+def test_without_the_offset_feature_or_with_an_identity_link_there_is_no_offset(split):
+    names = [name for name in FEATURES if name != OFFSET_FEATURE]
+    assert offset_feature(train_busyness_model(split, names, FAST).model) is None
+    linear = replace(FAST, objectives=("reg:squarederror",), n_trials=1)
+    assert offset_feature(train_busyness_model(split, FEATURES, linear).model) is None
 
 
 def test_search_starts_with_xgboost_defaults_under_each_objective(split, trained):

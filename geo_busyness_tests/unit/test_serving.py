@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geo_busyness.core.features import HOUR_NS
+from geo_busyness.core.model import predict_orders
 from geo_busyness.serving import bundle as bundle_module
 from geo_busyness.serving.app import INFERENCE_ID_HEADER, Capacity, create_app
 from geo_busyness.serving.bundle import (
@@ -154,7 +155,7 @@ def instance_json(cells, hours) -> dict:
 
 def expected_predictions(model, frame: pd.DataFrame, names: list[str]) -> np.ndarray:
     """The offline path: what the training code's ``XGBRegressor.predict`` says."""
-    return model.predict(frame[names])
+    return predict_orders(model, frame, names)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from geo_busyness.core.model import predict_orders
 from geo_busyness.deploy import BundleManifest, SmokeTest
 from geo_busyness.deploy.common import city_label as deploy_city_label
 from geo_busyness.serving.app import create_app
@@ -61,7 +62,7 @@ def app(loaded):
 
 def offline(members, city: str, rows: pd.DataFrame) -> np.ndarray:
     member = members[city]
-    return member.model.predict(rows[member.manifest.feature_names])
+    return predict_orders(member.model, rows, member.manifest.feature_names)
 
 
 def mixed_request(members) -> tuple[list[dict], list[str], np.ndarray]:
@@ -324,8 +325,8 @@ def test_two_cities_at_one_resolution_each_answer_their_cells(tmp_path, members)
     assert result.cities.to_pylist() == owner.tolist()
     expected = np.where(
         owner == "regina-a",
-        regina.model.predict(rows[regina.manifest.feature_names]),
-        members["saskatoon"].model.predict(rows[regina.manifest.feature_names]),
+        predict_orders(regina.model, rows, regina.manifest.feature_names),
+        predict_orders(members["saskatoon"].model, rows, regina.manifest.feature_names),
     )
     np.testing.assert_array_equal(result.busyness, expected.astype("float32"))
 
