@@ -5,6 +5,8 @@ reading, validation, ``hex_hourly_busyness``, clusters; then ``busyness_features
 28-day ``training_set_from_features`` with the default ``SplitConfig``):
 
 * ``default``: the packaged city (Regina) as the demo simulates it, 35 days;
+* ``default_9w``: the same city over 63 days, so that every training day has its full
+  4-week history (as a city in production has);
 * ``sparse``: shaped like a small real delivery city: 10 restaurants, 25 couriers, 1,200
   pings a day (most hexagon-hours without an order), two days missing in the middle of the
   history, and an export that ends at 04:00 UTC on its last day.
@@ -84,6 +86,8 @@ SCENARIOS = {
         ),
         ("2026-09-20", "2026-09-21"),
     ),
+    # 9 weeks: every training day has its 4 weeks of same-hour history
+    "default_9w": (SimulationConfig(start_date=START, days=63), ()),
 }
 
 
