@@ -66,13 +66,19 @@ from geo_busyness.core.lifecycle import (
     split_from_training_set,
     training_set_from_features,
 )
-from geo_busyness.core.model import SplitConfig, TrainingConfig, predict, train_busyness_model
+from geo_busyness.core.model import (
+    OFFSET_FEATURE,
+    SplitConfig,
+    TrainingConfig,
+    margin_offset,
+    predict,
+    train_busyness_model,
+)
 from geo_busyness.simulate import SimulationConfig, clean_pings_of_day, simulated_city
 
 START = dt.date(2026, 9, 1)
 ORACLE, MODEL_MEDIAN = "oracle", "model_median"
-PROFILE, PROFILE_FEATURE = "profile_4w", "orders_expected_4w"
-OFFSET_XGBOOST, OFFSET_FLOOR = "offset_xgboost", 0.05
+PROFILE, OFFSET_XGBOOST = "profile_4w", "offset_xgboost"
 SCENARIOS = {
     "default": (SimulationConfig(start_date=START, days=35), ()),
     "sparse": (
@@ -131,7 +137,7 @@ def offset_xgboost_predict(split, names: list[str]) -> np.ndarray:
     validation MAE."""
 
     def matrix(frame: pd.DataFrame) -> xgb.DMatrix:
-        offset = np.log(frame[PROFILE_FEATURE].fillna(0).to_numpy(float) + OFFSET_FLOOR)
+        offset = margin_offset(frame[OFFSET_FEATURE])
         return xgb.DMatrix(frame[names], label=frame[TARGET_COLUMN], base_margin=offset)
 
     train, valid, test = (matrix(f) for f in (split.train, split.validation, split.test))
@@ -157,7 +163,7 @@ def run(scenario: str, seeds: list[int], draws: int) -> list[dict]:
     names = feature_columns(config.city.n_restaurant_clusters)
     actual = split.test[TARGET_COLUMN].to_numpy(float)
     references = {
-        PROFILE: split.test[PROFILE_FEATURE].fillna(0).to_numpy(float),
+        PROFILE: split.test[OFFSET_FEATURE].fillna(0).to_numpy(float),
         OFFSET_XGBOOST: offset_xgboost_predict(split, names),
         ORACLE: oracle_predict(config, split.test, draws),
     }

@@ -282,11 +282,16 @@ def offset_feature(model: xgb.XGBRegressor | xgb.Booster) -> str | None:
     return booster.attr(OFFSET_ATTRIBUTE)
 
 
+def model_margin(model: xgb.XGBRegressor | xgb.Booster, frame: pd.DataFrame) -> np.ndarray | None:
+    """The base margin of ``frame``'s rows for ``model`` (None for a model without offset)."""
+    feature = offset_feature(model)
+    return margin_offset(frame[feature]) if feature else None
+
+
 def predict_orders(model: xgb.XGBRegressor, frame: pd.DataFrame, feature_names) -> np.ndarray:
     """Expected orders per row from a trained or loaded model, with its offset if it has one:
     the one call every predictor of the platform makes."""
-    feature = offset_feature(model)
-    margin = margin_offset(frame[feature]) if feature else None
+    margin = model_margin(model, frame)
     return model.predict(frame[list(feature_names)], base_margin=margin).astype("float64")
 
 

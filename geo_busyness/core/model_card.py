@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from geo_busyness.core.features import TARGET_COLUMN
-from geo_busyness.core.model import TrainedModel, margin_offset, offset_feature
+from geo_busyness.core.model import TrainedModel, model_margin
 
 BIAS = "bias"
 BUSIEST_HEXAGONS = 5
@@ -28,10 +28,8 @@ def contributions(trained: TrainedModel, frame: pd.DataFrame) -> pd.DataFrame:
     import xgboost as xgb  # a run process that never explains does not pay for it
 
     names = trained.feature_names
-    feature = offset_feature(trained.model)
-    margin = margin_offset(frame[feature]) if feature else None
     values = trained.model.get_booster().predict(
-        xgb.DMatrix(frame[names], base_margin=margin),
+        xgb.DMatrix(frame[names], base_margin=model_margin(trained.model, frame)),
         pred_contribs=True,
         iteration_range=(0, trained.best_iteration + 1),
     )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
 import shutil
@@ -174,12 +175,16 @@ class LoadedBundle:
             dtype="float32",
         ).reshape(-1)
 
+    @functools.cached_property
+    def _offset_column(self) -> int | None:
+        """The snapshot column the model's Poisson offset comes from (None: no offset)."""
+        feature = offset_feature(self.booster)
+        return None if feature is None else self.manifest.feature_names.index(feature)
+
     def _margin(self, matrix: np.ndarray) -> np.ndarray | None:
         """The model's Poisson offset for these rows (None for a model without one)."""
-        feature = offset_feature(self.booster)
-        if feature is None:
-            return None
-        return margin_offset(matrix[:, self.manifest.feature_names.index(feature)])
+        column = self._offset_column
+        return None if column is None else margin_offset(matrix[:, column])
 
     def contributions_json(self, rows: np.ndarray) -> pa.StringArray:
         """Per snapshot row, ``{"<feature>": contribution, ..., "bias": b}``: XGBoost's SHAP
