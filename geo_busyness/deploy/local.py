@@ -563,8 +563,10 @@ class LocalEndpoint:
             if proxy is not None and not process_alive(proxy.process):
                 event = {"part": "proxy", "pid": proxy.process.pid}
                 event["reason"] = _exit_reason(proxy.process)
+                # a live server is forwarded to from the first request (no 503 in between)
+                live = server if server is not None and process_alive(server.process) else None
                 try:
-                    proxy = self._start_proxy()
+                    proxy = self._start_proxy(upstream_port=live.port if live else None)
                     events.append({**event, "ok": True, "new_pid": proxy.process.pid})
                 except DeploymentFailed as error:
                     events.append({**event, "ok": False, "error": error.reason})
@@ -610,7 +612,7 @@ class LocalEndpoint:
             raise DeploymentFailed(f"proxy refused {command}: {answer.get('error')}")
         return answer
 
-    def _start_proxy(self) -> ProxyState:
+    def _start_proxy(self, upstream_port: int | None = None) -> ProxyState:
         control_socket = self.state_dir / CONTROL_SOCKET
         if len(str(control_socket)) >= UNIX_SOCKET_PATH_MAX:
             raise DeploymentFailed(
@@ -631,6 +633,8 @@ class LocalEndpoint:
             "--grace-seconds",
             str(self.config.drain_timeout_seconds),
         ]
+        if upstream_port is not None:
+            command += ["--upstream", f"{LOOPBACK}:{upstream_port}"]
         process = _spawn(command, self.state_dir / LOG_DIR / "proxy.log", {})
         proxy = ProxyState(process, self.config.host, self.config.port, str(control_socket))
         deadline = time.monotonic() + 30

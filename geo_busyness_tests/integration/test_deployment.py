@@ -378,21 +378,57 @@ def answers(url: str, version: str) -> bool:
         return False
 
 
+# The supervisor looks every 0.5 s; a restart then starts a Python process (the stand-in
+# server, ~0.3 s of "model loading", or the proxy: uvicorn and httpx imported) and waits for
+# it to answer. Measured 0.85-2.74 s over 27 runs on the 2-core machine while a concurrent
+# test suite ran (load average 2-4). 10 s leaves room for a loaded machine and still fails a
+# supervisor that does not look every 0.5 s or a restart that waits for a timeout.
+RESTART_BOUND_S = 10.0
+
+
+def wait_for_version(
+    url: str, version: str, since: float, timeout: float = 30.0
+) -> tuple[float, list[tuple[int, str]]]:
+    """Seconds from ``since`` until ``url`` answers with model ``version``, and the HTTP
+    refusals (status, headers and body) answered meanwhile; a refused connection is no answer."""
+    import urllib.error
+
+    refusals: list[tuple[int, str]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if post(url, timeout=2)["model_version"] == version:
+                return time.monotonic() - since, refusals
+        except urllib.error.HTTPError as error:
+            with error:
+                refusals.append((error.code, f"{error.headers}\n{error.read().decode()}"))
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{url} did not answer with model {version} within {timeout:.0f} s")
+
+
 def test_a_killed_server_or_proxy_is_restarted_within_seconds_and_reported(
     local_endpoint, tmp_path
 ):
     import signal
 
-    url = local_endpoint.config.url
+    config = local_endpoint.config
+    url = config.url
     record = local_endpoint.deploy(make_bundle(tmp_path, "1"), SmokeTest(INSTANCES))
     supervisor = record.details["supervisor_pid"]
     assert process_alive(_process(local_endpoint, supervisor))
     assert record.details["restarts_since_previous_deploy"] == []
+    ports = {str(record.details["server_port"])}
+    back_s: dict[str, float] = {}
+    outage_refusals: list[tuple[int, str]] = []
 
     killed_at = time.monotonic()
     os.kill(record.details["server_pid"], signal.SIGKILL)
-    wait_until(lambda: answers(url, "1"), "the fixed address answers again", timeout=20)
-    server_back_s = time.monotonic() - killed_at
+    back_s["server"], refusals = wait_for_version(url, "1", since=killed_at)
+    outage_refusals += refusals
+    # the supervisor switches the proxy first, then writes its state and logs the restart
+    wait_until(lambda: len(local_endpoint.status().restarts) == 1, "the restart is logged")
     status = local_endpoint.status()
     assert status.serving and status.server_pid != record.details["server_pid"], status
     assert status.problems == ()
@@ -402,19 +438,54 @@ def test_a_killed_server_or_proxy_is_restarted_within_seconds_and_reported(
         record.details["server_pid"],
         True,
     )
+    ports.add(str(status.server_port))
 
     # Now the server is the supervisor's child: its exit status is known.
+    killed_at = time.monotonic()
     os.kill(status.server_pid, signal.SIGKILL)
+    back_s["server, 2nd"], refusals = wait_for_version(url, "1", since=killed_at)
+    outage_refusals += refusals
     wait_until(lambda: len(local_endpoint.status().restarts) == 2, "the second restart")
     assert local_endpoint.status().restarts[1]["reason"] == "killed by signal SIGKILL"
+    ports.add(str(local_endpoint.status().server_port))
 
+    killed_at = time.monotonic()
     os.kill(record.details["proxy_pid"], signal.SIGKILL)
-    wait_until(lambda: answers(url, "1"), "the proxy is back on the fixed address")
+    back_s["proxy"], refusals = wait_for_version(url, "1", since=killed_at)
+    outage_refusals += refusals
+    wait_until(lambda: len(local_endpoint.status().restarts) == 3, "the proxy restart")
     status = local_endpoint.status()
     assert status.proxy_pid != record.details["proxy_pid"] and status.serving, status
     assert [r["part"] for r in status.restarts] == ["server", "server", "proxy"]
+    print(
+        "back on the fixed address after kill -9: "
+        + ", ".join(f"{part} {seconds:.2f} s" for part, seconds in back_s.items())
+        + f"; {len(outage_refusals)} HTTP refusals meanwhile: "
+        + f"{dict(Counter(code for code, _ in outage_refusals))}, "
+        + f"{sorted({(code, text.rsplit(chr(10), 1)[-1]) for code, text in outage_refusals})}"
+    )
+    assert all(seconds < RESTART_BOUND_S for seconds in back_s.values()), back_s
 
-    # The next deployment reports what happened since the previous one, then counts afresh.
+    # What the proxy answered while no server ran: a 502 that names no internal port (a
+    # restarted proxy forwards to the live server from its first request: no 503 either).
+    assert {code for code, _ in outage_refusals} <= {502}, outage_refusals[:3]
+    leaks = [(code, text) for code, text in outage_refusals if any(p in text for p in ports)]
+    assert leaks == [], f"an internal port {sorted(ports)} in a refusal: {leaks[:2]}"
+
+    # Where a user sees it: the health the sensor records on endpoint_deployment ...
+    health = LocalEndpointTarget(
+        port=config.port,
+        state_dir=str(config.state_dir),
+        server_command=list(config.server_command),
+    ).health()
+    assert (health["serving"], health["supervised"], health["problems"]) == (True, True, [])
+    assert health["restarts_since_deploy"] == 3
+    last = health["last_restart"]
+    assert (last["part"], last["pid"], last["ok"]) == ("proxy", record.details["proxy_pid"], True)
+    assert "exit status unknown" in last["reason"], last  # the deploy started that proxy
+
+    # ... and the next deployment (its asset's metadata) reports what happened since the
+    # previous one, then counts afresh.
     again = local_endpoint.deploy(make_bundle(tmp_path, "2"), SmokeTest(INSTANCES))
     assert [r["part"] for r in again.details["restarts_since_previous_deploy"]] == [
         "server",
@@ -423,8 +494,6 @@ def test_a_killed_server_or_proxy_is_restarted_within_seconds_and_reported(
     ]
     assert again.details["supervisor_pid"] == supervisor
     assert local_endpoint.status().restarts == ()
-    assert server_back_s < 20  # the bound is the wait above; the figure goes to the log
-    print(f"server answered again {server_back_s:.2f} s after kill -9")
 
 
 def test_a_server_that_cannot_start_again_is_reported_and_retried_with_backoff(

@@ -345,7 +345,7 @@ def never_called(number, request):
 @pytest.mark.parametrize(
     ("request_bytes", "status"),
     [
-        # a malformed length, a malformed chunk, bare-LF line ends with a lying length
+        # a malformed length, a malformed chunk (bare-LF line ends: the test after this one)
         (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n", 400),
         (
             b"POST /invocations HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
@@ -375,6 +375,55 @@ def test_malformed_or_oversized_requests_get_a_4xx_without_reaching_the_server(
             head, _body = await exchange(port, request_bytes)
             assert head.startswith(b"HTTP/1.1 %d" % status), head[:200]
         upstream.close()
+
+    run(scenario())
+
+
+BARE_LF_DEADLINE_S = 0.5
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "may_reach_server"),
+    [
+        # bare-LF line ends and a length the body never reaches: a 4xx, never a hang
+        (b"POST /invocations HTTP/1.1\nHost: x\nContent-Length: 100\n\n{}", False),
+        # a bare-LF ping: whatever the answer (a lenient parser would forward it), an answer
+        (b"GET /ping HTTP/1.1\nHost: x\n\n", True),
+    ],
+    ids=["bare-lf-lying-length", "bare-lf-ping"],
+)
+def test_bare_lf_requests_are_answered_within_the_deadline(request_bytes, may_reach_server):
+    reached = []
+
+    async def respond(number, request):
+        reached.append(request)
+        return json_response({"status": "ok"})
+
+    async def scenario():
+        proxy = ReverseProxy(ProxyLimits(max_body_bytes=1024))
+        upstream, address = await start_upstream(respond)
+        proxy.switch(address)
+        limits = ConnectionLimits(
+            header_timeout_s=BARE_LF_DEADLINE_S, body_timeout_s=BARE_LF_DEADLINE_S
+        )
+        async with running(proxy, limits) as port:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request_bytes)
+            # the connection must be answered and closed well before run()'s 20 s
+            answer = await asyncio.wait_for(reader.read(), timeout=BARE_LF_DEADLINE_S + 5)
+            elapsed = loop.time() - started
+            writer.close()
+        upstream.close()
+        assert answer.startswith(b"HTTP/1.1 "), f"no status line: {answer[:200]!r}"
+        status = int(answer[9:12])
+        if may_reach_server:
+            assert status < 500, answer[:300]
+        else:
+            assert 400 <= status < 500, answer[:300]
+            assert reached == [], "a request with a lying length reached the server"
+        assert elapsed < BARE_LF_DEADLINE_S + 2, f"answered after {elapsed:.2f} s"
 
     run(scenario())
 
