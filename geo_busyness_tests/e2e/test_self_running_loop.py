@@ -6,9 +6,9 @@ README's demo does it (21 baseline days, a trained, promoted and deployed champi
 nobody launching anything: a baseline day of each city dropped into the landing zone is picked
 up by the landing-zone sensor (the second city's for that city) and flows through automation to
 its features; a day of the `new_district` scenario (a new restaurant district takes a large share
-of demand) flows to its forecast and drift report, the drift sensor requests a retrain, and
-the retrain either passes the blocking gates (new champion, redeployed) or is refused (the
-champion keeps serving). Run and event history is read through the instance.
+of demand), dropped with them, flows to its forecast and drift report, the drift sensor requests
+a retrain, and the retrain either passes the blocking gates (new champion, redeployed) or is
+refused (the champion keeps serving). Run and event history is read through the instance.
 """
 
 import datetime as dt
@@ -195,9 +195,13 @@ def test_new_days_are_processed_and_drift_retrains_through_the_gates(platform):
     first_champion = champion_version(instance)
     assert first_champion == "1"
 
-    # 1. A baseline day of each city lands: sensor → ingestion run → automation → features.
+    # A baseline day of each city and, with them (as after an outage of the export), the drifted
+    # day land at once: both days flow through the same automation ticks.
     simulate(env, BASELINE_DAY, 1)
     simulate(env, BASELINE_DAY, 1, city=SECOND_CITY)
+    simulate(env, DRIFT_DAY, 1, scenario="new_district")
+
+    # 1. The baseline days: sensor → ingestion run → automation → features.
     day = BASELINE_DAY.isoformat()
     for city in (REGINA, SECOND_CITY):
         tags = wait_for(
@@ -223,8 +227,7 @@ def test_new_days_are_processed_and_drift_retrains_through_the_gates(platform):
     )[0].event_log_entry.asset_materialization.metadata  # fmt: skip
     assert clean["quarantined_share"].value < 0.1
 
-    # 2. A drifted day lands: forecast and drift report by automation, then a retrain.
-    simulate(env, DRIFT_DAY, 1, scenario="new_district")
+    # 2. The drifted day: forecast and drift report by automation, then a retrain.
     day = DRIFT_DAY.isoformat()
     wait_for(
         f"drift_report[{day}]", lambda: materialized(instance, "drift_report", day), 900,
