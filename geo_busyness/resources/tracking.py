@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import tempfile
 import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator
@@ -82,6 +83,16 @@ def _no_url_printing() -> Iterator[None]:
             os.environ.pop(SUPPRESS_URL_PRINTING_ENV, None)
         else:
             os.environ[SUPPRESS_URL_PRINTING_ENV] = previous
+
+
+def _load_xgboost(model_uri: str):
+    """``mlflow.xgboost.load_model`` into a temp dir removed afterwards: by default MLflow
+    downloads each load into a new directory of the system temp dir and leaves it there (a
+    long-running daemon loads the champion for every forecast, deployment and drift report)."""
+    import mlflow.xgboost
+
+    with tempfile.TemporaryDirectory(prefix="geo-busyness-model-") as download:
+        return mlflow.xgboost.load_model(model_uri, dst_path=download)
 
 
 def default_tracking_uri() -> str:
@@ -301,18 +312,14 @@ class MlflowTracking(dg.ConfigurableResource):
         champion = self.champion()
         if champion is None:
             return None, None
-        import mlflow.xgboost
-
         self._activate()
-        return mlflow.xgboost.load_model(champion.model_uri), champion
+        return _load_xgboost(champion.model_uri), champion
 
     @_redacting
     def load_version(self, version: str):
         """One registered version as an ``xgboost.XGBRegressor`` (pinned, unlike the alias)."""
-        import mlflow.xgboost
-
         self._activate()
-        return mlflow.xgboost.load_model(f"models:/{self.registered_model_name}/{version}")
+        return _load_xgboost(f"models:/{self.registered_model_name}/{version}")
 
     @_redacting
     def promote(self, model_uri: str, run_id: str) -> tuple[Champion, bool]:

@@ -239,6 +239,8 @@ class SeaweedFS:
                 local_sockets.append(f"-{service}.localSocket={path}")
         return [
             self._weed or find_weed(),
+            # its own log files beside its data (by default they go to the system temp dir)
+            f"-logdir={self.data_dir / 'logs'}",
             "server",
             f"-dir={self.data_dir / 'data'}",
             f"-ip={LOOPBACK}",
@@ -291,7 +293,8 @@ class SeaweedFS:
         last_error: SeaweedFSError | None = None
         for _attempt in range(3):
             self._pick_ports()
-            (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
+            for part in ("data", "logs"):
+                (self.data_dir / part).mkdir(parents=True, exist_ok=True)
             self._log_handle = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
             self._process = subprocess.Popen(
                 self.command(),

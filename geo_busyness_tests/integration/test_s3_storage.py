@@ -12,6 +12,8 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import tempfile
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -35,6 +37,7 @@ from geo_busyness.simulate import (
     simulate,
     simulate_cities,
 )
+from geo_busyness.stack.services import SeaweedFS
 from geo_busyness_tests.integration.conftest import S3Bucket
 from geo_busyness_tests.integration.test_landing_sensor import (
     INGESTION_NAMES,
@@ -124,6 +127,13 @@ def row_counts(result: dg.ExecuteInProcessResult) -> dict[str, int]:
 
 def check_outcomes(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
     return {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+def test_the_server_writes_its_log_files_beside_its_data(seaweedfs: SeaweedFS) -> None:
+    """SeaweedFS's log files go to the system temp dir unless told otherwise: one set per start,
+    left behind for good."""
+    assert list((seaweedfs.data_dir / "logs").glob("weed.*.log.INFO.*"))
+    assert not list(Path(tempfile.gettempdir()).glob(f"weed.*.log.*.{seaweedfs.pid}"))
 
 
 def test_landing_zone_round_trip_on_s3(s3_env: S3Bucket) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import io
+import tempfile
 from pathlib import Path
 
 import dagster as dg
@@ -209,7 +210,7 @@ def test_drift_report_html_is_in_the_bucket(stack, graph):
     assert f"reports/drift_reports/{CITY}/{graph['days'][-1]}.html" in reports
 
 
-def test_mlflow_artifacts_are_in_the_bucket_through_the_server(stack, graph):
+def test_mlflow_artifacts_are_in_the_bucket_through_the_server(stack, graph, tmp_path):
     tracking = graph["tracking"]
     champion = tracking.champion()
     run = tracking.client().get_run(champion.run_id)
@@ -221,9 +222,18 @@ def test_mlflow_artifacts_are_in_the_bucket_through_the_server(stack, graph):
     assert any(champion.run_id in key for key in artifacts), artifacts[:20]
     assert any(key.endswith("/MLmodel") for key in artifacts), artifacts[:20]
     assert any(key.endswith(".ubj") for key in artifacts), artifacts[:20]
-    model, loaded = tracking.load_champion()  # downloaded back through the server
+    # downloaded back through the server, and nothing of the download is left in the temp dir
+    # (a daemon loads the champion for every forecast, deployment and drift report)
+    system_temp = tmp_path / "system-temp"
+    system_temp.mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "tempdir", str(system_temp))
+        model, loaded = tracking.load_champion()
+        pinned = tracking.load_version(loaded.version)
     assert loaded.version == "1"
     assert model.get_booster().num_boosted_rounds() > 0
+    assert model.get_booster().save_raw() == pinned.get_booster().save_raw()
+    assert list(system_temp.iterdir()) == []
 
 
 def test_a_password_in_the_tracking_uri_reaches_no_metadata_log_or_file(graph):
