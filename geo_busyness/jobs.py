@@ -5,29 +5,62 @@ name would otherwise be an asset's op name, e.g. ``regina__restaurants``)."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import sys
+from collections.abc import Iterator
+
 import dagster as dg
 
 from geo_busyness.assets.deployment import ENDPOINT_KEY
 from geo_busyness.assets.ingestion import UNROUTED
 from geo_busyness.assets.metadata import city_key, stage_selection
 from geo_busyness.core.city import City
-from geo_busyness.resources.settings import code_location_name
+from geo_busyness.resources.settings import DEFINITIONS_MODULE, code_location_name
 from geo_busyness.retraining import TRAINING, TRAINING_RUN_TAGS, TRIGGER_TAG
 
 TRAINING_JOB = "training_job"
 DEPLOYMENT_JOB = "deployment_job"
 
 
-REPOSITORY_TAG = ".dagster/repository"
+REPOSITORY_NAME = "__repository__"
+"""The one repository of a code location built from a ``Definitions``."""
 
 
 def in_process_run_tags() -> dict[str, str]:
-    """Tags that file a run executed in this process (``geo-busyness run``, the demo) under its
-    job of the code location, as a run launched by the daemon or the UI is: a job's page lists
-    the runs tagged ``<repository>@<code location>``. Dagster's own (hidden) tag, set by hand
-    because ``execute_in_process`` knows no code location; no public API files such a run.
-    The trigger tag tells them from the daemon's runs (``geo_busyness/trigger=cli``)."""
-    return {REPOSITORY_TAG: f"__repository__@{code_location_name()}", TRIGGER_TAG: "cli"}
+    """Tags of a run executed in this process (``geo-busyness run``, the demo): the trigger tag
+    tells them from the daemon's and the UI's runs."""
+    return {TRIGGER_TAG: "cli"}
+
+
+@contextlib.contextmanager
+def filed_under_code_location(instance: dg.DagsterInstance, job_name: str) -> Iterator[None]:
+    """Runs ``execute_in_process`` creates on ``instance`` meanwhile carry the origin of
+    ``job_name`` in the code location, as a run the daemon or the UI launches does: the UI files
+    such a run under its job, draws it in the Overview timeline (which skips runs without an
+    origin) and re-executes it through the code location.
+
+    Private Dagster API, on purpose: ``execute_in_process`` takes no origin and nothing public
+    builds one, so the instance's ``create_run_for_job`` is given it for the duration (a run
+    worker process per run instead would cost seconds of imports each, ~150 runs a demo)."""
+    from dagster._core.remote_origin import (
+        ManagedGrpcPythonEnvCodeLocationOrigin,
+        RemoteRepositoryOrigin,
+    )
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+    location = ManagedGrpcPythonEnvCodeLocationOrigin(
+        LoadableTargetOrigin(executable_path=sys.executable, module_name=DEFINITIONS_MODULE),
+        code_location_name(),
+    )
+    origin = RemoteRepositoryOrigin(location, REPOSITORY_NAME).get_job_origin(job_name)
+    instance.create_run_for_job = functools.partial(
+        instance.create_run_for_job, remote_job_origin=origin
+    )
+    try:
+        yield
+    finally:
+        del instance.create_run_for_job  # the class's method again
 
 
 def ingest_job_name(city: City | None) -> str:

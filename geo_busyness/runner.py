@@ -29,6 +29,7 @@ from geo_busyness.jobs import (
     DEPLOYMENT_JOB,
     TRAINING_JOB,
     daily_data_job_name,
+    filed_under_code_location,
     forecast_job_name,
     in_process_run_tags,
     ingest_job_name,
@@ -67,14 +68,15 @@ def execute(
     # that collection scans only the run's own objects (0.34 s a run otherwise).
     gc.freeze()
     try:
-        return defs.resolve_job_def(job).execute_in_process(
-            run_config={**QUIET, **(run_config or {})},
-            instance=instance,
-            partition_key=partition,
-            raise_on_error=False,
-            asset_selection=assets,
-            tags=in_process_run_tags(),
-        )
+        with filed_under_code_location(instance, job):
+            return defs.resolve_job_def(job).execute_in_process(
+                run_config={**QUIET, **(run_config or {})},
+                instance=instance,
+                partition_key=partition,
+                raise_on_error=False,
+                asset_selection=assets,
+                tags=in_process_run_tags(),
+            )
     finally:
         gc.collect()
         gc.unfreeze()

@@ -87,6 +87,10 @@ DEFAULT_CODE_LOCATION = "geo_busyness"
 Helm chart names it after its deployment, ``geo-busyness``: set GEO_BUSYNESS_CODE_LOCATION)."""
 
 
+DEFINITIONS_MODULE = "geo_busyness.definitions"
+"""The module the code location loads (workspace.yaml, pyproject.toml, ``dagster dev -m``)."""
+
+
 def code_location_name() -> str:
     return os.environ.get(CODE_LOCATION_ENV) or DEFAULT_CODE_LOCATION
 

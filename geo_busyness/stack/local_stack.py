@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from geo_busyness.resources.settings import DEFINITIONS_MODULE
 from geo_busyness.stack.services import LOOPBACK, SeaweedFS, SeaweedFSError, free_port
 
 STATE_FILE = "stack.json"
@@ -260,7 +261,7 @@ def up(config: StackConfig, say: Callable[[str], None] = print) -> StackState:
                 console_tool("dagster"),
                 "dev",
                 "-m",
-                "geo_busyness.definitions",
+                DEFINITIONS_MODULE,
                 "-h",
                 LOOPBACK,
                 "-p",

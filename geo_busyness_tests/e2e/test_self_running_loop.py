@@ -429,6 +429,12 @@ def test_the_operator_sees_pictures_links_checks_and_the_endpoint_down_in_a_brow
             page.goto(f"{ui}/locations/geo_busyness/jobs/{job}/runs")
             expect(page.get_by_text(demo_run.run_id[:8]).first).to_be_visible()
             page.screenshot(path=shots / f"job-{job}-runs.png")
+        # ... and in the Overview timeline, which draws only runs with a code location origin
+        # (both jobs run only in the demo's process here, never on the daemon).
+        page.goto(f"{ui}/overview/activity/timeline")
+        for job in (f"{REGINA}__daily_data_job", "training_job"):
+            expect(page.get_by_text(job, exact=True).first).to_be_visible()
+        page.screenshot(path=shots / "overview-timeline.png")
 
         # 6. A materialization launched from the UI runs on the daemon and succeeds.
         page.goto(f"{ui}/assets/{REGINA}/restaurants")

@@ -5,7 +5,7 @@ import pytest
 
 from geo_busyness.core.catalog import catalog_yaml, load_catalog
 from geo_busyness.definitions import build_definitions, defs
-from geo_busyness.jobs import in_process_run_tags
+from geo_busyness.jobs import filed_under_code_location, in_process_run_tags
 from geo_busyness.simulate import MULTI_CITIES
 
 pytestmark = pytest.mark.unit
@@ -40,9 +40,34 @@ def test_a_catalog_of_several_cities_loads_with_each_citys_jobs(tmp_path):
 
 
 def test_in_process_runs_are_filed_under_the_configured_code_location(monkeypatch):
-    assert in_process_run_tags()[".dagster/repository"] == "__repository__@geo_busyness"
+    """What the UI needs to show a run of ``geo-busyness run`` or the demo under its job and
+    in the Overview timeline: the job's origin in the code location, as a launched run has."""
+
+    @dg.asset
+    def tiny() -> int:
+        return 1
+
+    small = dg.Definitions(assets=[tiny], jobs=[dg.define_asset_job("tiny_job")])
+    job = small.resolve_job_def("tiny_job")
     monkeypatch.setenv("GEO_BUSYNESS_CODE_LOCATION", "geo-busyness")
-    assert in_process_run_tags() == {
-        ".dagster/repository": "__repository__@geo-busyness",
-        "geo_busyness/trigger": "cli",
-    }
+    with dg.instance_for_test() as instance:
+        with filed_under_code_location(instance, "tiny_job"):
+            filed = job.execute_in_process(instance=instance, tags=in_process_run_tags()).run_id
+        plain = job.execute_in_process(instance=instance).run_id
+        run = instance.get_run_by_id(filed)
+        origin = run.remote_job_origin
+        assert (origin.location_name, origin.repository_origin.repository_name) == (
+            "geo-busyness",
+            "__repository__",
+        )
+        assert origin.job_name == "tiny_job"
+        assert run.tags["geo_busyness/trigger"] == "cli"
+        # how a job's page finds its runs
+        on_the_jobs_page = instance.get_runs(
+            dg.RunsFilter(
+                job_name="tiny_job", tags={".dagster/repository": "__repository__@geo-busyness"}
+            )
+        )
+        assert [r.run_id for r in on_the_jobs_page] == [filed]
+        # afterwards the instance creates runs as before
+        assert instance.get_run_by_id(plain).remote_job_origin is None
