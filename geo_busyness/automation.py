@@ -29,6 +29,21 @@ def _required_singletons(city: City) -> dg.AssetSelection:
     )
 
 
+def _deps_updated() -> dg.AutomationCondition:
+    """A dependency partition updated since the previous tick or will be requested on this one.
+
+    Dagster's ``any_deps_updated`` ignores an update made by a run that also targets this asset,
+    in any partition: a run of day D's busyness and features then hides D's new busyness from the
+    features of the days after D, which stay built without it for good (seen in the loop e2e: a
+    day landing beside the next one). An update in the same run as the target's own partition
+    needs no exclusion here: ``since_last_handled`` resets on that materialization, and the reset
+    wins over a trigger of the same tick.
+    """
+    return dg.AutomationCondition.any_deps_match(
+        dg.AutomationCondition.newly_updated() | dg.AutomationCondition.will_be_requested()
+    ).with_label("any_deps_updated")
+
+
 def _updated_and_settled(
     updates: dg.AutomationCondition, city: City | None
 ) -> dg.AutomationCondition:
@@ -51,7 +66,7 @@ def _updated_and_settled(
 def on_new_data(city: City) -> dg.AutomationCondition:
     """Any partition whose dependencies updated, in any time window (late files re-run their
     day and the days whose history they are)."""
-    updates = dg.AutomationCondition.any_deps_updated().ignore(_slowly_changing(city))
+    updates = _deps_updated().ignore(_slowly_changing(city))
     return _updated_and_settled(updates, city).with_label("on_new_data")
 
 
@@ -67,7 +82,7 @@ def on_new_checked_data(city: City) -> dg.AutomationCondition:
 def on_new_data_latest_day(city: City) -> dg.AutomationCondition:
     """Only the latest day: forecasts and drift reports matter for the newest data; their
     unpartitioned inputs (the champion, the training set) would otherwise re-run every day."""
-    updates = dg.AutomationCondition.any_deps_updated().ignore(_slowly_changing(city))
+    updates = _deps_updated().ignore(_slowly_changing(city))
     return (
         dg.AutomationCondition.in_latest_time_window() & _updated_and_settled(updates, city)
     ).with_label("on_new_data_latest_day")
@@ -77,7 +92,7 @@ def on_new_day_of_monitoring(city: City) -> dg.AutomationCondition:
     """Drift reports: the latest day, when its features or actuals land. Not when the training
     set or champion changes: a retrain would otherwise re-report the same day, and a report
     that still shows drift would request the next retrain, forever."""
-    updates = dg.AutomationCondition.any_deps_updated().ignore(
+    updates = _deps_updated().ignore(
         _slowly_changing(city) | dg.AssetSelection.assets(dg.AssetKey([city.key, "training_set"]))
     )
     return (
@@ -88,7 +103,7 @@ def on_new_day_of_monitoring(city: City) -> dg.AutomationCondition:
 def after_passed_checks(city: City) -> dg.AutomationCondition:
     """Promotion: a dependency updated and every blocking check upstream passed."""
     return (
-        _updated_and_settled(dg.AutomationCondition.any_deps_updated(), city)
+        _updated_and_settled(_deps_updated(), city)
         & dg.AutomationCondition.all_deps_blocking_checks_passed()
     ).with_label("after_passed_checks")
 
@@ -98,7 +113,7 @@ def ready_to_deploy(cities: Sequence[City]) -> dg.AutomationCondition:
     promotion itself: the promotion re-forecasts the latest day, and deploying beside that
     rewrite would ship the old model's forecast (measured on the stack: the deployment read a
     half-replaced Parquet object on S3 and failed). The new forecast then triggers the deploy."""
-    updates = dg.AutomationCondition.any_deps_updated().ignore(
+    updates = _deps_updated().ignore(
         dg.AssetSelection.assets(*(dg.AssetKey([city.key, "champion_model"]) for city in cities))
     )
     return (

@@ -132,6 +132,39 @@ def test_a_late_file_for_an_old_day_reruns_that_day(platform):
     assert requested(again, "hex_hourly_busyness") == {DAYS[0]}
 
 
+def test_a_late_day_run_with_its_own_features_refreshes_the_features_of_the_days_after(platform):
+    """The run automation plans for a late day holds its busyness and its features: the days
+    whose history it is must still rebuild theirs (Dagster's own ``any_deps_updated`` ignores an
+    update from a run that targets the same asset in any partition)."""
+    test_defs, instance = platform
+    cursor = baseline(platform)
+    for day in DAYS:
+        materialize(platform, INGESTION, day)
+    materialize(platform, keys("restaurants", "restaurant_clusters"))
+    for day in DAYS[1:]:
+        materialize(platform, keys("hex_hourly_busyness", "busyness_features"), day)
+    settled = dg.evaluate_automation_conditions(defs=test_defs, instance=instance, cursor=cursor)
+
+    # as automation runs it: a run whose asset selection is recorded
+    late_day = [key("hex_hourly_busyness"), key("busyness_features")]
+    job = dg.Definitions(
+        assets=test_defs.assets,
+        asset_checks=test_defs.asset_checks,
+        resources=test_defs.resources,
+        jobs=[dg.define_asset_job("late_day", selection=late_day)],
+    ).resolve_job_def("late_day")
+    run = job.execute_in_process(
+        instance=instance, partition_key=DAYS[0], asset_selection=late_day
+    ).dagster_run
+    assert run.asset_selection == set(late_day)
+    late = dg.evaluate_automation_conditions(
+        defs=test_defs, instance=instance, cursor=settled.cursor
+    )
+    features = requested(late, "busyness_features")
+    assert set(DAYS[1:]) <= features
+    assert DAYS[0] not in features  # its own run built it with its busyness
+
+
 def test_features_of_a_day_without_data_are_skipped_not_zeros(platform):
     _, instance = platform
     for day in DAYS:
