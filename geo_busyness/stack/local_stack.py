@@ -35,7 +35,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from geo_busyness.resources.settings import DEFINITIONS_MODULE
-from geo_busyness.stack.services import LOOPBACK, SeaweedFS, SeaweedFSError, free_port
+from geo_busyness.stack.services import (
+    LOOPBACK,
+    SeaweedFS,
+    SeaweedFSError,
+    free_port,
+    remove_sockets,
+)
 
 STATE_FILE = "stack.json"
 ENV_FILE = "env.sh"  # `source` it to point a shell's geo-busyness commands at the stack
@@ -74,6 +80,8 @@ class StackState:
     env: dict[str, str]
     logs: dict[str, str]
     seeded: str
+    # SeaweedFS's gRPC sockets in /tmp: its killed process cannot remove them, `down` does
+    sockets: list[str] = field(default_factory=list)
 
     def save(self) -> None:
         path = Path(self.root) / STATE_FILE
@@ -238,6 +246,7 @@ def up(config: StackConfig, say: Callable[[str], None] = print) -> StackState:
         atexit.unregister(s3.stop)  # the stack outlives this process; `down` stops it
         state.process_groups["seaweedfs"] = s3.pid
         state.logs["seaweedfs"] = str(s3.log_path)
+        state.sockets = s3.grpc_sockets
         state.save()
         s3.make_bucket(BUCKET)
         say(f"  S3 (SeaweedFS)  {s3.endpoint_url}  bucket {BUCKET}")
@@ -402,6 +411,7 @@ def down(root: Path, say: Callable[[str], None] = print) -> list[str]:
         pid = state.process_groups.get(name)
         if pid and stop_group(pid, signal.SIGINT if name == "dagster" else signal.SIGTERM):
             stopped.append(name)
+    remove_sockets(state.sockets)
     (Path(state.root) / STATE_FILE).unlink(missing_ok=True)
     say(f"stopped: {', '.join(stopped) or 'nothing was running'}")
     return stopped

@@ -99,6 +99,13 @@ def client_env(access_key: str, secret_key: str) -> dict[str, str]:
     }
 
 
+def remove_sockets(paths: list[str]) -> None:
+    """Remove the Unix sockets a stopped weed left (a killed weed cannot remove its own)."""
+    for path in map(Path, paths):
+        if path.is_socket():
+            path.unlink(missing_ok=True)
+
+
 class SeaweedFS:
     """One ``weed server`` (master + volume + filer + S3) on loopback; a context manager.
 
@@ -228,6 +235,15 @@ class SeaweedFS:
         fatal = [line for line in log if line.startswith("F") and line[1:5].isdigit()]
         tail = log[-lines:]
         return "\n".join([*(f"[fatal] {line}" for line in fatal if line not in tail), *tail])
+
+    @property
+    def grpc_sockets(self) -> list[str]:
+        """The gRPC Unix sockets weed opens in /tmp for its ports (whatever its data dir)."""
+        return [
+            _GRPC_SOCKET.format(service=service, port=self.ports[f"{service}_grpc"])
+            for service in ("master", "volume", "filer", "s3")
+            if self.ports.get(f"{service}_grpc")
+        ]
 
     # ----------------------------------------------------------------- lifecycle
     def command(self) -> list[str]:
@@ -367,12 +383,7 @@ class SeaweedFS:
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
-        for service in ("master", "volume", "filer", "s3"):
-            port = self.ports.get(f"{service}_grpc")
-            if port:
-                path = Path(_GRPC_SOCKET.format(service=service, port=port))
-                if path.is_socket():
-                    path.unlink(missing_ok=True)
+        remove_sockets(self.grpc_sockets)
 
     def stop(self) -> None:
         """Stop the process group (SIGTERM, wait ``stop_timeout``, SIGKILL); drop a temporary dir."""

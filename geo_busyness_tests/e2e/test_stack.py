@@ -120,4 +120,7 @@ def test_down_stops_every_process(running_stack):
     stopped = stack(root, "down", timeout=120)
     assert stopped.returncode == 0
     assert not any(process_alive(pid) for pid in state["process_groups"].values())
+    # nothing left outside the stack's directory: SeaweedFS's gRPC sockets in /tmp are gone
+    assert state["sockets"]
+    assert [path for path in state["sockets"] if Path(path).exists()] == []
     assert stack(root, "status", timeout=60).returncode == 1

@@ -23,6 +23,7 @@ from geo_busyness.partitions import city_partitions
 from geo_busyness.resources.environment import local_resources
 from geo_busyness.resources.reports import DriftPolicy, ReportStore
 from geo_busyness.simulate import SimulationConfig, simulated_city
+from geo_busyness_tests.instances import in_memory_instance
 from geo_busyness_tests.integration.conftest import S3Bucket
 
 pytestmark = pytest.mark.integration
@@ -71,7 +72,7 @@ def platform(tmp_path_factory):
         "report_store": ReportStore(base_path=str(root / "reports")),
         "drift_policy": DriftPolicy(),
     }
-    with dg.instance_for_test() as instance:
+    with in_memory_instance() as instance:
         yield root, resources, instance, simulated
 
 

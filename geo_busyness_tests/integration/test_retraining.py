@@ -18,6 +18,7 @@ from geo_busyness.retraining import (
     training_keys,
     weekly_retrain,
 )
+from geo_busyness_tests.instances import in_memory_instance
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +68,7 @@ def only_request(result) -> dg.RunRequest:
 
 
 def test_drift_past_the_threshold_requests_one_retrain():
-    with dg.instance_for_test() as instance:
+    with in_memory_instance() as instance:
         dg.materialize([report_with(0.8)], instance=instance, partition_key="2026-11-02")
         result, cursor = tick(instance)
         request = only_request(result)
@@ -80,7 +81,7 @@ def test_drift_past_the_threshold_requests_one_retrain():
 
 
 def test_drift_of_one_city_retrains_that_city_only():
-    with dg.instance_for_test() as instance:
+    with in_memory_instance() as instance:
         dg.materialize([report_with(0.1)], instance=instance, partition_key="2026-11-02")
         dg.materialize(
             [report_with(0.8, city=SASKATOON)], instance=instance, partition_key="2026-11-02"
@@ -103,7 +104,7 @@ def test_drift_of_one_city_retrains_that_city_only():
 
 
 def test_drift_of_both_cities_requests_one_retrain_each():
-    with dg.instance_for_test() as instance:
+    with in_memory_instance() as instance:
         for city in CITIES:
             dg.materialize(
                 [report_with(0.8, city=city)], instance=instance, partition_key="2026-11-02"
@@ -126,7 +127,7 @@ def test_the_retrain_selection_is_a_valid_subset_of_the_retrain_job():
 
 
 def test_error_growth_alone_requests_a_retrain():
-    with dg.instance_for_test() as instance:
+    with in_memory_instance() as instance:
         dg.materialize(
             [report_with(0.1, error_ratio=2.0)], instance=instance, partition_key="2026-11-01"
         )
@@ -135,7 +136,7 @@ def test_error_growth_alone_requests_a_retrain():
 
 
 def test_small_drift_is_skipped_with_the_reason():
-    with dg.instance_for_test() as instance:
+    with in_memory_instance() as instance:
         dg.materialize(
             [report_with(0.15, error_ratio=1.1)], instance=instance, partition_key="2026-11-01"
         )
@@ -146,7 +147,7 @@ def test_small_drift_is_skipped_with_the_reason():
 
 
 def test_only_the_newest_report_counts_on_the_first_tick():
-    with dg.instance_for_test() as instance:
+    with in_memory_instance() as instance:
         dg.materialize([report_with(0.9)], instance=instance, partition_key="2026-11-01")
         dg.materialize([report_with(0.1)], instance=instance, partition_key="2026-11-02")
         result, _ = tick(instance)
@@ -203,7 +204,7 @@ def empty_registry(tmp_path) -> MlflowTracking:
 
 
 def test_first_model_waits_for_a_full_training_window(empty_registry):
-    with dg.instance_for_test() as instance:
+    with in_memory_instance() as instance:
         featurize(instance, FIRST_MODEL_MIN_DAYS - 1)
         result = first_model_tick(instance, empty_registry)
         assert isinstance(result, dg.SkipReason)
@@ -215,7 +216,7 @@ def test_first_model_waits_for_a_full_training_window(empty_registry):
 
 
 def test_first_model_is_requested_once_the_backlog_is_featurized(empty_registry):
-    with dg.instance_for_test() as instance:
+    with in_memory_instance() as instance:
         featurize(instance, FIRST_MODEL_MIN_DAYS)
         result = only_request(first_model_tick(instance, empty_registry))
         assert result.tags[TRIGGER_TAG] == "first_model"
@@ -228,7 +229,7 @@ def test_first_model_is_requested_once_the_backlog_is_featurized(empty_registry)
 
 
 def test_first_model_of_each_city_is_its_own_request(empty_registry):
-    with dg.instance_for_test() as instance:
+    with in_memory_instance() as instance:
         for city in CITIES:
             featurize(instance, FIRST_MODEL_MIN_DAYS, city)
         result = first_model_tick(instance, empty_registry)
@@ -240,7 +241,7 @@ def test_first_model_of_each_city_is_its_own_request(empty_registry):
 
 
 def test_first_model_waits_while_runs_are_in_progress(empty_registry):
-    with dg.instance_for_test() as instance:
+    with in_memory_instance() as instance:
         featurize(instance, FIRST_MODEL_MIN_DAYS)
         instance.add_run(
             dg.DagsterRun(job_name="regina__daily_data_job", status=dg.DagsterRunStatus.STARTED)
@@ -251,7 +252,7 @@ def test_first_model_waits_while_runs_are_in_progress(empty_registry):
 
 
 def test_no_first_model_once_a_champion_exists(tmp_path):
-    with dg.instance_for_test() as instance:
+    with in_memory_instance() as instance:
         featurize(instance, FIRST_MODEL_MIN_DAYS)
         registry = RegistryWithChampion(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
         result = first_model_tick(instance, registry)
@@ -260,7 +261,7 @@ def test_no_first_model_once_a_champion_exists(tmp_path):
 
 
 def test_a_city_with_a_champion_does_not_stop_the_first_model_of_another(tmp_path):
-    with dg.instance_for_test() as instance:
+    with in_memory_instance() as instance:
         for city in CITIES:
             featurize(instance, FIRST_MODEL_MIN_DAYS, city)
         registry = RegistryWithChampion(
