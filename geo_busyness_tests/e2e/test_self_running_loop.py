@@ -6,7 +6,7 @@ README's demo does it (21 baseline days, a trained, promoted and deployed champi
 nobody launching anything: a baseline day of each city dropped into the landing zone is picked
 up by the landing-zone sensor (the second city's for that city) and flows through automation to
 its features; a day of the `new_district` scenario (a new restaurant district takes a large share
-of demand), dropped the day after, flows to its forecast and drift report, the drift sensor requests
+of demand), dropped with them, flows to its forecast and drift report, the drift sensor requests
 a retrain, and the retrain either passes the blocking gates (new champion, redeployed) or is
 refused (the champion keeps serving). Run and event history is read through the instance.
 """
@@ -195,11 +195,11 @@ def test_new_days_are_processed_and_drift_retrains_through_the_gates(platform):
     first_champion = champion_version(instance)
     assert first_champion == "1"
 
-    # A baseline day of each city lands; the drifted day lands the day after, once the baseline
-    # day is featurized (a late day landing after the days that follow it is
-    # integration/test_automation.py's; here it would only rebuild the drifted day twice).
+    # A baseline day of each city and, with them (as after an outage of the export), the drifted
+    # day land at once: both days flow through the same automation ticks.
     simulate(env, BASELINE_DAY, 1)
     simulate(env, BASELINE_DAY, 1, city=SECOND_CITY)
+    simulate(env, DRIFT_DAY, 1, scenario="new_district")
 
     # 1. The baseline days: sensor → ingestion run → automation → features.
     day = BASELINE_DAY.isoformat()
@@ -228,7 +228,6 @@ def test_new_days_are_processed_and_drift_retrains_through_the_gates(platform):
     assert clean["quarantined_share"].value < 0.1
 
     # 2. The drifted day: forecast and drift report by automation, then a retrain.
-    simulate(env, DRIFT_DAY, 1, scenario="new_district")
     day = DRIFT_DAY.isoformat()
     wait_for(
         f"drift_report[{day}]", lambda: materialized(instance, "drift_report", day), 900,
