@@ -35,7 +35,6 @@ from geo_busyness.simulate import (
     simulate_cities,
     simulate_day,
 )
-from geo_busyness_tests.instances import in_memory_instance
 from geo_busyness_tests.integration.test_landing_sensor import assert_mixed_export_accounted
 
 pytestmark = pytest.mark.integration
@@ -305,7 +304,7 @@ def test_automation_forecasts_the_latest_day_only(now):
     yesterday = str(today_utc() - dt.timedelta(days=1))
     before = str(today_utc() - dt.timedelta(days=2))
     assets = [STAND_IN_HISTORY, forecast_stand_in]
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         cursor = dg.evaluate_automation_conditions(defs=assets, instance=instance).cursor
         for day in (before, yesterday):
             instance.report_runless_asset_event(

@@ -14,7 +14,6 @@ from geo_busyness.definitions import build_definitions, defs
 from geo_busyness.resources.environment import local_resources
 from geo_busyness.runner import day_range
 from geo_busyness.simulate import SimulationConfig, simulate
-from geo_busyness_tests.instances import in_memory_instance
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +53,7 @@ def platform(tmp_path):
     test_defs = dg.Definitions(
         assets=defs.assets, asset_checks=defs.asset_checks, resources=resources
     )
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         yield test_defs, instance
 
 
@@ -205,7 +204,7 @@ def test_a_mostly_quarantined_day_is_held_back_in_the_run_and_by_automation(tmp_
     test_defs = dg.Definitions(
         assets=built.assets, asset_checks=built.asset_checks, resources=resources
     )
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         platform = (test_defs, instance)
         cursor = baseline(platform)
         for day in DAYS[:2]:
@@ -246,7 +245,7 @@ def test_a_day_that_passes_the_quarantine_check_flows_on(tmp_path):
     test_defs = dg.Definitions(
         assets=defs.assets, asset_checks=defs.asset_checks, resources=resources
     )
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         platform = (test_defs, instance)
         cursor = baseline(platform)
         result = materialize(platform, INGESTION, DAYS[0])
@@ -296,7 +295,7 @@ def deployment_stand_in() -> None: ...
 def test_a_first_champion_is_forecast_before_it_is_deployed():
     stand_ins = [champion_stand_in, features_stand_in, forecast_stand_in, deployment_stand_in]
     latest = STAND_IN_DAYS.get_last_partition_key()
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         cursor = dg.evaluate_automation_conditions(defs=stand_ins, instance=instance).cursor
         dg.materialize([champion_stand_in], instance=instance)  # the first promotion
         promoted = dg.evaluate_automation_conditions(
@@ -336,7 +335,7 @@ def test_a_first_champion_is_forecast_before_it_is_deployed():
 def test_new_features_wait_for_the_first_champion_before_a_forecast():
     stand_ins = [champion_stand_in, features_stand_in, forecast_stand_in, deployment_stand_in]
     latest = STAND_IN_DAYS.get_last_partition_key()
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         cursor = dg.evaluate_automation_conditions(defs=stand_ins, instance=instance).cursor
         dg.materialize(
             stand_ins, selection=[features_stand_in.key], instance=instance, partition_key=latest

@@ -23,7 +23,6 @@ from geo_busyness.partitions import city_partitions
 from geo_busyness.resources.environment import local_resources
 from geo_busyness.resources.reports import DriftPolicy, ReportStore
 from geo_busyness.simulate import SimulationConfig, simulated_city
-from geo_busyness_tests.instances import in_memory_instance
 from geo_busyness_tests.integration.conftest import S3Bucket
 
 pytestmark = pytest.mark.integration
@@ -72,7 +71,7 @@ def platform(tmp_path_factory):
         "report_store": ReportStore(base_path=str(root / "reports")),
         "drift_policy": DriftPolicy(),
     }
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         yield root, resources, instance, simulated
 
 

@@ -12,7 +12,6 @@ from geo_busyness.definitions import build_definitions
 from geo_busyness.partitions import day_range_problem
 from geo_busyness.resources.landing_zone import LandingZone
 from geo_busyness.simulate import MULTI_CITIES, city_landing_key, landing_key
-from geo_busyness_tests.instances import in_memory_instance
 
 pytestmark = pytest.mark.integration
 
@@ -74,7 +73,7 @@ def test_a_city_absent_from_an_export_gets_no_partition_for_that_day(tmp_path):
     catalog = tmp_path / "cities.yaml"
     catalog.write_text(catalog_yaml([REGINA, NEW_YORK]))
     built = build_definitions(load_catalog(catalog))
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         for city in (REGINA, NEW_YORK):
             dg.materialize(
                 [*built.assets, *built.asset_checks],

@@ -36,7 +36,6 @@ from geo_busyness.simulate import (
     simulate,
     simulate_cities,
 )
-from geo_busyness_tests.instances import in_memory_instance
 from geo_busyness_tests.integration.conftest import S3Bucket
 
 pytestmark = pytest.mark.integration
@@ -409,7 +408,7 @@ def test_days_already_ingested_are_not_rerun_on_a_first_tick(
     zone.write(file_key(day, "a.csv", folder), valid_csv(day))
     defs = storage_defs(monkeypatch, tmp_path)
     sensor = defs.get_sensor_def("landing_zone_sensor")
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         for job in jobs:
             request = dg.RunRequest(job_name=job, partition_key=day)
             execute(defs, request, instance)
@@ -438,7 +437,7 @@ def test_a_day_whose_ingestion_did_not_succeed_is_requested_on_a_first_tick(
     zone.write(file_key(day, "a.csv", folder), valid_csv(day))
     defs = storage_defs(monkeypatch, tmp_path)
     sensor = defs.get_sensor_def("landing_zone_sensor")
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         result = execute(defs, dg.RunRequest(job_name=jobs[0], partition_key=day), instance)
         # as the runner marks a run whose process was killed mid-run
         instance.report_run_failed(instance.get_run_by_id(result.run_id), "process killed")
@@ -528,7 +527,7 @@ def test_requested_runs_ingest_a_mixed_export_for_every_city_and_unrouted_pings(
     assert all(landed.key.startswith(f"raw/dt={day}/") for landed in summary.files)
     defs = storage_defs(monkeypatch, tmp_path, catalog)
     sensor = defs.get_sensor_def("landing_zone_sensor")
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         with dg.build_sensor_context(
             instance=instance, resources={"landing_zone": zone}, definitions=defs
         ) as ctx:

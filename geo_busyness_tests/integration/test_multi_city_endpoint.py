@@ -17,7 +17,6 @@ from geo_busyness.resources.promotion import PromotionPolicyResource
 from geo_busyness.runner import run_landing
 from geo_busyness.simulate import MULTI_CITIES, multi_city_configs, simulate_cities
 from geo_busyness.stack.services import free_port
-from geo_busyness_tests.instances import in_memory_instance
 
 # Two cities through ingestion, training and deployment: minutes; started first (slow).
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900), pytest.mark.slow]
@@ -60,7 +59,7 @@ def deployed(tmp_path_factory):
     test_defs = dg.Definitions(
         assets=built.assets, asset_checks=built.asset_checks, jobs=built.jobs, resources=resources
     )
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         outcome = run_landing(
             test_defs,
             instance,

@@ -16,7 +16,6 @@ from geo_busyness.resources.environment import local_resources
 from geo_busyness.resources.io_manager import committed_path
 from geo_busyness.runner import day_range, materialize_days, run_landing
 from geo_busyness.simulate import SimulationConfig, simulate
-from geo_busyness_tests.instances import in_memory_instance
 
 # A module fixture materializes weeks of history: minutes on a busy 2-core machine.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -46,7 +45,7 @@ def pipeline(tmp_path_factory):
         jobs=defs.jobs,
         resources=local_resources(root),
     )
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         summary = materialize_days(day_range(START, DAYS), test_defs, instance, log=lambda _: None)
         yield root, test_defs, instance, summary
 
@@ -273,7 +272,7 @@ def test_a_mostly_quarantined_day_fails_its_check_naming_the_city_and_the_catalo
     land_in_city_folder(tmp_path, 1)
     land_in_city_folder(tmp_path, 1, start=START + dt.timedelta(days=1), city=SASKATOON)
     test_defs, _ = city_defs(catalog, tmp_path)
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         summary = materialize_days([good, bad], test_defs, instance, log=lambda _: None)
         assert summary.quarantine_reasons["implausible_location"] > 1000
         [failed] = summary.failed_checks
@@ -303,7 +302,7 @@ def test_a_wrong_centre_reports_the_failed_checks_instead_of_an_error(tmp_path):
     catalog = write_catalog(tmp_path / "cities.yaml", center="[52.1332, -106.6700]")
     land_in_city_folder(tmp_path, 1)
     test_defs, regina = city_defs(catalog, tmp_path)
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         summary = materialize_days(
             [START.isoformat()], test_defs, instance, log=lambda _: None, city=regina
         )
@@ -319,7 +318,7 @@ def test_the_same_days_pass_with_the_right_centre(tmp_path):
     catalog = write_catalog(tmp_path / "cities.yaml")
     land_in_city_folder(tmp_path, 1)
     test_defs, regina = city_defs(catalog, tmp_path)
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         summary = materialize_days(
             [START.isoformat()], test_defs, instance, log=lambda _: None, city=regina
         )
@@ -339,7 +338,7 @@ def test_changing_the_catalog_entry_marks_what_was_built_with_the_old_one_stale(
     test_defs, _ = city_defs(before, tmp_path)
     day = START.isoformat()
     names = ("raw_courier_pings", "clean_courier_pings", "quarantined_pings", "hex_hourly_busyness")
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         dg.materialize(
             [*test_defs.assets, *test_defs.asset_checks],
             selection=dg.AssetSelection.assets(*(key(name) for name in names)),
@@ -372,7 +371,7 @@ def test_a_day_before_the_first_day_of_a_city_names_the_setting(tmp_path):
     assert "2026-10-01 is before 2026-10-02" in problem
     assert "first_day" in problem and "regina" in problem
     assert day_range_problem(regina, "2026-10-02") is None
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         run = run_landing(test_defs, instance, [regina], train=False, log=lambda _: None)
         assert [[d.day for d in c.data.days] for c in run.cities] == [["2026-10-02"]]
         assert any(problem in note for note in run.left_out), run.left_out
@@ -383,7 +382,7 @@ def test_materialize_days_names_the_setting_of_a_day_out_of_range(tmp_path):
     land_in_city_folder(tmp_path, 2)
     test_defs, regina = city_defs(catalog, tmp_path)
     with (
-        in_memory_instance() as instance,
+        dg.DagsterInstance.ephemeral() as instance,
         pytest.raises(Exception, match="first_day of regina"),
     ):
         materialize_days(["2026-10-01"], test_defs, instance, log=lambda _: None, city=regina)
@@ -409,7 +408,7 @@ def test_a_day_whose_files_landed_before_it_ended_has_no_targets_after_they_land
     for path in files:
         os.utime(path, (taken, taken))
     test_defs, _ = city_defs(catalog, tmp_path)
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         materialize_days(days, test_defs, instance, log=lambda _: None)
         raw = {day: latest_metadata(instance, key("raw_courier_pings"), day) for day in days}
         features = {day: latest_metadata(instance, key("busyness_features"), day) for day in days}

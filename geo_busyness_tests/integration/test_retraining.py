@@ -18,7 +18,6 @@ from geo_busyness.retraining import (
     training_keys,
     weekly_retrain,
 )
-from geo_busyness_tests.instances import in_memory_instance
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +67,7 @@ def only_request(result) -> dg.RunRequest:
 
 
 def test_drift_past_the_threshold_requests_one_retrain():
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         dg.materialize([report_with(0.8)], instance=instance, partition_key="2026-11-02")
         result, cursor = tick(instance)
         request = only_request(result)
@@ -81,7 +80,7 @@ def test_drift_past_the_threshold_requests_one_retrain():
 
 
 def test_drift_of_one_city_retrains_that_city_only():
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         dg.materialize([report_with(0.1)], instance=instance, partition_key="2026-11-02")
         dg.materialize(
             [report_with(0.8, city=SASKATOON)], instance=instance, partition_key="2026-11-02"
@@ -104,7 +103,7 @@ def test_drift_of_one_city_retrains_that_city_only():
 
 
 def test_drift_of_both_cities_requests_one_retrain_each():
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         for city in CITIES:
             dg.materialize(
                 [report_with(0.8, city=city)], instance=instance, partition_key="2026-11-02"
@@ -127,7 +126,7 @@ def test_the_retrain_selection_is_a_valid_subset_of_the_retrain_job():
 
 
 def test_error_growth_alone_requests_a_retrain():
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         dg.materialize(
             [report_with(0.1, error_ratio=2.0)], instance=instance, partition_key="2026-11-01"
         )
@@ -136,7 +135,7 @@ def test_error_growth_alone_requests_a_retrain():
 
 
 def test_small_drift_is_skipped_with_the_reason():
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         dg.materialize(
             [report_with(0.15, error_ratio=1.1)], instance=instance, partition_key="2026-11-01"
         )
@@ -147,7 +146,7 @@ def test_small_drift_is_skipped_with_the_reason():
 
 
 def test_only_the_newest_report_counts_on_the_first_tick():
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         dg.materialize([report_with(0.9)], instance=instance, partition_key="2026-11-01")
         dg.materialize([report_with(0.1)], instance=instance, partition_key="2026-11-02")
         result, _ = tick(instance)
@@ -204,7 +203,7 @@ def empty_registry(tmp_path) -> MlflowTracking:
 
 
 def test_first_model_waits_for_a_full_training_window(empty_registry):
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         featurize(instance, FIRST_MODEL_MIN_DAYS - 1)
         result = first_model_tick(instance, empty_registry)
         assert isinstance(result, dg.SkipReason)
@@ -216,7 +215,7 @@ def test_first_model_waits_for_a_full_training_window(empty_registry):
 
 
 def test_first_model_is_requested_once_the_backlog_is_featurized(empty_registry):
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         featurize(instance, FIRST_MODEL_MIN_DAYS)
         result = only_request(first_model_tick(instance, empty_registry))
         assert result.tags[TRIGGER_TAG] == "first_model"
@@ -229,7 +228,7 @@ def test_first_model_is_requested_once_the_backlog_is_featurized(empty_registry)
 
 
 def test_first_model_of_each_city_is_its_own_request(empty_registry):
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         for city in CITIES:
             featurize(instance, FIRST_MODEL_MIN_DAYS, city)
         result = first_model_tick(instance, empty_registry)
@@ -241,7 +240,7 @@ def test_first_model_of_each_city_is_its_own_request(empty_registry):
 
 
 def test_first_model_waits_while_runs_are_in_progress(empty_registry):
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         featurize(instance, FIRST_MODEL_MIN_DAYS)
         instance.add_run(
             dg.DagsterRun(job_name="regina__daily_data_job", status=dg.DagsterRunStatus.STARTED)
@@ -252,7 +251,7 @@ def test_first_model_waits_while_runs_are_in_progress(empty_registry):
 
 
 def test_no_first_model_once_a_champion_exists(tmp_path):
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         featurize(instance, FIRST_MODEL_MIN_DAYS)
         registry = RegistryWithChampion(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
         result = first_model_tick(instance, registry)
@@ -261,7 +260,7 @@ def test_no_first_model_once_a_champion_exists(tmp_path):
 
 
 def test_a_city_with_a_champion_does_not_stop_the_first_model_of_another(tmp_path):
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         for city in CITIES:
             featurize(instance, FIRST_MODEL_MIN_DAYS, city)
         registry = RegistryWithChampion(

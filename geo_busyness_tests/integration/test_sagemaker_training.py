@@ -49,7 +49,6 @@ from geo_busyness.resources.training_backend import SageMakerTrainingBackend
 from geo_busyness.simulate import SimulationConfig, simulated_city
 from geo_busyness.stack.services import free_port
 from geo_busyness.training_container import FAILURE_FILE, to_hyperparameters
-from geo_busyness_tests.instances import in_memory_instance
 
 pytestmark = pytest.mark.integration
 
@@ -339,7 +338,7 @@ def test_busyness_model_trains_on_sagemaker_when_the_resource_says_so(aws, frame
             }
         }
     }
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         result = dg.materialize(
             defs.assets,
             selection=[dg.AssetKey(["regina", "busyness_model"])],

@@ -22,7 +22,6 @@ from geo_busyness.resources.environment import local_resources
 from geo_busyness.resources.tracking import CHAMPION_ALIAS
 from geo_busyness.simulate import SimulationConfig, simulated_city
 from geo_busyness.stack.services import free_port
-from geo_busyness_tests.instances import in_memory_instance
 
 # A module fixture materializes weeks of history: minutes on a busy 2-core machine.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -72,7 +71,7 @@ def platform(tmp_path_factory):
             frame.to_parquet(folder / f"{day}.parquet", index=False)
     simulated.restaurant_clusters.to_parquet(root / "assets" / CITY / "restaurant_clusters.parquet")
     resources = local_resources(root, endpoint_port=free_port())
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         try:
             yield root, resources, instance
         finally:

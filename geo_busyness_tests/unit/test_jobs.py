@@ -7,7 +7,6 @@ from geo_busyness.core.catalog import catalog_yaml, load_catalog
 from geo_busyness.definitions import build_definitions, defs
 from geo_busyness.jobs import filed_under_code_location, in_process_run_tags
 from geo_busyness.simulate import MULTI_CITIES
-from geo_busyness_tests.instances import in_memory_instance
 
 pytestmark = pytest.mark.unit
 
@@ -51,7 +50,7 @@ def test_in_process_runs_are_filed_under_the_configured_code_location(monkeypatc
     small = dg.Definitions(assets=[tiny], jobs=[dg.define_asset_job("tiny_job")])
     job = small.resolve_job_def("tiny_job")
     monkeypatch.setenv("GEO_BUSYNESS_CODE_LOCATION", "geo-busyness")
-    with in_memory_instance() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         with filed_under_code_location(instance, "tiny_job"):
             filed = job.execute_in_process(instance=instance, tags=in_process_run_tags()).run_id
         plain = job.execute_in_process(instance=instance).run_id
