@@ -28,6 +28,12 @@ from geo_busyness.resources.settings import default_data_dir
 RAW_PREFIX = "raw"
 _ISO_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _DAY_KEY = re.compile(r"^raw/(?:city=([a-z0-9-]+)/)?dt=(\d{4}-\d{2}-\d{2})/([^/]+)$")
+# The folder listing runs whenever the definitions load (the code server, every run's process):
+# one retry there, not the S3Resource's default 5, with which an unreachable bucket held each
+# load 11 s before it fell back (measured). Reading and writing files keep the configured retries.
+# (S3Resource.max_attempts reaches botocore as its `max_attempts`, which counts retries after the
+# first request, whatever dagster-aws's field description says.)
+FOLDER_LISTING_RETRIES = 1
 
 
 @dataclass(frozen=True)
@@ -138,23 +144,29 @@ class LandingZone(dg.ConfigurableResource):
             if folder.startswith("dt=") and _ISO_DAY.match(day):
                 found.setdefault(city, set()).add(day)
 
-        for name in self._subfolders(RAW_PREFIX + "/"):
+        client = (
+            (self.s3 or S3Resource())
+            .model_copy(update={"max_attempts": FOLDER_LISTING_RETRIES})
+            .get_client()
+            if self.is_s3
+            else None
+        )
+        for name in self._subfolders(client, RAW_PREFIX + "/"):
             if name.startswith("city="):
                 city = name.removeprefix("city=")
-                for inner in self._subfolders(f"{RAW_PREFIX}/{name}/"):
+                for inner in self._subfolders(client, f"{RAW_PREFIX}/{name}/"):
                     add(city, inner)
             else:
                 add(None, name)
         return found
 
-    def _subfolders(self, prefix: str) -> list[str]:
-        if self.is_s3:
+    def _subfolders(self, client, prefix: str) -> list[str]:
+        """Folder names under ``prefix``; ``client`` is the S3 client (None for a directory)."""
+        if client is not None:
             bucket, root_prefix = self._bucket_and_prefix()
             names = []
-            pages = (
-                self._client()
-                .get_paginator("list_objects_v2")
-                .paginate(Bucket=bucket, Prefix=root_prefix + prefix, Delimiter="/")
+            pages = client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=root_prefix + prefix, Delimiter="/"
             )
             for page in pages:
                 for common in page.get("CommonPrefixes", []):

@@ -3,14 +3,18 @@ day, so the UI does not show hundreds of days that never had data."""
 
 import dataclasses
 import datetime as dt
+import http.server
+import threading
 
 import dagster as dg
 import pytest
+from botocore.exceptions import ClientError
+from dagster_aws.s3 import S3Resource
 
 from geo_busyness.core.catalog import catalog_yaml, load_catalog
 from geo_busyness.definitions import build_definitions
 from geo_busyness.partitions import day_range_problem
-from geo_busyness.resources.landing_zone import LandingZone
+from geo_busyness.resources.landing_zone import FOLDER_LISTING_RETRIES, LandingZone
 from geo_busyness.simulate import MULTI_CITIES, city_landing_key, landing_key
 
 pytestmark = pytest.mark.integration
@@ -56,6 +60,45 @@ def test_an_unreadable_landing_zone_falls_back_to_the_start_date(tmp_path, monke
     with pytest.warns(UserWarning, match="landing zone not readable"):
         defs = build_definitions(load_catalog(catalog))
     assert first_partition(defs, REGINA) == "2026-02-01"
+
+
+def test_the_folder_listing_gives_up_after_one_retry_file_reads_keep_theirs(monkeypatch):
+    """The listing runs at every definitions load: a failing bucket costs it one retry, not the
+    S3 resource's (5 by default; their backoff held each load 11 s)."""
+    requests: list[str] = []
+
+    class Unavailable(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            requests.append(self.path)
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}.items():
+        monkeypatch.setenv(name, value)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        s3 = S3Resource(
+            endpoint_url=f"http://127.0.0.1:{server.server_port}",
+            region_name="us-east-1",
+            max_attempts=2,
+        )
+        zone = LandingZone(root="s3://landing-bucket/zone", s3=s3)
+        with pytest.raises(ClientError, match="reached max retries: 1"):
+            zone.day_folders()
+        assert FOLDER_LISTING_RETRIES == 1
+        assert len(requests) == 2  # the request and one retry
+        requests.clear()
+        with pytest.raises(ClientError, match="reached max retries: 2"):
+            zone.list_files()
+        assert len(requests) == 3  # the resource's own setting: the request and 2 retries
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_a_city_absent_from_an_export_gets_no_partition_for_that_day(tmp_path):
