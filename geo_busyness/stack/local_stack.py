@@ -51,6 +51,11 @@ DEFAULT_PORTS = {"dagster": 3000, "mlflow": 5000, "s3": 8333, "endpoint": 8080}
 STOP_ORDER = ("dagster", "mlflow", "seaweedfs")
 STARTUP_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
+# SeaweedFS left alone stops in 15 s: its filer's graceful gRPC stop waits for the S3 gateway's
+# metadata subscription, which ends only when that wait times out. What it acknowledged is in
+# its volume and metadata files by then (test_stack reads the objects back after `down`), so
+# `down` gives it a few seconds, then SIGKILL.
+SEAWEEDFS_STOP_TIMEOUT_S = 3.0
 
 
 class StackError(RuntimeError):
@@ -373,13 +378,14 @@ def _seed(config: StackConfig, env: dict[str, str], say: Callable[[str], None]) 
     return f"{start}..{end}"
 
 
-def stop_group(pid: int, first_signal: int) -> bool:
-    """Signal process group ``pid``, wait, SIGKILL what is left; whether it was running."""
+def stop_group(pid: int, first_signal: int, timeout: float = STOP_TIMEOUT_S) -> bool:
+    """Signal process group ``pid``, wait up to ``timeout``, SIGKILL what is left; whether it was
+    running."""
     if not process_alive(pid):
         return False
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, first_signal)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
+    deadline = time.monotonic() + timeout
     while process_alive(pid) and time.monotonic() < deadline:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
@@ -409,7 +415,9 @@ def down(root: Path, say: Callable[[str], None] = print) -> list[str]:
             stopped.append("endpoint")
     for name in STOP_ORDER:
         pid = state.process_groups.get(name)
-        if pid and stop_group(pid, signal.SIGINT if name == "dagster" else signal.SIGTERM):
+        first_signal = signal.SIGINT if name == "dagster" else signal.SIGTERM
+        timeout = SEAWEEDFS_STOP_TIMEOUT_S if name == "seaweedfs" else STOP_TIMEOUT_S
+        if pid and stop_group(pid, first_signal, timeout):
             stopped.append(name)
     remove_sockets(state.sockets)
     (Path(state.root) / STATE_FILE).unlink(missing_ok=True)

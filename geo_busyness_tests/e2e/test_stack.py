@@ -18,6 +18,7 @@ import pytest
 from botocore.config import Config
 
 from geo_busyness.stack.local_stack import BUCKET, process_alive
+from geo_busyness.stack.services import SeaweedFS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900), pytest.mark.slow]
 
@@ -115,8 +116,10 @@ def test_the_daemon_ingests_a_seeded_day_into_the_bucket(running_stack):
     assert any(key.startswith("assets/regina/raw_courier_pings/") for key in keys(state, "assets/"))
 
 
-def test_down_stops_every_process(running_stack):
+def test_down_stops_every_process_and_the_bucket_keeps_its_objects(running_stack):
     root, state, _ = running_stack
+    stored = objects(s3_client(state))
+    assert any(key.startswith("assets/") for key in stored)
     stopped = stack(root, "down", timeout=120)
     assert stopped.returncode == 0
     assert not any(process_alive(pid) for pid in state["process_groups"].values())
@@ -124,3 +127,18 @@ def test_down_stops_every_process(running_stack):
     assert state["sockets"]
     assert [path for path in state["sockets"] if Path(path).exists()] == []
     assert stack(root, "status", timeout=60).returncode == 1
+    # `down` kills SeaweedFS a few seconds after SIGTERM: what it stored is still there, and
+    # reads back the same, on its data directory started again (as the next `up` would)
+    with SeaweedFS(root / "seaweedfs", stop_timeout=2) as again:
+        client = again.client()
+        after = objects(client)
+        assert {key: after.get(key) for key in stored} == stored
+        ingested = next(key for key in stored if key.startswith("assets/regina/raw_courier"))
+        body = client.get_object(Bucket=BUCKET, Key=ingested)["Body"].read()
+        assert len(body) > 0
+
+
+def objects(client) -> dict[str, str]:
+    """Every object of the stack's bucket: key -> ETag (changes with the content)."""
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+    return {item["Key"]: item["ETag"] for page in pages for item in page.get("Contents", [])}
