@@ -319,7 +319,9 @@ def test_killed_runs_are_failed_and_the_queue_drains(workspace):
         for day in (ORPHAN_DAY, NEW_DAY):
             wait_for(f"the sensor's run of {day}", lambda d=day: sensor_runs(instance, d), 120,
                      dagster, log)  # fmt: skip
-        time.sleep(3 * SENSOR_INTERVAL_SECONDS + 5)  # a dequeue interval (5 s) and more
+        # five turns of the run queue (dequeue_interval_seconds of dagster.local.yaml): time
+        # enough to start them if anything let it
+        time.sleep(5 * instance.run_coordinator.dequeue_interval_seconds)
         # Run monitoring has looked at the dead runs (it does at the daemon's start) and left
         # them STARTED: it cannot tell a dead run from a live one of the default launcher.
         wait_for(
